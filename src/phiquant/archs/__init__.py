@@ -1,0 +1,62 @@
+"""The registry: which module handles which Hugging Face architecture.
+
+`FAMILIES` is the single source of truth; adding a Phi family means one module and one line here.
+`UNSUPPORTED` names the Phi models llama.cpp cannot run as text models, with what to do instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from phiquant.archs.common import ModelSource
+from phiquant.checkpoint.directory import Checkpoint
+from phiquant.errors import PhiquantError, UnsupportedModelError
+
+# HF `architectures[0]` -> module in phiquant.archs
+FAMILIES: dict[str, str] = {
+    "Phi3ForCausalLM": "phi3",
+}
+
+UNSUPPORTED: dict[str, str] = {
+    "Phi3SmallForCausalLM": (
+        "Phi-3-small uses block-sparse attention, which llama.cpp does not implement (llama.cpp #7439, "
+        "#8241); use Phi-3-mini or Phi-3-medium, or run Phi-3-small with transformers or vLLM"
+    ),
+    "Phi3VForCausalLM": (
+        "Phi-3/3.5-vision has no llama.cpp support (its converter PR #17687 was closed); run it with "
+        "transformers or ONNX Runtime GenAI, or use the text-only Phi-3.5-mini"
+    ),
+    "Phi4MMForCausalLM": (
+        "Phi-4-multimodal's vision and audio paths need LoRA adapters llama.cpp cannot run (llama.cpp "
+        "#12117); its language model is Phi-4-mini"
+    ),
+    "Phi4FlashForCausalLM": (
+        "Phi-4-mini-flash-reasoning is a SambaY Mamba/attention hybrid that llama.cpp cannot run "
+        "(PR #20880 was not merged); use Phi-4-mini-reasoning or run it with transformers or vLLM"
+    ),
+}
+
+
+def architecture_of(checkpoint: Checkpoint) -> str:
+    architectures = checkpoint.config.get("architectures")
+    if not isinstance(architectures, list) or not architectures or not isinstance(architectures[0], str):
+        raise PhiquantError("config.json has no architectures list", path=checkpoint.path / "config.json")
+    return architectures[0]
+
+
+def family_module(architecture: str) -> ModuleType:
+    if architecture in FAMILIES:
+        return importlib.import_module(f"phiquant.archs.{FAMILIES[architecture]}")
+    if architecture in UNSUPPORTED:
+        raise UnsupportedModelError(f"{architecture}: {UNSUPPORTED[architecture]}")
+    raise UnsupportedModelError(
+        f"architecture {architecture} is not a Phi model phiquant supports; supported: {', '.join(sorted(FAMILIES))}"
+    )
+
+
+def load_model_source(checkpoint: Checkpoint) -> ModelSource:
+    """Map a checkpoint to the GGUF model llama.cpp expects (metadata and lazy tensors)."""
+    module = family_module(architecture_of(checkpoint))
+    source: ModelSource = module.build(checkpoint)
+    return source

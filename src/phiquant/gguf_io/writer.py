@@ -1,0 +1,197 @@
+"""Writing GGUF files through the `gguf` package, atomically and one tensor at a time.
+
+The header (key/values and tensor infos) is serialised by gguf's GGUFWriter; tensor data is then
+streamed into the file as each tensor is produced, so no function holds the whole model.  Output
+goes to a temporary file beside the destination and is renamed into place only when complete:
+an error, Ctrl-C or SIGTERM leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFValueType, GGUFWriter
+from gguf.gguf_writer import WriterState
+
+from phiquant.errors import PhiquantError
+
+TEMP_SUFFIX = ".phiquant-partial"
+
+
+@dataclass(frozen=True)
+class Metadatum:
+    """One GGUF key/value pair; `sub_type` is the element type of an array."""
+
+    key: str
+    value: Any
+    value_type: GGUFValueType
+    sub_type: GGUFValueType | None = None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor as the GGUF header describes it: ggml `ne` order shape, ggml type id, byte size."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    nbytes: int
+
+
+def padded(nbytes: int, alignment: int = GGUF_DEFAULT_ALIGNMENT) -> int:
+    return (nbytes + alignment - 1) // alignment * alignment
+
+
+def serialise_header(arch: str, metadata: Sequence[Metadatum], tensors: Sequence[TensorInfo]) -> bytes:
+    """The bytes before the data section: magic, counts, key/values, tensor infos and padding.
+
+    `general.architecture` comes first (GGUFWriter adds it), then `metadata` in order.
+    """
+    writer = GGUFWriter(None, arch)
+    for item in metadata:
+        if item.key == "general.architecture":
+            continue
+        writer.add_key_value(item.key, item.value, item.value_type, item.sub_type)
+    for info in tensors:
+        # gguf expects numpy (reversed) order; raw_dtype may be a type gguf 0.19 has no enum for
+        # (Q2_0), which is fine because it is only packed as an integer.
+        writer.add_tensor_info(
+            info.name, tuple(reversed(info.shape)), np.dtype(np.float32), info.nbytes, raw_dtype=info.ggml_type
+        )
+    buffer = io.BytesIO()
+    writer.fout = [buffer]  # type: ignore[list-item]
+    writer.state = WriterState.EMPTY
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    header = buffer.getvalue()
+    return header + bytes(padded(len(header)) - len(header))
+
+
+def predicted_file_size(arch: str, metadata: Sequence[Metadatum], tensors: Sequence[TensorInfo]) -> int:
+    return len(serialise_header(arch, metadata, tensors)) + sum(padded(t.nbytes) for t in tensors)
+
+
+class GGUFOutput:
+    """A GGUF file being written: header first, then each tensor's bytes in header order.
+
+    Use as a context manager; the file appears at `path` only if the block completes.
+    """
+
+    def __init__(self, path: Path, arch: str, metadata: Sequence[Metadatum], tensors: Sequence[TensorInfo]):
+        self.path = Path(path)
+        self.arch = arch
+        self.metadata = list(metadata)
+        self.tensors = list(tensors)
+        self.temp_path = self.path.with_name(f".{self.path.name}{TEMP_SUFFIX}")
+        self._file: io.BufferedWriter | None = None
+        self._next_tensor = 0
+        self._written_in_tensor = 0
+
+    @property
+    def predicted_size(self) -> int:
+        return predicted_file_size(self.arch, self.metadata, self.tensors)
+
+    def __enter__(self) -> GGUFOutput:
+        header = serialise_header(self.arch, self.metadata, self.tensors)
+        check_free_space(self.path, len(header) + sum(padded(t.nbytes) for t in self.tensors))
+        try:
+            self._file = open(self.temp_path, "wb")  # noqa: SIM115 - closed in __exit__
+            self._file.write(header)
+        except OSError as exc:
+            self._discard()
+            raise _write_error(exc, self.path) from exc
+        return self
+
+    def write(self, chunk: np.ndarray | bytes) -> None:
+        """Append bytes of the current tensor; the tensor is finished when its byte count is reached."""
+        assert self._file is not None, "GGUFOutput used outside its with-block"
+        if self._next_tensor >= len(self.tensors):
+            raise ValueError(f"{self.path}: more tensor data than the header declares")
+        info = self.tensors[self._next_tensor]
+        data = chunk.tobytes() if isinstance(chunk, np.ndarray) else chunk
+        if self._written_in_tensor + len(data) > info.nbytes:
+            raise ValueError(f"{info.name}: more than its {info.nbytes} bytes written")
+        try:
+            self._file.write(data)
+            self._written_in_tensor += len(data)
+            if self._written_in_tensor == info.nbytes:
+                self._file.write(bytes(padded(info.nbytes) - info.nbytes))
+                self._next_tensor += 1
+                self._written_in_tensor = 0
+        except OSError as exc:
+            raise _write_error(exc, self.path) from exc
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if exc_type is not None:
+            self._discard()
+            return
+        if self._next_tensor != len(self.tensors):
+            self._discard()
+            missing = self.tensors[self._next_tensor].name
+            raise ValueError(f"{self.path}: tensor data ended before {missing}")
+        assert self._file is not None
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.temp_path, self.path)
+        except OSError as exc:
+            self._discard()
+            raise _write_error(exc, self.path) from exc
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp_path)
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """Refuse to start a write that cannot fit, instead of failing near the end."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise PhiquantError("output directory does not exist", path=directory)
+    if not os.access(directory, os.W_OK):
+        raise PhiquantError("output directory is not writable", path=directory)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise PhiquantError(
+            f"not enough disk space: writing needs {format_bytes(needed)}, {format_bytes(free)} free",
+            path=directory,
+        )
+
+
+def _write_error(exc: OSError, path: Path) -> PhiquantError:
+    if exc.errno == errno.ENOSPC:
+        return PhiquantError("disk full while writing; nothing was left behind", path=path)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PhiquantError("cannot write here: permission denied", path=path)
+    return PhiquantError(f"cannot write: {exc.strerror}", path=path)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def open_outputs(outputs: Sequence[GGUFOutput]) -> Iterator[Sequence[GGUFOutput]]:
+    """Enter several outputs (a quantization ladder) so they all complete or all vanish."""
+    with contextlib.ExitStack() as stack:
+        for output in outputs:
+            stack.enter_context(output)
+        yield outputs

@@ -1,0 +1,206 @@
+"""A small typed layer over llama.cpp's C API (through llama-cpp-python's ctypes bindings).
+
+phiquant uses the C API directly rather than llama-cpp-python's high-level `Llama` class because it
+needs model parameters that class does not expose (`use_extra_bufts`, see runtime.loader), several
+contexts sharing one model (server slots), and logits for every position of a batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as lc
+import numpy as np
+
+from phiquant.errors import PhiquantError
+
+GGML_TYPE_F32 = 0
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+_log_callback = None  # kept alive: llama.cpp holds the pointer
+
+
+def ensure_backend(verbose: bool = False) -> None:
+    """Initialise llama.cpp once, and keep its logging quiet unless asked for."""
+    global _backend_ready, _log_callback
+    with _backend_lock:
+        if _backend_ready:
+            return
+        if not verbose:
+
+            def _drop(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+                return None
+
+            _log_callback = lc.llama_log_callback(_drop)
+            lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        lc.llama_backend_init()
+        _backend_ready = True
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    n_gpu_layers: int = 0
+    use_extra_bufts: bool = True
+    use_mmap: bool = True
+
+
+class LoadedModel:
+    """A GGUF model loaded by llama.cpp; free it with close() (or use it as a context manager)."""
+
+    def __init__(self, path: str | Path, options: LoadOptions = LoadOptions()):
+        ensure_backend()
+        self.path = Path(path)
+        self.options = options
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = options.n_gpu_layers
+        params.use_extra_bufts = options.use_extra_bufts
+        if not options.use_mmap:
+            params.load_mode = lc.LLAMA_LOAD_MODE_NONE
+        self._model = lc.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._model:
+            raise PhiquantError("llama.cpp could not load this model (see the llama.cpp log with PHIQUANT_LLAMA_LOG=1)", path=self.path)
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train = lc.llama_model_n_ctx_train(self._model)
+        self.n_layer = lc.llama_model_n_layer(self._model)
+        self.extra_bufts_reason = ""  # why use_extra_bufts is what it is (runtime.loader)
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._model:
+            lc.llama_model_free(self._model)
+            self._model = None
+
+    def metadata_value(self, key: str) -> str | None:
+        buffer = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self._model, key.encode(), buffer, len(buffer))
+        return buffer.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        tokens = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        if n < 0:
+            capacity = -n
+            tokens = (lc.llama_token * capacity)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        return list(tokens[:n])
+
+    def token_piece(self, token: int, *, special: bool = False) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        return buffer.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        return b"".join(self.token_piece(t, special=special) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        return lc.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self._vocab, token))
+
+    def new_context(
+        self, n_ctx: int, *, n_batch: int | None = None, n_threads: int | None = None, reference_precision: bool = False
+    ) -> Context:
+        return Context(self, n_ctx, n_batch=n_batch, n_threads=n_threads, reference_precision=reference_precision)
+
+
+class Context:
+    """One llama.cpp context (KV cache) over a loaded model."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        n_ctx: int,
+        *,
+        n_batch: int | None = None,
+        n_threads: int | None = None,
+        reference_precision: bool = False,
+    ):
+        self.model = model
+        params = lc.llama_context_default_params()
+        if reference_precision:
+            # Comparisons with transformers need F32 throughout: the default F16 KV cache and the CPU
+            # flash-attention path (which rounds Q to F16) cost about 1e-6 NMSE and flip near-tied top-1s.
+            params.type_k = params.type_v = GGML_TYPE_F32
+            params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch or min(n_ctx, 512)
+        params.n_ubatch = params.n_batch
+        if n_threads:
+            params.n_threads = n_threads
+            params.n_threads_batch = n_threads
+        self._ctx = lc.llama_init_from_model(model._model, params)
+        if not self._ctx:
+            raise PhiquantError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)", path=model.path)
+        self.n_ctx = lc.llama_n_ctx(self._ctx)
+        self.n_batch = params.n_batch
+        self.n_past = 0
+
+    def close(self) -> None:
+        if self._ctx:
+            lc.llama_free(self._ctx)
+            self._ctx = None
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def clear(self) -> None:
+        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
+        self.n_past = 0
+
+    def decode(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+        """Feed tokens after what the context already holds; return logits (n x vocab) for every
+        position when `all_logits`, else for the last position only (1 x vocab)."""
+        if self.n_past + len(tokens) > self.n_ctx:
+            raise PhiquantError(f"{self.n_past + len(tokens)} tokens do not fit a context of {self.n_ctx}")
+        outputs = []
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            last_chunk = start + self.n_batch >= len(tokens)
+            outputs.append(self._decode_batch(chunk, all_logits=all_logits, want_last=last_chunk))
+        return np.concatenate([o for o in outputs if o is not None], axis=0)
+
+    def _decode_batch(self, tokens: Sequence[int], *, all_logits: bool, want_last: bool) -> np.ndarray | None:
+        n = len(tokens)
+        batch = lc.llama_batch_init(n, 0, 1)
+        try:
+            for i, token in enumerate(tokens):
+                batch.token[i] = token
+                batch.pos[i] = self.n_past + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = all_logits or (want_last and i == n - 1)
+            batch.n_tokens = n
+            status = lc.llama_decode(self._ctx, batch)
+            if status != 0:
+                raise PhiquantError(f"llama.cpp failed to evaluate {n} tokens (llama_decode returned {status})")
+            self.n_past += n
+            n_vocab = self.model.n_vocab
+            if all_logits:
+                pointer = lc.llama_get_logits(self._ctx)
+                return np.ctypeslib.as_array(pointer, shape=(n * n_vocab,)).reshape(n, n_vocab).copy()
+            if want_last:
+                pointer = lc.llama_get_logits_ith(self._ctx, -1)
+                return np.ctypeslib.as_array(pointer, shape=(n_vocab,)).reshape(1, n_vocab).copy()
+            return None
+        finally:
+            lc.llama_batch_free(batch)

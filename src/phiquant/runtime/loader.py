@@ -1,0 +1,134 @@
+"""Loading a GGUF safely: keep llama.cpp's fast CPU paths where they work, never crash where they don't.
+
+llama.cpp moves quantized weights into "extra" CPU buffer types (AMX tiles, repacked Q4_0/Q4_K
+layouts) for faster matrix products.  On some CPUs the AMX kernels crash with SIGSEGV on every
+quantized model; loading with `use_extra_bufts = false` avoids them, at the cost of the faster
+paths everywhere.  So phiquant asks the machine: the first time a kind of model is loaded, a
+child process loads it with extra buffers and evaluates a few tokens.  If the child dies, extra
+buffers stay off; if it lives, they stay on.  The verdict is cached per CPU, llama.cpp version and
+set of tensor types.  PHIQUANT_EXTRA_BUFTS=0 or 1 overrides the probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from phiquant.gguf_io import read_gguf
+from phiquant.runtime.llama import LoadedModel, LoadOptions
+
+PROBE_TIMEOUT_SECONDS = 300
+ENV_OVERRIDE = "PHIQUANT_EXTRA_BUFTS"
+# Test hook: makes the probe child die as the AMX kernels do, to exercise the fallback.
+ENV_SIMULATE_CRASH = "PHIQUANT_PROBE_SIMULATE_CRASH"
+
+
+@dataclass(frozen=True)
+class ProbeVerdict:
+    use_extra_bufts: bool
+    reason: str
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("PHIQUANT_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "phiquant" if base else Path.home() / ".cache" / "phiquant"
+
+
+def cpu_fingerprint() -> str:
+    description = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+        description += "".join(sorted(set(lines)))
+    except OSError:
+        pass
+    return hashlib.sha256(description.encode()).hexdigest()[:16]
+
+
+def probe_key(tensor_types: set[int]) -> str:
+    types = ",".join(str(t) for t in sorted(tensor_types))
+    return f"{llama_cpp.__version__}|{cpu_fingerprint()}|{types}"
+
+
+def decide_extra_bufts(path: Path) -> ProbeVerdict:
+    override = os.environ.get(ENV_OVERRIDE)
+    if override in ("0", "1"):
+        return ProbeVerdict(override == "1", f"{ENV_OVERRIDE}={override}")
+    types = {t.ggml_type for t in read_gguf(path).tensors}
+    if types <= {0, 1, 30}:  # F32/F16/BF16 weights never take the AMX or repack paths
+        return ProbeVerdict(True, "unquantized model")
+    key = probe_key(types)
+    cache_file = cache_dir() / "runtime-probe.json"
+    cached = _read_cache(cache_file)
+    if key in cached:
+        return ProbeVerdict(bool(cached[key]), "cached probe")
+    verdict = run_probe(path)
+    cached[key] = verdict.use_extra_bufts
+    _write_cache(cache_file, cached)
+    return verdict
+
+
+def run_probe(path: Path) -> ProbeVerdict:
+    command = [sys.executable, "-m", "phiquant.runtime.loader", str(path)]
+    try:
+        completed = subprocess.run(
+            command, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, env=os.environ.copy(), check=False
+        )
+    except subprocess.TimeoutExpired:
+        return ProbeVerdict(False, "probe with extra buffer types timed out")
+    if completed.returncode == 0:
+        return ProbeVerdict(True, "probe passed")
+    if completed.returncode < 0:
+        name = signal.Signals(-completed.returncode).name
+        return ProbeVerdict(False, f"probe with extra buffer types died with {name}")
+    return ProbeVerdict(False, f"probe with extra buffer types failed (exit {completed.returncode})")
+
+
+def _read_cache(file: Path) -> dict[str, bool]:
+    try:
+        data = json.loads(file.read_text())
+        return {str(k): bool(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(file: Path, data: dict[str, bool]) -> None:
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        temp = file.with_suffix(f".{os.getpid()}.tmp")
+        temp.write_text(json.dumps(data, indent=1))
+        os.replace(temp, file)
+    except OSError:
+        pass  # a read-only cache only costs a probe next time
+
+
+def load_model(path: str | Path, *, n_gpu_layers: int = 0) -> LoadedModel:
+    """Load a GGUF for inference with the fastest CPU paths this machine survives."""
+    path = Path(path)
+    verdict = decide_extra_bufts(path)
+    model = LoadedModel(path, LoadOptions(n_gpu_layers=n_gpu_layers, use_extra_bufts=verdict.use_extra_bufts))
+    model.extra_bufts_reason = verdict.reason
+    return model
+
+
+def _probe_main(path: str) -> int:
+    """Child process: load with extra buffer types and evaluate a few tokens."""
+    if os.environ.get(ENV_SIMULATE_CRASH) == "1":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    with LoadedModel(path, LoadOptions(use_extra_bufts=True)) as model, model.new_context(64) as context:
+        tokens = [t % model.n_vocab for t in range(1, 17)]
+        context.decode(tokens, all_logits=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_probe_main(sys.argv[1]))
