@@ -76,7 +76,12 @@ def convert(
     for warning in model.warnings:
         reporter.warn(warning)
     write_gguf_files(
-        model, [plan], interim_quant.encode_rows, interim_quant.row_size, allow_nonfinite=allow_nonfinite, reporter=reporter
+        model,
+        [plan],
+        interim_quant.encode_rows,
+        interim_quant.row_size,
+        allow_nonfinite=allow_nonfinite,
+        reporter=reporter,
     )
     return ConvertResult(
         path=path,

@@ -82,7 +82,9 @@ class Output:
         self.verbose = bool(getattr(args, "verbose", False))
 
     def reporter(self) -> CliReporter:
-        return CliReporter(show_progress=not (self.json or self.quiet), verbose=self.verbose, quiet=self.quiet)
+        return CliReporter(
+            show_progress=not (self.json or self.quiet), verbose=self.verbose, quiet=self.quiet
+        )
 
     def result(self, data: Any, render: Callable[[Any], None]) -> None:
         if self.json:

@@ -114,7 +114,8 @@ def end_of_generation_tokens(gguf: GGUFFile) -> list[EndToken]:
         if text in ("<|end|>", "<|endoftext|>", "<|im_end|>", "</s>"):
             roles.setdefault(token_id, []).append("llama.cpp text rule")
     return [
-        EndToken(i, tokens[i] if 0 <= i < len(tokens) else "?", sorted(set(r))) for i, r in sorted(roles.items())
+        EndToken(i, tokens[i] if 0 <= i < len(tokens) else "?", sorted(set(r)))
+        for i, r in sorted(roles.items())
     ]
 
 
@@ -124,7 +125,9 @@ def inspect_gguf(path: Path) -> GGUFReport:
     n_parameters = sum(u.n_elements for u in type_usage(gguf))
     tensor_bytes = sum(t.nbytes for t in gguf.tensors)
     hyperparameters = {
-        suffix: gguf.get(f"{arch}.{suffix}") for suffix in HYPERPARAMETER_SUFFIXES if gguf.get(f"{arch}.{suffix}") is not None
+        suffix: gguf.get(f"{arch}.{suffix}")
+        for suffix in HYPERPARAMETER_SUFFIXES
+        if gguf.get(f"{arch}.{suffix}") is not None
     }
     tokens = gguf.get("tokenizer.ggml.tokens") or []
     tokenizer = {

@@ -21,7 +21,12 @@ def stored_type_name(ggml_type: int) -> str:
 
 
 def allows_quantization(name: str, shape: tuple[int, ...]) -> bool:
-    return n_dims(shape) >= 2 and name.endswith("weight") and "_norm.weight" not in name and "ffn_gate_inp.weight" not in name
+    return (
+        n_dims(shape) >= 2
+        and name.endswith("weight")
+        and "_norm.weight" not in name
+        and "ffn_gate_inp.weight" not in name
+    )
 
 
 def plan_types(model: ModelSource, type_name: str) -> dict[str, int]:

@@ -62,11 +62,17 @@ def output_metadata(source: ModelSource, plan: OutputPlan) -> list[Metadatum]:
     )
 
 
-def tensor_infos(source: ModelSource, plan: OutputPlan, row_size: Callable[[int, int], int]) -> list[TensorInfo]:
+def tensor_infos(
+    source: ModelSource, plan: OutputPlan, row_size: Callable[[int, int], int]
+) -> list[TensorInfo]:
     infos = []
     for tensor in ordered_tensors(source):
         ggml_type = plan.tensor_types[tensor.name]
-        infos.append(TensorInfo(tensor.name, tensor.shape, ggml_type, row_size(ggml_type, tensor.shape[0]) * tensor.n_rows))
+        infos.append(
+            TensorInfo(
+                tensor.name, tensor.shape, ggml_type, row_size(ggml_type, tensor.shape[0]) * tensor.n_rows
+            )
+        )
     return infos
 
 
@@ -76,7 +82,9 @@ def ordered_tensors(source: ModelSource) -> list[SourceTensor]:
 
 
 def predicted_size(source: ModelSource, plan: OutputPlan, row_size: Callable[[int, int], int]) -> int:
-    return predicted_file_size(source.arch, output_metadata(source, plan), tensor_infos(source, plan, row_size))
+    return predicted_file_size(
+        source.arch, output_metadata(source, plan), tensor_infos(source, plan, row_size)
+    )
 
 
 def slab_bounds(tensor: SourceTensor) -> list[tuple[int, int]]:
@@ -111,11 +119,17 @@ def write_gguf_files(
 ) -> list[Path]:
     """Write every planned file in one pass over the source tensors; all appear or none do."""
     outputs = [
-        GGUFOutput(plan.path, source.arch, output_metadata(source, plan), tensor_infos(source, plan, row_size))
+        GGUFOutput(
+            plan.path, source.arch, output_metadata(source, plan), tensor_infos(source, plan, row_size)
+        )
         for plan in plans
     ]
     tensors = ordered_tensors(source)
-    reporter.start("writing" if len(plans) == 1 else f"writing {len(plans)} files", sum(4 * t.n_elements for t in tensors), "B")
+    reporter.start(
+        "writing" if len(plans) == 1 else f"writing {len(plans)} files",
+        sum(4 * t.n_elements for t in tensors),
+        "B",
+    )
     with open_outputs(outputs):
         for tensor in tensors:
             types = [plan.tensor_types[tensor.name] for plan in plans]

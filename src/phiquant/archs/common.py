@@ -5,10 +5,9 @@ Nothing here knows about a particular Phi family; quirks live in the family modu
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,58 +17,11 @@ from phiquant.checkpoint.directory import Checkpoint
 from phiquant.checkpoint.safetensors import SafetensorsEntry
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
-
-GGML_TYPE_F32 = 0
-GGML_TYPE_F16 = 1
-GGML_TYPE_BF16 = 30
+from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, GGML_TYPE_F32, SourceTensor
 
 # safetensors dtype -> the ggml type "auto" keeps (llama.cpp's converter keeps BF16 as BF16 and
 # F16 as F16; F32 checkpoints stay F32).
 STORED_GGML_TYPE = {"BF16": GGML_TYPE_BF16, "F16": GGML_TYPE_F16, "F32": GGML_TYPE_F32, "F64": GGML_TYPE_F32}
-
-
-@dataclass(frozen=True)
-class SourceTensor:
-    """A tensor to write to the GGUF file, not yet read.
-
-    `shape` is in ggml `ne` order (shape[0] is the row length).  `read_rows(start, stop)` returns
-    those rows of the tensor viewed as 2-D (rows x shape[0]) as float32.  `base_type` is the ggml
-    type the tensor has in the equivalent llama.cpp input file (F32 for a Hugging Face checkpoint,
-    whose F32 GGUF is the reference for quantization).
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    base_type: int
-    read_rows: Callable[[int, int], np.ndarray]
-    read_raw: Callable[[], np.ndarray] | None = None  # stored bytes when they already are base_type
-
-    @property
-    def n_rows(self) -> int:
-        return math.prod(self.shape[1:])
-
-    @property
-    def n_elements(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass
-class ModelSource:
-    """A model ready to be written: GGUF metadata (in order) and tensors (in llama.cpp's order)."""
-
-    arch: str
-    metadata: list[Metadatum]
-    tensors: list[SourceTensor]
-    stored_type: int  # the ggml type `auto` resolves to
-    origin: str  # where it came from, for messages
-    source_bytes: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-    def value(self, key: str, default: Any = None) -> Any:
-        for item in self.metadata:
-            if item.key == key:
-                return item.value
-        return default
 
 
 class HParams:
@@ -122,7 +74,9 @@ def read_rope_settings(hp: HParams) -> RopeSettings:
     long_factor, short_factor = params.get("long_factor"), params.get("short_factor")
     return RopeSettings(
         theta=float(params.get("rope_theta") or hp.get("rope_theta", default=10000.0)),
-        partial_rotary_factor=float(params.get("partial_rotary_factor") or hp.get("partial_rotary_factor", default=1.0)),
+        partial_rotary_factor=float(
+            params.get("partial_rotary_factor") or hp.get("partial_rotary_factor", default=1.0)
+        ),
         scaling_type=scaling_type,
         long_factor=tuple(float(x) for x in long_factor) if long_factor else None,
         short_factor=tuple(float(x) for x in short_factor) if short_factor else None,
@@ -190,6 +144,22 @@ def general_metadata(name: str, n_parameters: int) -> list[Metadatum]:
         string("general.type", "model"),
         string("general.name", name),
         string("general.size_label", size_label(n_parameters)),
+    ]
+
+
+def provenance_metadata() -> list[Metadatum]:
+    """Which phiquant and llama.cpp (through llama-cpp-python) made the file."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from phiquant import __version__
+
+    try:
+        llama_cpp_python = version("llama_cpp_python")
+    except PackageNotFoundError:
+        llama_cpp_python = "not installed"
+    return [
+        string("phiquant.version", __version__),
+        string("phiquant.llama_cpp_python_version", llama_cpp_python),
     ]
 
 

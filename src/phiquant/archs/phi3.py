@@ -23,6 +23,7 @@ from phiquant.archs.common import (
     float32_tensor,
     general_metadata,
     model_name,
+    provenance_metadata,
     read_rope_settings,
     u32,
 )
@@ -34,6 +35,7 @@ from phiquant.vocab.special import (
     chat_template_metadata,
     eog_metadata,
     find_special_tokens,
+    strip_flag_metadata,
 )
 from phiquant.vocab.spm import Vocabulary, read_sentencepiece_vocabulary
 
@@ -192,7 +194,8 @@ def check_tensor_names(checkpoint: Checkpoint, expected: dict[str, tuple[str, tu
     missing = sorted(set(expected) - present)
     if missing:
         raise PhiquantError(
-            f"missing tensor {missing[0]!r} ({len(missing)} missing) that config.json implies", path=checkpoint.path
+            f"missing tensor {missing[0]!r} ({len(missing)} missing) that config.json implies",
+            path=checkpoint.path,
         )
     unexpected = sorted(present - set(expected))
     if unexpected:
@@ -209,7 +212,10 @@ def build(checkpoint: Checkpoint) -> ModelSource:
     names = tensor_map(shape)
     check_tensor_names(checkpoint, names)
     config_file = str(hp.file)
-    tensors = [checkpoint_tensor(checkpoint.tensor(hf), gguf, expected, config_file) for hf, (gguf, expected) in names.items()]
+    tensors = [
+        checkpoint_tensor(checkpoint.tensor(hf), gguf, expected, config_file)
+        for hf, (gguf, expected) in names.items()
+    ]
     tensors += longrope_tensors(rope, rope_dimension_count(shape, rope), config_file)
 
     vocabulary = read_sentencepiece_vocabulary(checkpoint, shape.n_vocab)
@@ -224,6 +230,8 @@ def build(checkpoint: Checkpoint) -> ModelSource:
         + special.metadata()
         + chat_template_metadata(chat_template(checkpoint))
         + [eog_metadata(special)]
+        + strip_flag_metadata(vocabulary.added)
+        + provenance_metadata()
     )
     source = ModelSource(
         arch=GGUF_ARCH,
@@ -233,7 +241,7 @@ def build(checkpoint: Checkpoint) -> ModelSource:
         origin=str(checkpoint.path),
         source_bytes=checkpoint.source_bytes,
     )
-    source.warnings += sliding_window_warnings(hp)
+    source.warnings += sliding_window_warnings(hp) + vocabulary.warnings
     if special.dropped_eog_ids:
         source.warnings.append(
             f"end-of-generation ids {special.dropped_eog_ids} do not fit llama.cpp's eos/eot/eom slots; "

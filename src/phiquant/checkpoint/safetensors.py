@@ -91,10 +91,14 @@ def read_safetensors_header(path: Path) -> list[SafetensorsEntry]:
         with open(path, "rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
-                raise PhiquantError("not a safetensors file: shorter than its 8-byte header length", path=path)
+                raise PhiquantError(
+                    "not a safetensors file: shorter than its 8-byte header length", path=path
+                )
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > MAX_HEADER_BYTES:
-                raise PhiquantError(f"corrupt safetensors header: claims {header_len} header bytes", path=path)
+                raise PhiquantError(
+                    f"corrupt safetensors header: claims {header_len} header bytes", path=path
+                )
             if 8 + header_len > file_size:
                 raise PhiquantError(
                     f"corrupt or truncated safetensors file: header needs {header_len} bytes but the file "

@@ -17,7 +17,7 @@ class Command:
     summary: str
     description: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace, "Output"], int]
+    run: Callable[[argparse.Namespace, Output], int]
 
 
 def _all_commands() -> list[Command]:

@@ -12,7 +12,9 @@ from phiquant.gguf_io import format_bytes
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="Hugging Face model directory")
-    parser.add_argument("-o", "--output", metavar="OUT.gguf", help="output file (default: <Model-Name>-<TYPE>.gguf here)")
+    parser.add_argument(
+        "-o", "--output", metavar="OUT.gguf", help="output file (default: <Model-Name>-<TYPE>.gguf here)"
+    )
     parser.add_argument(
         "--outtype",
         default="auto",
@@ -26,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, output: Any) -> int:
     result = api.convert(
-        args.source, args.output, args.outtype, allow_nonfinite=args.allow_nonfinite, reporter=output.reporter()
+        args.source,
+        args.output,
+        args.outtype,
+        allow_nonfinite=args.allow_nonfinite,
+        reporter=output.reporter(),
     )
 
     def render(console: Any) -> None:

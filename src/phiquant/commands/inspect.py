@@ -34,12 +34,21 @@ def run(args: argparse.Namespace, output: Any) -> int:
         table = Table("type", "tensors", "parameters", "bytes", "share")
         for usage in report.types:
             share = usage.nbytes / report.tensor_bytes if report.tensor_bytes else 0.0
-            table.add_row(usage.type, str(usage.n_tensors), f"{usage.n_elements:,}", format_bytes(usage.nbytes), f"{share:.1%}")
+            table.add_row(
+                usage.type,
+                str(usage.n_tensors),
+                f"{usage.n_elements:,}",
+                format_bytes(usage.nbytes),
+                f"{share:.1%}",
+            )
         console.print(table)
         params = "  ".join(f"{k}={v}" for k, v in report.hyperparameters.items())
         console.print(f"hyper-parameters: {params}", highlight=False)
         tok = report.tokenizer
-        console.print(f"tokenizer: {tok['model']} ({tok['pre']}), {tok['n_tokens']} tokens, add_bos={tok['add_bos_token']}", highlight=False)
+        console.print(
+            f"tokenizer: {tok['model']} ({tok['pre']}), {tok['n_tokens']} tokens, add_bos={tok['add_bos_token']}",
+            highlight=False,
+        )
         ends = ", ".join(f"{e.id} {e.text!r} ({'/'.join(e.roles)})" for e in report.end_of_generation)
         console.print(f"end of generation: {ends or 'none'}", highlight=False, markup=False)
         console.print(f"chat template: {'yes' if report.has_chat_template else 'no'}", highlight=False)

@@ -170,7 +170,9 @@ class _HeaderParser:
             if element_type == GGUFValueType.ARRAY:
                 raise self.fail(f"{key!r} is an array of arrays")
             count = self.scalar("<Q", f"length of {key!r}")
-            minimum = 8 if element_type == GGUFValueType.STRING else struct.calcsize(SCALAR_FORMATS[element_type])
+            minimum = (
+                8 if element_type == GGUFValueType.STRING else struct.calcsize(SCALAR_FORMATS[element_type])
+            )
             if count * minimum > self.size - self.pos:
                 raise self.fail(f"array {key!r} claims {count} elements, more than the file can hold")
             return Metadatum(key, self.array(key, element_type, count), value_type, element_type)
@@ -234,7 +236,9 @@ class _HeaderParser:
             if offset % alignment:
                 raise self.fail(f"tensor {name!r} offset {offset} is not aligned to {alignment}")
             if start + nbytes > self.size:
-                raise self.fail(f"tensor {name!r} data ({nbytes} bytes at {start}) runs past the end of the file")
+                raise self.fail(
+                    f"tensor {name!r} data ({nbytes} bytes at {start}) runs past the end of the file"
+                )
             tensors.append(GGUFTensor(name, shape, ggml_type, start, nbytes))
         ordered = sorted((t for t in tensors if t.nbytes), key=lambda t: t.offset)
         for before, after in zip(ordered, ordered[1:]):

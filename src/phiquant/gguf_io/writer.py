@@ -65,7 +65,11 @@ def serialise_header(arch: str, metadata: Sequence[Metadatum], tensors: Sequence
         # gguf expects numpy (reversed) order; raw_dtype may be a type gguf 0.19 has no enum for
         # (Q2_0), which is fine because it is only packed as an integer.
         writer.add_tensor_info(
-            info.name, tuple(reversed(info.shape)), np.dtype(np.float32), info.nbytes, raw_dtype=info.ggml_type
+            info.name,
+            tuple(reversed(info.shape)),
+            np.dtype(np.float32),
+            info.nbytes,
+            raw_dtype=info.ggml_type,
         )
     buffer = io.BytesIO()
     writer.fout = [buffer]  # type: ignore[list-item]

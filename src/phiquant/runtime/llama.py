@@ -63,7 +63,10 @@ class LoadedModel:
             params.load_mode = lc.LLAMA_LOAD_MODE_NONE
         self._model = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
-            raise PhiquantError("llama.cpp could not load this model (see the llama.cpp log with PHIQUANT_LLAMA_LOG=1)", path=self.path)
+            raise PhiquantError(
+                "llama.cpp could not load this model (see the llama.cpp log with PHIQUANT_LLAMA_LOG=1)",
+                path=self.path,
+            )
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train = lc.llama_model_n_ctx_train(self._model)
@@ -106,7 +109,9 @@ class LoadedModel:
         return buffer.raw[:n]
 
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
-        return b"".join(self.token_piece(t, special=special) for t in tokens).decode("utf-8", errors="replace")
+        return b"".join(self.token_piece(t, special=special) for t in tokens).decode(
+            "utf-8", errors="replace"
+        )
 
     def token_text(self, token: int) -> str:
         return lc.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
@@ -115,9 +120,16 @@ class LoadedModel:
         return bool(lc.llama_vocab_is_eog(self._vocab, token))
 
     def new_context(
-        self, n_ctx: int, *, n_batch: int | None = None, n_threads: int | None = None, reference_precision: bool = False
+        self,
+        n_ctx: int,
+        *,
+        n_batch: int | None = None,
+        n_threads: int | None = None,
+        reference_precision: bool = False,
     ) -> Context:
-        return Context(self, n_ctx, n_batch=n_batch, n_threads=n_threads, reference_precision=reference_precision)
+        return Context(
+            self, n_ctx, n_batch=n_batch, n_threads=n_threads, reference_precision=reference_precision
+        )
 
 
 class Context:
@@ -147,7 +159,9 @@ class Context:
             params.n_threads_batch = n_threads
         self._ctx = lc.llama_init_from_model(model._model, params)
         if not self._ctx:
-            raise PhiquantError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)", path=model.path)
+            raise PhiquantError(
+                f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)", path=model.path
+            )
         self.n_ctx = lc.llama_n_ctx(self._ctx)
         self.n_batch = params.n_batch
         self.n_past = 0
@@ -192,7 +206,9 @@ class Context:
             batch.n_tokens = n
             status = lc.llama_decode(self._ctx, batch)
             if status != 0:
-                raise PhiquantError(f"llama.cpp failed to evaluate {n} tokens (llama_decode returned {status})")
+                raise PhiquantError(
+                    f"llama.cpp failed to evaluate {n} tokens (llama_decode returned {status})"
+                )
             self.n_past += n
             n_vocab = self.model.n_vocab
             if all_logits:

@@ -20,6 +20,10 @@ from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 
 EOG_IDS_KEY = "phiquant.eog_token_ids"
+# Hugging Face added-token flags that GGUF has no keys for; phiquant's prompt tokenizer uses them
+# to reproduce the HF tokenizer's ids exactly (runtime.prompt).
+LSTRIP_IDS_KEY = "phiquant.tokenizer.lstrip_token_ids"
+RSTRIP_IDS_KEY = "phiquant.tokenizer.rstrip_token_ids"
 
 # Token texts Phi models use to end a turn, most specific first.
 END_OF_TURN_TEXTS = ("<|end|>", "<|im_end|>")
@@ -52,7 +56,11 @@ class SpecialTokens:
         items: list[Metadatum] = []
         for role in ("bos", "eos", "unk", "sep", "pad", "cls", "mask", "eot", "eom"):
             if role in self.ids:
-                key = "tokenizer.ggml.unknown_token_id" if role == "unk" else f"tokenizer.ggml.{_slot(role)}_token_id"
+                key = (
+                    "tokenizer.ggml.unknown_token_id"
+                    if role == "unk"
+                    else f"tokenizer.ggml.{_slot(role)}_token_id"
+                )
                 items.append(Metadatum(key, self.ids[role], GGUFValueType.UINT32))
         if self.add_bos is not None:
             items.append(Metadatum("tokenizer.ggml.add_bos_token", self.add_bos, GGUFValueType.BOOL))
@@ -84,11 +92,17 @@ def _int_key(key: str, checkpoint: Checkpoint) -> int:
     try:
         return int(key)
     except ValueError:
-        raise PhiquantError(f"added_tokens_decoder key {key!r} is not a token id", path=checkpoint.path) from None
+        raise PhiquantError(
+            f"added_tokens_decoder key {key!r} is not a token id", path=checkpoint.path
+        ) from None
 
 
 def _added_token(entry: Any, token_id: Any, checkpoint: Checkpoint, file: str) -> AddedToken:
-    if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or not isinstance(token_id, int):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("content"), str)
+        or not isinstance(token_id, int)
+    ):
         raise PhiquantError(f"malformed added token {entry!r}", path=checkpoint.path / file)
     return AddedToken(
         id=token_id,
@@ -169,10 +183,14 @@ def chat_template(checkpoint: Checkpoint) -> str | list[dict[str, str]] | None:
         template = (checkpoint.json_file("chat_template.json") or {}).get("chat_template")
     if template is None or isinstance(template, str):
         return template
-    if isinstance(template, list) and all(isinstance(t, dict) and "name" in t and "template" in t for t in template):
+    if isinstance(template, list) and all(
+        isinstance(t, dict) and "name" in t and "template" in t for t in template
+    ):
         return template
-    raise PhiquantError(f"chat_template is neither a string nor a list of named templates: {json.dumps(template)[:80]}",
-                        path=checkpoint.path / "tokenizer_config.json")
+    raise PhiquantError(
+        f"chat_template is neither a string nor a list of named templates: {json.dumps(template)[:80]}",
+        path=checkpoint.path / "tokenizer_config.json",
+    )
 
 
 def chat_template_metadata(template: str | list[dict[str, str]] | None) -> list[Metadatum]:
@@ -182,6 +200,21 @@ def chat_template_metadata(template: str | list[dict[str, str]] | None) -> list[
         return [Metadatum("tokenizer.chat_template", template, GGUFValueType.STRING)]
     items = []
     for entry in template:
-        key = "tokenizer.chat_template" if entry["name"] == "default" else f"tokenizer.chat_template.{entry['name']}"
+        key = (
+            "tokenizer.chat_template"
+            if entry["name"] == "default"
+            else f"tokenizer.chat_template.{entry['name']}"
+        )
         items.append(Metadatum(key, entry["template"], GGUFValueType.STRING))
+    return items
+
+
+def strip_flag_metadata(tokens: list[AddedToken]) -> list[Metadatum]:
+    """The ids of added tokens that swallow whitespace on their left/right (GGUF arrays cannot be
+    empty, so an absent key means none)."""
+    items = []
+    for key, flag in ((LSTRIP_IDS_KEY, "lstrip"), (RSTRIP_IDS_KEY, "rstrip")):
+        ids = [t.id for t in tokens if getattr(t, flag)]
+        if ids:
+            items.append(Metadatum(key, ids, GGUFValueType.ARRAY, GGUFValueType.UINT32))
     return items

@@ -44,6 +44,7 @@ class Vocabulary:
     token_types: list[int]
     added: list[AddedToken]
     add_space_prefix: bool
+    warnings: list[str]
 
     def token_ids(self) -> dict[str, int]:
         ids: dict[str, int] = {}
@@ -57,7 +58,9 @@ class Vocabulary:
             Metadatum("tokenizer.ggml.pre", "default", GGUFValueType.STRING),
             Metadatum("tokenizer.ggml.tokens", self.tokens, GGUFValueType.ARRAY, GGUFValueType.STRING),
             Metadatum("tokenizer.ggml.scores", self.scores, GGUFValueType.ARRAY, GGUFValueType.FLOAT32),
-            Metadatum("tokenizer.ggml.token_type", self.token_types, GGUFValueType.ARRAY, GGUFValueType.INT32),
+            Metadatum(
+                "tokenizer.ggml.token_type", self.token_types, GGUFValueType.ARRAY, GGUFValueType.INT32
+            ),
             Metadatum("tokenizer.ggml.add_space_prefix", self.add_space_prefix, GGUFValueType.BOOL),
         ]
 
@@ -70,11 +73,12 @@ def read_sentencepiece_vocabulary(checkpoint: Checkpoint, vocab_size: int) -> Vo
             f"{_tokenizer_class(checkpoint)!r}) and needs that file",
             path=checkpoint.path,
         )
-    processor, add_dummy_prefix = _load_sentencepiece(model_file)
+    processor, normalizer = _load_sentencepiece(model_file)
     n_pieces = processor.vocab_size()
     if n_pieces > vocab_size:
         raise PhiquantError(
-            f"tokenizer.model has {n_pieces} pieces but config.json vocab_size is {vocab_size}", path=model_file
+            f"tokenizer.model has {n_pieces} pieces but config.json vocab_size is {vocab_size}",
+            path=model_file,
         )
     tokens = [f"[PAD{i}]" for i in range(vocab_size)]
     scores = [PADDING_SCORE] * vocab_size
@@ -94,14 +98,33 @@ def read_sentencepiece_vocabulary(checkpoint: Checkpoint, vocab_size: int) -> Vo
         tokens[token.id] = token.content
         scores[token.id] = ADDED_TOKEN_SCORE
         types[token.id] = int(TokenType.CONTROL if token.special else TokenType.USER_DEFINED)
-    return Vocabulary(tokens, scores, types, added, add_dummy_prefix)
+    return Vocabulary(
+        tokens, scores, types, added, normalizer.add_dummy_prefix, normalization_warnings(normalizer)
+    )
+
+
+def normalization_warnings(normalizer: Any) -> list[str]:
+    """llama.cpp applies no SentencePiece normalisation; Phi-3's model uses none ("identity").
+    A fine-tune whose tokenizer.model normalises (NFKC, whitespace folding) will tokenize
+    differently under llama.cpp, so say so at conversion time."""
+    problems = []
+    if normalizer.name and normalizer.name != "identity":
+        problems.append(f"normalisation rule {normalizer.name!r}")
+    if normalizer.remove_extra_whitespaces:
+        problems.append("remove_extra_whitespaces")
+    if not problems:
+        return []
+    return [
+        f"tokenizer.model uses {' and '.join(problems)}, which llama.cpp does not apply: "
+        "llama.cpp will tokenize some whitespace and Unicode text differently"
+    ]
 
 
 def _tokenizer_class(checkpoint: Checkpoint) -> str | None:
     return (checkpoint.json_file("tokenizer_config.json") or {}).get("tokenizer_class")
 
 
-def _load_sentencepiece(model_file: Path) -> tuple[Any, bool]:
+def _load_sentencepiece(model_file: Path) -> tuple[Any, Any]:
     import sentencepiece
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2
@@ -111,7 +134,9 @@ def _load_sentencepiece(model_file: Path) -> tuple[Any, bool]:
     try:
         proto.ParseFromString(data)
     except DecodeError as exc:
-        raise PhiquantError(f"not a valid SentencePiece model ({type(exc).__name__})", path=model_file) from exc
+        raise PhiquantError(
+            f"not a valid SentencePiece model ({type(exc).__name__})", path=model_file
+        ) from exc
     if not proto.pieces:
         raise PhiquantError("not a valid SentencePiece model (no pieces)", path=model_file)
     processor = sentencepiece.SentencePieceProcessor()
@@ -119,7 +144,7 @@ def _load_sentencepiece(model_file: Path) -> tuple[Any, bool]:
         processor.LoadFromSerializedProto(data)
     except (RuntimeError, OSError) as exc:
         raise PhiquantError(f"not a valid SentencePiece model: {exc}", path=model_file) from exc
-    return processor, bool(proto.normalizer_spec.add_dummy_prefix)
+    return processor, proto.normalizer_spec
 
 
 def _piece_type(processor: Any, piece_id: int) -> TokenType:

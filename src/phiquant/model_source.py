@@ -1,0 +1,61 @@
+"""The model being written: GGUF metadata and lazy tensors, whatever it was read from
+(a Hugging Face checkpoint through an arch module, or an existing GGUF file)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from phiquant.gguf_io import Metadatum
+
+GGML_TYPE_F32 = 0
+GGML_TYPE_F16 = 1
+GGML_TYPE_BF16 = 30
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    """A tensor to write to the GGUF file, not yet read.
+
+    `shape` is in ggml `ne` order (shape[0] is the row length).  `read_rows(start, stop)` returns
+    those rows of the tensor viewed as 2-D (rows x shape[0]) as float32.  `base_type` is the ggml
+    type the tensor has in the equivalent llama.cpp input file (F32 for a Hugging Face checkpoint,
+    whose F32 GGUF is the reference for quantization).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    base_type: int
+    read_rows: Callable[[int, int], np.ndarray]
+    read_raw: Callable[[], np.ndarray] | None = None  # stored bytes when they already are base_type
+
+    @property
+    def n_rows(self) -> int:
+        return math.prod(self.shape[1:])
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class ModelSource:
+    """A model ready to be written: GGUF metadata (in order) and tensors (in llama.cpp's order)."""
+
+    arch: str
+    metadata: list[Metadatum]
+    tensors: list[SourceTensor]
+    stored_type: int  # the ggml type `auto` resolves to
+    origin: str  # where it came from, for messages
+    source_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def value(self, key: str, default: Any = None) -> Any:
+        for item in self.metadata:
+            if item.key == key:
+                return item.value
+        return default
