@@ -31,7 +31,9 @@ class SourceTensor:
     shape: tuple[int, ...]
     base_type: int
     read_rows: Callable[[int, int], np.ndarray]
-    read_raw: Callable[[], np.ndarray] | None = None  # stored bytes when they already are base_type
+    # rows [start, stop) as the stored bytes of base_type; copied unchanged when the target type is
+    # the stored type (as llama_model_quantize does), which matters for already-quantized sources
+    read_raw: Callable[[int, int], np.ndarray] | None = None
 
     @property
     def n_rows(self) -> int:

@@ -145,7 +145,10 @@ def write_gguf_files(
                     )
                 slice_ = importance_slice(weights, tensor, start)
                 for output, ggml_type in zip(outputs, types):
-                    output.write(encode_rows(rows, ggml_type, slice_))
+                    if ggml_type == tensor.base_type and tensor.read_raw is not None:
+                        output.write(tensor.read_raw(start, stop))
+                    else:
+                        output.write(encode_rows(rows, ggml_type, slice_))
                 reporter.advance(4 * rows.size)
                 del rows
     reporter.finish()
