@@ -12,11 +12,12 @@ from pathlib import Path
 
 from phiquant import interim_quant
 from phiquant.archs import load_model_source
-from phiquant.archs.common import ModelSource, model_name
+from phiquant.archs.common import model_name
 from phiquant.checkpoint.directory import open_checkpoint
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes
 from phiquant.inspection import GGUFReport, inspect_gguf
+from phiquant.model_source import ModelSource
 from phiquant.pipeline import OutputPlan, write_gguf_files
 from phiquant.progress import SILENT, Reporter
 

@@ -7,8 +7,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-from phiquant.archs.common import ModelSource
 from phiquant.gguf_io.reader import TYPE_SIZES
+from phiquant.model_source import ModelSource
 from phiquant.pipeline import n_dims
 
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}

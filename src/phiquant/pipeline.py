@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_VERSION, GGUFValueType
 
-from phiquant.archs.common import ModelSource, SourceTensor
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import GGUFOutput, Metadatum, TensorInfo, open_outputs, predicted_file_size
+from phiquant.model_source import ModelSource, SourceTensor
 from phiquant.progress import SILENT, Reporter
 
 # Rows are read and encoded in slabs of about this many float32 bytes.

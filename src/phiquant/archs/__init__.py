@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from phiquant.archs.common import ModelSource
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.errors import PhiquantError, UnsupportedModelError
+from phiquant.model_source import ModelSource
 
 # HF `architectures[0]` -> module in phiquant.archs
 FAMILIES: dict[str, str] = {

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from phiquant.archs.common import (
     HParams,
-    ModelSource,
     RopeSettings,
     SourceTensor,
     checkpoint_tensor,
@@ -30,6 +29,7 @@ from phiquant.archs.common import (
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
+from phiquant.model_source import ModelSource
 from phiquant.vocab.special import (
     chat_template,
     chat_template_metadata,
