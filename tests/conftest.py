@@ -1,0 +1,13 @@
+"""Test-wide fixtures: the checkpoint factory's pytest fixtures (tests/fixtures/checkpoint_fixtures.py)."""
+
+from tests.fixtures.checkpoint_fixtures import (  # noqa: F401  (imported fixtures register by name)
+    make_phi3_checkpoint,
+    phi3_checkpoint,
+    phi3_medium_4k_checkpoint,
+    phi3_mini_4k_checkpoint,
+    phi3_mini_128k_april_2024_checkpoint,
+    phi3_spec,
+    phi3_vocab,
+    phi35_mini_checkpoint,
+    shared_phi3_checkpoint,
+)
