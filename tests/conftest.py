@@ -11,3 +11,4 @@ from tests.fixtures.checkpoint_fixtures import (  # noqa: F401  (imported fixtur
     phi35_mini_checkpoint,
     shared_phi3_checkpoint,
 )
+from tests.fixtures.gguf_fixtures import converted_gguf  # noqa: E402,F401

@@ -65,7 +65,9 @@ class CliReporter(Reporter):
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"warning: {message}", markup=False, highlight=False, style="yellow")
+            self.console.print(
+                f"warning: {message}", markup=False, highlight=False, style="yellow", soft_wrap=True
+            )
 
     def finish(self) -> None:
         if self._progress is not None:
@@ -156,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"phiquant: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`phiquant inspect x --json | head`): not an error worth a traceback.
+        sys.stderr.close()
+        return EXIT_OK
     except Terminated:
         print("phiquant: terminated; partial output removed", file=sys.stderr)
         return EXIT_TERMINATED

@@ -107,13 +107,22 @@ class GGUFOutput:
 
     def __enter__(self) -> GGUFOutput:
         header = serialise_header(self.arch, self.metadata, self.tensors)
-        check_free_space(self.path, len(header) + sum(padded(t.nbytes) for t in self.tensors))
+        directory = self.path.parent
+        if not directory.is_dir():
+            raise PhiquantError("output directory does not exist (or is not a directory)", path=directory)
         try:
             self._file = open(self.temp_path, "wb")  # noqa: SIM115 - closed in __exit__
+        except OSError as exc:
+            raise _write_error(exc, self.path) from exc
+        try:
+            check_free_space(self.path, len(header) + sum(padded(t.nbytes) for t in self.tensors))
             self._file.write(header)
         except OSError as exc:
             self._discard()
             raise _write_error(exc, self.path) from exc
+        except PhiquantError:
+            self._discard()
+            raise
         return self
 
     def write(self, chunk: np.ndarray | bytes) -> None:
@@ -163,11 +172,7 @@ class GGUFOutput:
 
 def check_free_space(path: Path, needed: int) -> None:
     """Refuse to start a write that cannot fit, instead of failing near the end."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise PhiquantError("output directory does not exist", path=directory)
-    if not os.access(directory, os.W_OK):
-        raise PhiquantError("output directory is not writable", path=directory)
+    directory = path.parent
     free = shutil.disk_usage(directory).free
     if free < needed:
         raise PhiquantError(
