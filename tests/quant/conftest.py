@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from phiquant.quant.gguf_file import GGUFLayout, read_gguf_layout, read_tensor_bytes
+from phiquant.quant.plan import QuantPlan
 from phiquant.quant.quantize import quantize_rows
 from phiquant.quant.types import PRESETS, GGMLType, Preset
 from tests.quant.llama_reference import ReferenceJob, ReferenceResult, run_reference_jobs
@@ -90,3 +91,21 @@ def reference_layout(result: ReferenceResult) -> GGUFLayout:
 
 def reference_tensor_bytes(layout: GGUFLayout, name: str) -> bytes:
     return read_tensor_bytes(layout, layout.tensor(name)).tobytes()
+
+
+def assert_plan_matches_reference(oracle: Oracle, model: SyntheticModel, plan: QuantPlan, layout: GGUFLayout,
+                                  with_imatrix: bool) -> None:
+    """Order, types, shapes, sizes and every tensor's bytes of our plan and quantizer against llama.cpp's file."""
+    assert [t.name for t in plan.tensors] == [t.name for t in layout.tensors], "tensor order"
+    assert [t.target_type.name for t in plan.tensors] == [t.type.name for t in layout.tensors], "types"
+    assert [t.shape for t in plan.tensors] == [t.shape for t in layout.tensors]
+    assert [t.target_bytes for t in plan.tensors] == [t.n_bytes for t in layout.tensors], "tensor sizes"
+    assert plan.data_section_bytes() == layout.file_size - layout.data_offset, "data section size"
+    source = oracle.model_data(model)
+    for tensor in plan.tensors:
+        expected = reference_tensor_bytes(layout, tensor.name)
+        if tensor.quantize:
+            ours = oracle.our_bytes(model, tensor.name, tensor.target_type, with_imatrix)
+        else:
+            ours = source[tensor.name].tobytes()
+        assert ours == expected, f"{tensor.name} ({tensor.target_type.name}) bytes differ"

@@ -101,8 +101,9 @@ def tensor_descs(model: SyntheticModel) -> list[TensorDesc]:
     return [TensorDesc(name, shape, GGMLType.F32) for name, shape in tensor_shapes(model).items()]
 
 
-def write_model(model: SyntheticModel, path: Path) -> dict[str, np.ndarray]:
-    """Write the GGUF file; returns the tensors it holds (numpy order)."""
+def write_model(model: SyntheticModel, path: Path,
+                data: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Write the GGUF file (with `data`, or the model's own random tensors); returns the tensors."""
     writer = gguf.GGUFWriter(str(path), model.arch)
     writer.add_name(f"synthetic-{model.label}")
     writer.add_context_length(4096)
@@ -117,7 +118,7 @@ def write_model(model: SyntheticModel, path: Path) -> dict[str, np.ndarray]:
         writer.add_expert_count(model.n_expert)
         writer.add_expert_used_count(2)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    data = tensor_data(model)
+    data = tensor_data(model) if data is None else data
     for name, values in data.items():
         writer.add_tensor(name, values)
     writer.write_header_to_file()

@@ -12,7 +12,7 @@ import pytest
 from phiquant.errors import PhiquantError
 from phiquant.quant.plan import QuantOptions, QuantPlan, plan_quantization
 from phiquant.quant.types import LlamaFtype, Preset
-from tests.quant.conftest import LLAMA_PRESETS, Oracle, reference_layout, reference_tensor_bytes
+from tests.quant.conftest import LLAMA_PRESETS, Oracle, assert_plan_matches_reference, reference_layout
 from tests.quant.synthetic import GQA4, MAIN, ODD_ROWS, PHIMOE, TIED, SyntheticModel, tensor_descs
 
 MODELS = (MAIN, GQA4, TIED, ODD_ROWS, PHIMOE)
@@ -52,21 +52,8 @@ def test_plan_and_bytes_equal_llama_cpp_output(oracle: Oracle, model: SyntheticM
 
     plan = _plan(model, preset, with_imatrix)
     layout = reference_layout(result)
-    assert [t.name for t in plan.tensors] == [t.name for t in layout.tensors], "tensor order"
-    assert [t.target_type.name for t in plan.tensors] == [t.type.name for t in layout.tensors], "types"
-    assert [t.shape for t in plan.tensors] == [t.shape for t in layout.tensors]
-    assert [t.target_bytes for t in plan.tensors] == [t.n_bytes for t in layout.tensors], "tensor sizes"
-    assert plan.data_section_bytes() == layout.file_size - layout.data_offset, "data section size"
     assert layout.value("general.file_type") == preset.ftype
-
-    source = oracle.model_data(model)
-    for tensor in plan.tensors:
-        expected = reference_tensor_bytes(layout, tensor.name)
-        if tensor.quantize:
-            ours = oracle.our_bytes(model, tensor.name, tensor.target_type, with_imatrix)
-        else:
-            ours = source[tensor.name].tobytes()
-        assert ours == expected, f"{tensor.name} ({tensor.target_type.name}) bytes differ"
+    assert_plan_matches_reference(oracle, model, plan, layout, with_imatrix)
 
 
 @pytest.mark.slow
