@@ -311,7 +311,11 @@ def plan_quantization(tensors: Iterable[TensorDesc], facts: ModelFacts, preset: 
                       options: QuantOptions = QuantOptions()) -> QuantPlan:
     """Every tensor's target type as llama.cpp would choose it, in llama.cpp's output order."""
     preset = parse_preset(preset) if isinstance(preset, str) else preset
-    by_name = {tensor.name: tensor for tensor in tensors}
+    by_name: dict[str, TensorDesc] = {}
+    for tensor in tensors:
+        if tensor.name in by_name:
+            raise PhiquantError(f"tensor {tensor.name} appears more than once")
+        by_name[tensor.name] = tensor
     ordered = [by_name[name] for name in llama_tensor_order(by_name)]
     resolved = _resolve(options)
     context = _rule_context(ordered, facts, preset, options, resolved)
