@@ -19,7 +19,7 @@ from phiquant.quant import ggml
 from phiquant.quant.gguf_file import read_gguf_layout, read_tensor_bytes
 from phiquant.quant.plan import Decision, QuantOptions, TensorDesc, plan_quantization
 from phiquant.quant.quantize import imatrix_kv_overrides, quantize_rows
-from phiquant.quant.types import GGMLType, LlamaFtype, parse_ggml_type, parse_preset
+from phiquant.quant.types import QUANTIZE_TARGETS, GGMLType, LlamaFtype, parse_ggml_type, parse_preset
 from tests.quant.conftest import Oracle, assert_plan_matches_reference, reference_layout, reference_tensor_bytes
 from tests.quant.llama_reference import KV_INT, KV_STR, ReferenceJob, ReferenceResult
 from tests.quant.synthetic import MAIN, ODD_ROWS, PHIMOE, TIED, SyntheticModel, tensor_descs, write_model
@@ -225,3 +225,34 @@ def test_tensor_order_matches_llama_cpp_loader_for_awkward_names(oracle: Oracle,
     descs = [TensorDesc(name, (32, 2), GGMLType.F32) for name in names]
     plan = plan_quantization(descs, model.facts, "Q8_0", QuantOptions(pure=True))
     assert [t.name for t in plan.tensors] == [t.name for t in read_gguf_layout(result.job.output_path).tensors]
+
+
+# Every type ggml can produce, forced onto the first two layers' tensors: each kernel (with an imatrix) on
+# every tensor shape against llama.cpp, and on ODD_ROWS each fallback-table entry through the override path.
+OVERRIDE_PATTERN = r"blk\.[01]\."
+EVERY_TYPE_CASES = [(model, ggml_type) for model in (MAIN, ODD_ROWS) for ggml_type in QUANTIZE_TARGETS]
+
+
+@pytest.fixture(scope="module")
+def every_type_results(oracle: Oracle) -> dict[tuple[str, GGMLType], ReferenceResult]:
+    jobs = [oracle.job(model, int(LlamaFtype.MOSTLY_Q8_0), with_imatrix=True,
+                       tt_overrides=((OVERRIDE_PATTERN, int(ggml_type)),))
+            for model, ggml_type in EVERY_TYPE_CASES]
+    return {(model.label, ggml_type): result for (model, ggml_type), result in zip(EVERY_TYPE_CASES, oracle.run(jobs))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "ggml_type"), EVERY_TYPE_CASES,
+                         ids=[f"{model.label}-{ggml_type.name}" for model, ggml_type in EVERY_TYPE_CASES])
+def test_every_type_forced_on_block_tensors_matches_llama_cpp(
+        oracle: Oracle, every_type_results: dict[tuple[str, GGMLType], ReferenceResult],
+        model: SyntheticModel, ggml_type: GGMLType) -> None:
+    result = every_type_results[(model.label, ggml_type)]
+    options = QuantOptions(tensor_types=((OVERRIDE_PATTERN, ggml_type.name),), has_imatrix=True, allow_fallback=True)
+    if not result.succeeded:
+        assert result.signal is None and "no tensor type fallback is defined" in result.log
+        with pytest.raises(PhiquantError, match="defines no fallback"):
+            plan_quantization(tensor_descs(model), model.facts, "Q8_0", options)
+        return
+    plan = plan_quantization(tensor_descs(model), model.facts, "Q8_0", options)
+    assert_plan_matches_reference(oracle, model, plan, reference_layout(result), with_imatrix=True)
