@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.quant.llama_reference import ReferenceJob, ReferenceResult, run_reference_jobs
+from tests.quant.synthetic import SyntheticModel, random_imatrix, write_model
 
 from phiquant.quant.gguf_file import GGUFLayout, read_gguf_layout, read_tensor_bytes
 from phiquant.quant.plan import QuantPlan
 from phiquant.quant.quantize import quantize_rows
 from phiquant.quant.types import PRESETS, GGMLType, Preset
-from tests.quant.llama_reference import ReferenceJob, ReferenceResult, run_reference_jobs
-from tests.quant.synthetic import SyntheticModel, random_imatrix, write_model
 
 LLAMA_PRESETS: tuple[Preset, ...] = tuple(preset for preset in PRESETS if preset.in_llama_cpp)
 
@@ -23,8 +23,9 @@ LLAMA_PRESETS: tuple[Preset, ...] = tuple(preset for preset in PRESETS if preset
 class Oracle:
     """Writes models and imatrices once, runs llama.cpp on demand, caches what both sides produce."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, sweep_models: Sequence[SyntheticModel] = ()) -> None:
         self.directory = directory
+        self.sweep_models = tuple(sweep_models)   # models whose sweeps to run together, in one child
         self._sweeps: dict[str, dict[tuple[str, bool], ReferenceResult]] = {}
         self._job_counter = 0
 
@@ -44,7 +45,8 @@ class Oracle:
     def imatrix_path(self, model: SyntheticModel) -> Path:
         return self.directory / f"{model.label}-imatrix.npz"
 
-    def job(self, model: SyntheticModel, ftype: int, with_imatrix: bool = False, **options: object) -> ReferenceJob:
+    def job(self, model: SyntheticModel, ftype: int, with_imatrix: bool = False,
+            **options: object) -> ReferenceJob:
         """A reference job on `model` writing to a fresh output path."""
         self.model_data(model)
         imatrix_path = None
@@ -60,11 +62,15 @@ class Oracle:
         return run_reference_jobs(list(jobs))
 
     def preset_result(self, model: SyntheticModel, preset: Preset, with_imatrix: bool) -> ReferenceResult:
-        """llama.cpp's output for one preset; the whole preset sweep for a model runs in one batch."""
+        """llama.cpp's output for one preset.  The first request runs the sweeps (every preset, with and
+        without imatrix) of all models this session needs in one child process, so ggml builds its IQ
+        tables once (seconds each) instead of once per model."""
         if model.label not in self._sweeps:
-            keys = [(p.name, imatrix) for imatrix in (False, True) for p in LLAMA_PRESETS]
-            jobs = [self.job(model, int(PRESETS_BY_NAME[name].ftype), imatrix) for name, imatrix in keys]
-            self._sweeps[model.label] = dict(zip(keys, self.run(jobs)))
+            models = [model] + [m for m in self.sweep_models if m != model and m.label not in self._sweeps]
+            keys = [(m, p.name, imatrix) for m in models for imatrix in (False, True) for p in LLAMA_PRESETS]
+            jobs = [self.job(m, int(PRESETS_BY_NAME[name].ftype), imatrix) for m, name, imatrix in keys]
+            for (m, name, imatrix), result in zip(keys, self.run(jobs), strict=True):
+                self._sweeps.setdefault(m.label, {})[(name, imatrix)] = result
         return self._sweeps[model.label][(preset.name, with_imatrix)]
 
     @functools.cache  # noqa: B019
@@ -79,8 +85,11 @@ PRESETS_BY_NAME = {preset.name: preset for preset in PRESETS}
 
 
 @pytest.fixture(scope="session")
-def oracle(tmp_path_factory: pytest.TempPathFactory) -> Oracle:
-    return Oracle(tmp_path_factory.mktemp("quant-oracle"))
+def oracle(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Oracle:
+    # The models the selected tests are parametrized with: their sweeps are batched together.
+    wanted = {item.callspec.params["model"] for item in request.session.items
+              if hasattr(item, "callspec") and isinstance(item.callspec.params.get("model"), SyntheticModel)}
+    return Oracle(tmp_path_factory.mktemp("quant-oracle"), sorted(wanted, key=lambda model: model.label))
 
 
 def reference_layout(result: ReferenceResult) -> GGUFLayout:
@@ -95,7 +104,7 @@ def reference_tensor_bytes(layout: GGUFLayout, name: str) -> bytes:
 
 def assert_plan_matches_reference(oracle: Oracle, model: SyntheticModel, plan: QuantPlan, layout: GGUFLayout,
                                   with_imatrix: bool) -> None:
-    """Order, types, shapes, sizes and every tensor's bytes of our plan and quantizer against llama.cpp's file."""
+    """Order, types, shapes, sizes and every tensor's bytes of our plan and quantizer against llama.cpp."""
     assert [t.name for t in plan.tensors] == [t.name for t in layout.tensors], "tensor order"
     assert [t.target_type.name for t in plan.tensors] == [t.type.name for t in layout.tensors], "types"
     assert [t.shape for t in plan.tensors] == [t.shape for t in layout.tensors]

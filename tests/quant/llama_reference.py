@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class ReferenceResult:
     return_code: int | None     # llama_model_quantize's result; None when the process died
     signal: int | None = None   # the signal that killed the process (6 = abort)
     log: str = field(default="", repr=False)
+    seconds: float = 0.0        # time llama_model_quantize took
 
     @property
     def succeeded(self) -> bool:
@@ -71,8 +73,9 @@ def _run_batch(jobs: list[ReferenceJob], timeout: float) -> list[ReferenceResult
                                  capture_output=True, text=True, timeout=timeout, env=env)
         lines = results_file.read_text().splitlines() if results_file.exists() else []
         logs = process.stderr.split("\n=== job ")
-        finished = [ReferenceResult(job, json.loads(line)["rc"], None, _log_for(logs, index))
-                    for index, (job, line) in enumerate(zip(jobs, lines))]
+        records = [json.loads(line) for line in lines]
+        finished = [ReferenceResult(job, record["rc"], None, _log_for(logs, index), record["seconds"])
+                    for index, (job, record) in enumerate(zip(jobs, records, strict=False))]
         if len(finished) < len(jobs):
             if process.returncode >= 0:
                 raise RuntimeError(f"reference child exited with {process.returncode}:\n{process.stderr}")
@@ -108,7 +111,7 @@ def _quantize_one(job: dict) -> int:
         with np.load(job["imatrix_path"]) as archive:
             entries = {name: np.ascontiguousarray(archive[name], dtype=np.float32) for name in archive.files}
         array = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
-        for slot, (name, values) in zip(array, entries.items()):
+        for slot, (name, values) in zip(array, entries.items(), strict=False):
             slot.name = name.encode()
             slot.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
             slot.size = values.size
@@ -118,7 +121,7 @@ def _quantize_one(job: dict) -> int:
 
     if job["tt_overrides"]:
         overrides = (llama_cpp.llama_model_tensor_override * (len(job["tt_overrides"]) + 1))()
-        for slot, (pattern, ggml_type) in zip(overrides, job["tt_overrides"]):
+        for slot, (pattern, ggml_type) in zip(overrides, job["tt_overrides"], strict=False):
             slot.pattern = pattern.encode()
             slot.type = ggml_type
         overrides[len(job["tt_overrides"])].pattern = None
@@ -128,7 +131,7 @@ def _quantize_one(job: dict) -> int:
 
     if job["kv_overrides"]:
         kvs = (llama_cpp.llama_model_kv_override * (len(job["kv_overrides"]) + 1))()
-        for slot, (key, tag, value) in zip(kvs, job["kv_overrides"]):
+        for slot, (key, tag, value) in zip(kvs, job["kv_overrides"], strict=False):
             slot.key = key.encode()
             slot.tag = tag
             if tag == KV_INT:
@@ -153,8 +156,9 @@ def _child_main(jobs_file: str, results_file: str) -> None:
         for index, job in enumerate(jobs):
             sys.stderr.write(f"\n=== job {index}\n")
             sys.stderr.flush()
+            started = time.perf_counter()
             rc = _quantize_one(job)
-            results.write(json.dumps({"rc": rc}) + "\n")
+            results.write(json.dumps({"rc": rc, "seconds": time.perf_counter() - started}) + "\n")
             results.flush()
 
 

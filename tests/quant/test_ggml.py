@@ -28,7 +28,8 @@ def _rows(n_rows: int = 8, n_per_row: int = 512, seed: int = 0) -> np.ndarray:
     return rows
 
 
-def test_missing_library_is_a_clear_error_naming_the_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_library_is_a_clear_error_naming_the_path(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
     fake_spec = importlib.machinery.ModuleSpec("llama_cpp", None, is_package=True)
     fake_spec.submodule_search_locations = [str(tmp_path)]
     monkeypatch.setattr(ggml.importlib.util, "find_spec", lambda name: fake_spec)

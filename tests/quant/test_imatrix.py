@@ -97,7 +97,8 @@ def test_legacy_dat_reads_with_trailing_chunk_count_and_dataset(tmp_path: Path) 
     values = np.arange(1, 33, dtype=np.float32)
     trailer = struct.pack("<i", 17) + struct.pack("<i", 9) + b"wiki.test"
     path = tmp_path / "imatrix.dat"
-    path.write_bytes(_legacy_bytes([("blk.0.attn_qkv.weight", 4, values), ("output.weight", 0, values)], trailer))
+    entries = [("blk.0.attn_qkv.weight", 4, values), ("output.weight", 0, values)]
+    path.write_bytes(_legacy_bytes(entries, trailer))
     loaded = read_imatrix(path)
     assert loaded.is_legacy and loaded.chunk_count == 17 and loaded.datasets == ("wiki.test",)
     weights = loaded.weights()
@@ -119,8 +120,8 @@ def _valid_gguf_bytes(tmp_path: Path) -> bytes:
 
 
 @pytest.mark.parametrize("damage", [
-    "empty", "random", "gguf-truncated-header", "gguf-truncated-data", "legacy-truncated", "legacy-zero-entries",
-    "legacy-negative-name-length", "legacy-no-values",
+    "empty", "random", "gguf-truncated-header", "gguf-truncated-data", "legacy-truncated",
+    "legacy-zero-entries", "legacy-negative-name-length", "legacy-no-values",
 ])
 def test_damaged_imatrix_files_are_clear_errors(tmp_path: Path, damage: str) -> None:
     good_gguf = _valid_gguf_bytes(tmp_path)
@@ -184,13 +185,14 @@ def test_imatrix_weights_for_model_checks_names_lengths_and_values(tmp_path: Pat
         entries = dict(imatrix.entries, **{name: ImatrixEntry(values, np.array([1]))})
         return ImportanceMatrix(entries, path=tmp_path / "x.gguf")
 
-    with pytest.raises(PhiquantError, match="blk.7.ffn_down.weight matches no tensor.*another model") as error:
+    with pytest.raises(PhiquantError, match="ffn_down.weight matches no tensor.*another model") as error:
         imatrix_weights_for_model(with_entry("blk.7.ffn_down.weight", np.ones(256, np.float32)), MODEL)
     assert error.value.path == str(tmp_path / "x.gguf")
     with pytest.raises(PhiquantError, match="has 300 values but the tensor needs 256"):
         imatrix_weights_for_model(with_entry("blk.0.attn_qkv.weight", np.ones(300, np.float32)), MODEL)
     with pytest.raises(PhiquantError, match="NaN"):
-        imatrix_weights_for_model(with_entry("blk.0.attn_qkv.weight", np.full(256, np.inf, np.float32)), MODEL)
+        infinite = np.full(256, np.inf, np.float32)
+        imatrix_weights_for_model(with_entry("blk.0.attn_qkv.weight", infinite), MODEL)
     # llama.cpp ignores a token_embd entry of the wrong length; so do we.
     dropped = imatrix_weights_for_model(with_entry("token_embd.weight", np.ones(5, np.float32)), MODEL)
     assert "token_embd.weight" not in dropped

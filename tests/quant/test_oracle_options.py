@@ -13,6 +13,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
+from tests.quant.conftest import (
+    Oracle,
+    assert_plan_matches_reference,
+    reference_layout,
+    reference_tensor_bytes,
+)
+from tests.quant.llama_reference import KV_INT, KV_STR, ReferenceJob, ReferenceResult
+from tests.quant.synthetic import MAIN, ODD_ROWS, PHIMOE, TIED, SyntheticModel, tensor_descs, write_model
 
 from phiquant.errors import PhiquantError
 from phiquant.quant import ggml
@@ -20,9 +28,6 @@ from phiquant.quant.gguf_file import read_gguf_layout, read_tensor_bytes
 from phiquant.quant.plan import Decision, QuantOptions, TensorDesc, plan_quantization
 from phiquant.quant.quantize import imatrix_kv_overrides, quantize_rows
 from phiquant.quant.types import QUANTIZE_TARGETS, GGMLType, LlamaFtype, parse_ggml_type, parse_preset
-from tests.quant.conftest import Oracle, assert_plan_matches_reference, reference_layout, reference_tensor_bytes
-from tests.quant.llama_reference import KV_INT, KV_STR, ReferenceJob, ReferenceResult
-from tests.quant.synthetic import MAIN, ODD_ROWS, PHIMOE, TIED, SyntheticModel, tensor_descs, write_model
 
 
 @dataclass(frozen=True)
@@ -35,38 +40,41 @@ class OptionCase:
                                     # Either way phiquant must raise a PhiquantError instead.
 
 
-O = QuantOptions
+QO = QuantOptions
 CASES = (
-    OptionCase("override-every-qkv", MAIN, "Q4_K_M", O(tensor_types=(("attn_qkv", "q8_0"),))),
+    OptionCase("override-every-qkv", MAIN, "Q4_K_M", QO(tensor_types=(("attn_qkv", "q8_0"),))),
     # An override equal to the preset default still counts as manual: the attn_v counter does not
     # advance for layers 0-2, so the use_more_bits schedule shifts for the later layers.
-    OptionCase("override-equal-to-default", MAIN, "Q4_K_M", O(tensor_types=((r"blk\.[0-2]\.attn_qkv", "q4_K"),))),
+    OptionCase("override-equal-to-default", MAIN, "Q4_K_M",
+               QO(tensor_types=((r"blk\.[0-2]\.attn_qkv", "q4_K"),))),
     OptionCase("first-match-wins", MAIN, "Q4_K_M",
-               O(tensor_types=(("ffn_down", "q5_k"), (r"blk\.0\.ffn_down", "q8_0")), has_imatrix=True)),
-    OptionCase("override-output", MAIN, "Q3_K_M", O(tensor_types=(("output", "Q8_0"),))),
+               QO(tensor_types=(("ffn_down", "q5_k"), (r"blk\.0\.ffn_down", "q8_0")), has_imatrix=True)),
+    OptionCase("override-output", MAIN, "Q3_K_M", QO(tensor_types=(("output", "Q8_0"),))),
     OptionCase("override-then-fallback", ODD_ROWS, "Q4_K_M",
-               O(tensor_types=(("ffn_up", "q4_k"), ("attn_output", "iq4_xs")), allow_fallback=True)),
+               QO(tensor_types=(("ffn_up", "q4_k"), ("attn_output", "iq4_xs")), allow_fallback=True)),
     OptionCase("override-experts", PHIMOE, "Q4_K_M",
-               O(tensor_types=(("ffn_down_exps", "q8_0"), (r"blk\.[0-3]\.ffn_up_exps", "iq4_xs")),
+               QO(tensor_types=(("ffn_down_exps", "q8_0"), (r"blk\.[0-3]\.ffn_up_exps", "iq4_xs")),
                  has_imatrix=True)),
-    OptionCase("output-and-embedding-types", MAIN, "Q4_K_M", O(output_type="q8_0", embedding_type="q4_0")),
-    OptionCase("tied-output-type", TIED, "Q4_K_M", O(output_type="q5_K")),
-    OptionCase("tied-output-and-embedding-types", TIED, "Q4_K_M", O(output_type="q5_K", embedding_type="q8_0")),
+    OptionCase("output-and-embedding-types", MAIN, "Q4_K_M", QO(output_type="q8_0", embedding_type="q4_0")),
+    OptionCase("tied-output-type", TIED, "Q4_K_M", QO(output_type="q5_K")),
+    OptionCase("tied-output-and-embedding-types", TIED, "Q4_K_M",
+               QO(output_type="q5_K", embedding_type="q8_0")),
     OptionCase("float-preset-ignores-overrides", MAIN, "F16",
-               O(output_type="q8_0", tensor_types=(("ffn", "q4_0"),))),
-    OptionCase("pure", MAIN, "Q4_K_M", O(pure=True)),
-    OptionCase("pure-with-output-type", MAIN, "Q3_K_S", O(pure=True, output_type="q6_k")),
-    OptionCase("leave-output-tensor", MAIN, "Q4_K_M", O(leave_output_tensor=True)),
-    OptionCase("pure-moe-with-imatrix", PHIMOE, "IQ4_XS", O(pure=True, has_imatrix=True)),
+               QO(output_type="q8_0", tensor_types=(("ffn", "q4_0"),))),
+    OptionCase("pure", MAIN, "Q4_K_M", QO(pure=True)),
+    OptionCase("pure-with-output-type", MAIN, "Q3_K_S", QO(pure=True, output_type="q6_k")),
+    OptionCase("leave-output-tensor", MAIN, "Q4_K_M", QO(leave_output_tensor=True)),
+    OptionCase("pure-moe-with-imatrix", PHIMOE, "IQ4_XS", QO(pure=True, has_imatrix=True)),
     # token_embd has no imatrix entry (it is a lookup); IQ2_XXS without one trips GGML_ASSERT.
-    OptionCase("pure-iq2_xxs-embedding-without-entry", MAIN, "IQ2_XXS", O(pure=True, has_imatrix=True),
+    OptionCase("pure-iq2_xxs-embedding-without-entry", MAIN, "IQ2_XXS", QO(pure=True, has_imatrix=True),
                llama_outcome="aborts"),
     OptionCase("override-embedding-to-iq2_xxs", MAIN, "Q4_K_M",
-               O(tensor_types=(("token_embd", "iq2_xxs"),), has_imatrix=True), llama_outcome="aborts"),
+               QO(tensor_types=(("token_embd", "iq2_xxs"),), has_imatrix=True), llama_outcome="aborts"),
     # Explicit embedding/output types skip the fallback.  A type that does not fit reaches ggml's Q4_K
     # kernel with rows of 288 (its row check is a plain assert, compiled out), which writes a wrong
     # amount of data; llama.cpp then fails on "quantized data validation failed".
-    OptionCase("embedding-type-does-not-fit", ODD_ROWS, "Q8_0", O(embedding_type="q4_k"), llama_outcome="fails"),
+    OptionCase("embedding-type-does-not-fit", ODD_ROWS, "Q8_0", QO(embedding_type="q4_k"),
+               llama_outcome="fails"),
 )
 
 
@@ -88,7 +96,7 @@ def reference_job(oracle: Oracle, case: OptionCase) -> ReferenceJob:
 @pytest.fixture(scope="module")
 def case_results(oracle: Oracle) -> dict[str, ReferenceResult]:
     results = oracle.run([reference_job(oracle, case) for case in CASES])
-    return {case.id: result for case, result in zip(CASES, results)}
+    return {case.id: result for case, result in zip(CASES, results, strict=True)}
 
 
 def _plan_and_quantize_all(oracle: Oracle, case: OptionCase) -> None:
@@ -96,7 +104,8 @@ def _plan_and_quantize_all(oracle: Oracle, case: OptionCase) -> None:
     weights = oracle.imatrix(case.model) if case.options.has_imatrix else {}
     for tensor in plan.tensors:
         if tensor.quantize:
-            quantize_rows(oracle.model_data(case.model)[tensor.name], tensor.target_type, weights.get(tensor.name))
+            rows = oracle.model_data(case.model)[tensor.name]
+            quantize_rows(rows, tensor.target_type, weights.get(tensor.name))
 
 
 @pytest.mark.slow
@@ -113,7 +122,8 @@ def test_option_matches_llama_cpp(oracle: Oracle, case_results: dict[str, Refere
             _plan_and_quantize_all(oracle, case)
         return
     plan = plan_quantization(tensor_descs(case.model), case.model.facts, case.preset, case.options)
-    assert_plan_matches_reference(oracle, case.model, plan, reference_layout(result), case.options.has_imatrix)
+    layout = reference_layout(result)
+    assert_plan_matches_reference(oracle, case.model, plan, layout, case.options.has_imatrix)
 
 
 def test_override_equal_to_default_shifts_later_attn_v_layers() -> None:
@@ -126,7 +136,8 @@ def test_override_equal_to_default_shifts_later_attn_v_layers() -> None:
 
 
 def test_float_preset_notes_that_overrides_are_ignored() -> None:
-    plan = plan_quantization(tensor_descs(MAIN), MAIN.facts, "F16", QuantOptions(tensor_types=(("ffn", "q4_0"),)))
+    options = QuantOptions(tensor_types=(("ffn", "q4_0"),))
+    plan = plan_quantization(tensor_descs(MAIN), MAIN.facts, "F16", options)
     assert any("ignored" in note for note in plan.notes)
     assert {t.decision for t in plan.tensors} == {Decision.NOT_QUANTIZABLE, Decision.FLOAT_PRESET}
 
@@ -178,7 +189,8 @@ def test_nvfp4_preset_bytes_equal_llama_cpp_forced_through_overrides(oracle: Ora
 @pytest.mark.slow
 def test_imatrix_kv_overrides_are_written_like_llama_quantize(oracle: Oracle) -> None:
     long_path = "/data/" + "é" * 70 + "/imatrix.gguf"  # 147 bytes: cut at 127, on a character boundary
-    overrides = imatrix_kv_overrides(long_path, ["wiki.train.raw", "other"], entries_count=42, chunks_count=100)
+    overrides = imatrix_kv_overrides(long_path, ["wiki.train.raw", "other"], entries_count=42,
+                                     chunks_count=100)
     assert [o.key for o in overrides] == ["quantize.imatrix.file", "quantize.imatrix.dataset",
                                           "quantize.imatrix.entries_count", "quantize.imatrix.chunks_count"]
     assert len(overrides[0].value.encode()) <= 127 and long_path.startswith(overrides[0].value)
@@ -215,16 +227,18 @@ def test_f16_overflow_is_refused_like_llama_cpp(oracle: Oracle, tmp_path) -> Non
 @pytest.mark.slow
 def test_tensor_order_matches_llama_cpp_loader_for_awkward_names(oracle: Oracle, tmp_path) -> None:
     names = ["blk.10.ffn_down.weight", "blk.2.attn_norm.weight", "blk.2.Attn.weight", "zeta.weight",
-             "Alpha.weight", "blk.1x.extra.weight", "blk.-1.odd.weight", "token_embd.weight", "blk.9.a.weight",
-             "blk.02.lead.weight", "blkx.weight"]
+             "Alpha.weight", "blk.1x.extra.weight", "blk.-1.odd.weight", "token_embd.weight",
+             "blk.9.a.weight", "blk.02.lead.weight", "blkx.weight"]
     data = {name: np.full((2, 32), 0.5, dtype=np.float32) for name in names}
     model = replace(MAIN, n_layer=12)
     path = tmp_path / "names.gguf"
     write_model(model, path, data)
-    result, = oracle.run([replace(oracle.job(MAIN, int(LlamaFtype.MOSTLY_Q8_0), pure=True), input_path=str(path))])
+    job = replace(oracle.job(MAIN, int(LlamaFtype.MOSTLY_Q8_0), pure=True), input_path=str(path))
+    result, = oracle.run([job])
     descs = [TensorDesc(name, (32, 2), GGMLType.F32) for name in names]
     plan = plan_quantization(descs, model.facts, "Q8_0", QuantOptions(pure=True))
-    assert [t.name for t in plan.tensors] == [t.name for t in read_gguf_layout(result.job.output_path).tensors]
+    written = read_gguf_layout(result.job.output_path)
+    assert [t.name for t in plan.tensors] == [t.name for t in written.tensors]
 
 
 # Every type ggml can produce, forced onto the first two layers' tensors: each kernel (with an imatrix) on
@@ -238,7 +252,9 @@ def every_type_results(oracle: Oracle) -> dict[tuple[str, GGMLType], ReferenceRe
     jobs = [oracle.job(model, int(LlamaFtype.MOSTLY_Q8_0), with_imatrix=True,
                        tt_overrides=((OVERRIDE_PATTERN, int(ggml_type)),))
             for model, ggml_type in EVERY_TYPE_CASES]
-    return {(model.label, ggml_type): result for (model, ggml_type), result in zip(EVERY_TYPE_CASES, oracle.run(jobs))}
+    results = oracle.run(jobs)
+    return {(model.label, ggml_type): result
+            for (model, ggml_type), result in zip(EVERY_TYPE_CASES, results, strict=True)}
 
 
 @pytest.mark.slow
@@ -248,7 +264,8 @@ def test_every_type_forced_on_block_tensors_matches_llama_cpp(
         oracle: Oracle, every_type_results: dict[tuple[str, GGMLType], ReferenceResult],
         model: SyntheticModel, ggml_type: GGMLType) -> None:
     result = every_type_results[(model.label, ggml_type)]
-    options = QuantOptions(tensor_types=((OVERRIDE_PATTERN, ggml_type.name),), has_imatrix=True, allow_fallback=True)
+    options = QuantOptions(tensor_types=((OVERRIDE_PATTERN, ggml_type.name),), has_imatrix=True,
+                           allow_fallback=True)
     if not result.succeeded:
         assert result.signal is None and "no tensor type fallback is defined" in result.log
         with pytest.raises(PhiquantError, match="defines no fallback"):

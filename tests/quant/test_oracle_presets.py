@@ -8,12 +8,12 @@ phiquant must refuse too, for the same reason.
 from __future__ import annotations
 
 import pytest
+from tests.quant.conftest import LLAMA_PRESETS, Oracle, assert_plan_matches_reference, reference_layout
+from tests.quant.synthetic import GQA4, MAIN, ODD_ROWS, PHIMOE, TIED, SyntheticModel, tensor_descs
 
 from phiquant.errors import PhiquantError
 from phiquant.quant.plan import QuantOptions, QuantPlan, plan_quantization
 from phiquant.quant.types import LlamaFtype, Preset
-from tests.quant.conftest import LLAMA_PRESETS, Oracle, assert_plan_matches_reference, reference_layout
-from tests.quant.synthetic import GQA4, MAIN, ODD_ROWS, PHIMOE, TIED, SyntheticModel, tensor_descs
 
 MODELS = (MAIN, GQA4, TIED, ODD_ROWS, PHIMOE)
 
@@ -25,7 +25,8 @@ REFUSALS = {
 }
 
 
-def _plan(model: SyntheticModel, preset: Preset, with_imatrix: bool, allow_fallback: bool = True) -> QuantPlan:
+def _plan(model: SyntheticModel, preset: Preset, with_imatrix: bool,
+          allow_fallback: bool = True) -> QuantPlan:
     options = QuantOptions(has_imatrix=with_imatrix, allow_fallback=allow_fallback)
     return plan_quantization(tensor_descs(model), model.facts, preset, options)
 
@@ -60,7 +61,8 @@ def test_plan_and_bytes_equal_llama_cpp_output(oracle: Oracle, model: SyntheticM
 @pytest.mark.parametrize("preset", [p for p in LLAMA_PRESETS if p.ftype not in
                                     (LlamaFtype.ALL_F32, LlamaFtype.MOSTLY_F16, LlamaFtype.MOSTLY_BF16)],
                          ids=lambda preset: preset.name)
-def test_fallback_needs_permission_where_llama_cpp_substitutes_silently(oracle: Oracle, preset: Preset) -> None:
+def test_fallback_needs_permission_where_llama_cpp_substitutes_silently(oracle: Oracle,
+                                                                        preset: Preset) -> None:
     result = oracle.preset_result(ODD_ROWS, preset, with_imatrix=True)
     if not result.succeeded:
         pytest.skip("llama.cpp refuses this preset on these rows (checked in the test above)")

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.quant.conftest import Oracle, reference_layout, reference_tensor_bytes
+from tests.quant.synthetic import MAIN, PHIMOE
 
 from phiquant.errors import PhiquantError
 from phiquant.quant.quantize import MIN_CHUNK_VALUES, plan_row_chunks, quantize_rows
 from phiquant.quant.types import PRESETS_BY_NAME, GGMLType
-from tests.quant.conftest import Oracle, reference_layout, reference_tensor_bytes
-from tests.quant.synthetic import MAIN, PHIMOE
 
 
-@pytest.mark.parametrize(("experts", "rows", "n_per_row"), [(1, 768, 256), (4, 256, 256), (1, 3, 32768), (2, 100, 288)])
-def test_row_chunks_cover_every_row_once_and_never_cross_an_expert(experts: int, rows: int, n_per_row: int) -> None:
+@pytest.mark.parametrize(("experts", "rows", "n_per_row"),
+                         [(1, 768, 256), (4, 256, 256), (1, 3, 32768), (2, 100, 288)])
+def test_row_chunks_cover_every_row_once_and_never_cross_an_expert(experts: int, rows: int,
+                                                                   n_per_row: int) -> None:
     chunks = plan_row_chunks(experts, rows, n_per_row)
     covered = [(c.expert, row) for c in chunks for row in range(c.first_row, c.first_row + c.n_rows)]
     assert covered == [(e, r) for e in range(experts) for r in range(rows)]
@@ -28,7 +30,8 @@ def test_row_chunks_cover_every_row_once_and_never_cross_an_expert(experts: int,
 def test_thread_count_does_not_change_bytes(oracle: Oracle, n_threads: int) -> None:
     layout = reference_layout(oracle.preset_result(MAIN, PRESETS_BY_NAME["IQ4_XS"], with_imatrix=True))
     name = "blk.3.attn_qkv.weight"
-    ours = quantize_rows(oracle.model_data(MAIN)[name], GGMLType.IQ4_XS, oracle.imatrix(MAIN)[name], n_threads)
+    rows, weights = oracle.model_data(MAIN)[name], oracle.imatrix(MAIN)[name]
+    ours = quantize_rows(rows, GGMLType.IQ4_XS, weights, n_threads)
     assert ours.tobytes() == reference_tensor_bytes(layout, name)
 
 
@@ -62,7 +65,8 @@ def test_output_shape_keeps_leading_dimensions() -> None:
     (np.ones((2, 2, 64), dtype=np.float32), np.ones(64, dtype=np.float32), "x 2 expert"),
     (np.ones((2, 100), dtype=np.float32), None, "not a whole number of blocks"),
 ])
-def test_bad_input_is_refused_before_ggml_sees_it(data: np.ndarray, imatrix: np.ndarray | None, message: str) -> None:
+def test_bad_input_is_refused_before_ggml_sees_it(data: np.ndarray, imatrix: np.ndarray | None,
+                                                  message: str) -> None:
     with pytest.raises(PhiquantError, match=message):
         quantize_rows(data, GGMLType.Q8_0, imatrix)
 

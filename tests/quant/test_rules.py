@@ -46,7 +46,8 @@ def test_tensor_order_puts_non_block_tensors_first_then_blocks_numerically() -> 
                                          "blk.2.b", "blk.10.a"]
 
 
-@pytest.mark.parametrize(("shape", "dims"), [((5,), 1), ((5, 1), 1), ((5, 3), 2), ((5, 1, 4), 3), ((5, 3, 1, 1), 2)])
+@pytest.mark.parametrize(("shape", "dims"),
+                         [((5,), 1), ((5, 1), 1), ((5, 3), 2), ((5, 1, 4), 3), ((5, 3, 1, 1), 2)])
 def test_n_dims_ignores_trailing_ones(shape: tuple[int, ...], dims: int) -> None:
     assert ggml_n_dims(shape) == dims
 
@@ -112,7 +113,8 @@ def test_moe_rules_read_the_layer_from_the_name_and_reject_bad_names() -> None:
 
 
 def test_plan_explains_each_decision() -> None:
-    tensors = [TensorDesc("blk.0.ffn_down.weight", (256, 256), T.F32), TensorDesc("output.weight", (256, 64), T.F32),
+    tensors = [TensorDesc("blk.0.ffn_down.weight", (256, 256), T.F32),
+               TensorDesc("output.weight", (256, 64), T.F32),
                TensorDesc("blk.0.ffn_norm.weight", (256,), T.F32)]
     facts = ModelFacts("phi3", n_layer=1, n_head=8, n_head_kv=8)
     plan = plan_quantization(tensors, facts, "Q4_K_M", QuantOptions(tensor_types=(("ffn_down", "q8_0"),)))

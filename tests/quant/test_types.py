@@ -83,8 +83,9 @@ def test_every_llama_cpp_preset_is_offered() -> None:
 
 
 @pytest.mark.parametrize(("spelling", "expected"), [
-    ("q4_k_m", "Q4_K_M"), ("Q4_K", "Q4_K_M"), ("q3_k", "Q3_K_M"), ("Q5_K", "Q5_K_M"), (" iq2_xxs ", "IQ2_XXS"),
-    ("15", "Q4_K_M"), ("0", "F32"), ("mxfp4_moe", "MXFP4_MOE"), ("nvfp4", "NVFP4"), ("Q2_0", "Q2_0"),
+    ("q4_k_m", "Q4_K_M"), ("Q4_K", "Q4_K_M"), ("q3_k", "Q3_K_M"), ("Q5_K", "Q5_K_M"),
+    (" iq2_xxs ", "IQ2_XXS"), ("15", "Q4_K_M"), ("0", "F32"), ("mxfp4_moe", "MXFP4_MOE"),
+    ("nvfp4", "NVFP4"), ("Q2_0", "Q2_0"),
 ])
 def test_preset_names_parse_like_llama_quantize(spelling: str, expected: str) -> None:
     assert parse_preset(spelling).name == expected

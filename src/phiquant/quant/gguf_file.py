@@ -215,6 +215,12 @@ def _pack_value(value_type: int, value: Any, element_type: int | None) -> bytes:
     return struct.pack(_SCALAR_FORMATS[value_type], value)
 
 
+def _byte_view(data: bytes | np.ndarray) -> memoryview:
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
+    return memoryview(data).cast("B")
+
+
 def write_gguf(path: str | os.PathLike[str], metadata: dict[str, KeyValue],
                tensors: list[TensorToWrite]) -> None:
     """Write a GGUF v3 file (alignment 32, zero padding after every tensor) atomically: a temporary file
@@ -228,17 +234,18 @@ def write_gguf(path: str | os.PathLike[str], metadata: dict[str, KeyValue],
     offset = 0
     for tensor in tensors:
         expected = TensorInfo(tensor.name, tensor.shape, tensor.type, 0).n_bytes
-        if len(memoryview(tensor.data).cast("B")) != expected:
+        if len(_byte_view(tensor.data)) != expected:
             raise ValueError(f"{tensor.name}: {expected} bytes expected for shape {tensor.shape}")
         header += _pack_value(_STRING, tensor.name, None)
-        header += struct.pack(f"<I{len(tensor.shape)}QIQ", len(tensor.shape), *tensor.shape, tensor.type, offset)
+        n_dims = len(tensor.shape)
+        header += struct.pack(f"<I{n_dims}QIQ", n_dims, *tensor.shape, tensor.type, offset)
         offset += -(-expected // DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT
     temporary = path.with_name(path.name + ".partial")
     try:
         with open(temporary, "wb") as file:
             file.write(header + bytes(-len(header) % DEFAULT_ALIGNMENT))
             for tensor in tensors:
-                raw = memoryview(tensor.data).cast("B")
+                raw = _byte_view(tensor.data)
                 file.write(raw)
                 file.write(bytes(-len(raw) % DEFAULT_ALIGNMENT))
         os.replace(temporary, path)

@@ -163,14 +163,15 @@ def _read_legacy_imatrix(path: Path) -> ImportanceMatrix:
         raise PhiquantError("not an imatrix file (neither GGUF nor a legacy .dat with entries)", path=path)
     entries: dict[str, ImatrixEntry] = {}
     for index in range(n_entries):
-        name = reader.c_string(reader.int32(f"name length of entry {index + 1}"), f"name of entry {index + 1}")
+        name_length = reader.int32(f"name length of entry {index + 1}")
+        name = reader.c_string(name_length, f"name of entry {index + 1}")
         ncall = reader.int32(f"call count of {name}")
         nval = reader.int32(f"value count of {name}")
         if nval < 1:
             raise PhiquantError(f"corrupt imatrix file: entry {name} has {nval} values", path=path)
         values = np.frombuffer(reader.take(4 * nval, f"values of {name}"), dtype="<f4").astype(np.float32)
         entries[name] = ImatrixEntry(values, np.array([ncall], dtype=np.int64))
-    chunk_count, datasets = 0, ()
+    chunk_count, datasets = 0, tuple[str, ...]()
     if reader.position < len(reader.raw):
         chunk_count = reader.int32("chunk count")
         if reader.position < len(reader.raw):
@@ -204,7 +205,8 @@ def write_imatrix(path: str | os.PathLike[str], imatrix: ImportanceMatrix) -> No
     write_gguf(path, metadata, tensors)
 
 
-def imatrix_weights_for_model(imatrix: ImportanceMatrix, tensors: Iterable[TensorDesc]) -> dict[str, np.ndarray]:
+def imatrix_weights_for_model(imatrix: ImportanceMatrix,
+                              tensors: Iterable[TensorDesc]) -> dict[str, np.ndarray]:
     """The weights to quantize `tensors` with, after checking that the imatrix belongs to this model.
 
     Refuses entries for tensors the model lacks, entries of the wrong length (ne[0] x experts) and

@@ -234,8 +234,9 @@ def _choose_type(tensor: TensorDesc, preset: Preset, options: QuantOptions, reso
                  context: RuleContext, counters: Counters) -> _Choice:
     """llama_tensor_get_type, in its order of precedence."""
     category = tensor_category(tensor.name)
-    if (resolved.embedding_type is not None and category is Category.TOKEN_EMBD
-            and not (tensor.name == "per_layer_token_embd.weight" and _first_override(tensor.name, resolved))):
+    # per_layer_token_embd follows the embedding type unless an override names it.
+    named_per_layer = tensor.name == "per_layer_token_embd.weight" and _first_override(tensor.name, resolved)
+    if resolved.embedding_type is not None and category is Category.TOKEN_EMBD and not named_per_layer:
         return _explicit_type(tensor, resolved.embedding_type, Decision.EMBEDDING_TYPE, counters)
     if resolved.output_type is not None and category is Category.OUTPUT:
         return _explicit_type(tensor, resolved.output_type, Decision.OUTPUT_TYPE, counters)
@@ -249,7 +250,8 @@ def _choose_type(tensor: TensorDesc, preset: Preset, options: QuantOptions, reso
     elif options.pure:
         choice = _Choice(preset.default_type, Decision.PURE, Decision.PURE.value, counters)
     else:
-        outcome = preset_rule_type(tensor.name, tensor.shape, preset.default_type, category, context, counters)
+        outcome = preset_rule_type(tensor.name, tensor.shape, preset.default_type, category, context,
+                                   counters)
         choice = _Choice(outcome.type, Decision.PRESET_RULE, outcome.rule, outcome.counters)
 
     substitute = tensor_type_fallback(tensor.name, tensor.shape[0], choice.target)

@@ -178,15 +178,11 @@ def _attn_v_rule(default_type: GGMLType, context: RuleContext, counters: Counter
         new_type = T.Q4_K
     elif ftype == F.MOSTLY_IQ3_XXS:
         new_type = T.Q4_K if gqa4 else (T.IQ3_XXS if context.has_imatrix else T.IQ3_S)
-    elif ftype in (F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S) and gqa4:
-        new_type = T.Q4_K
-    elif ftype == F.MOSTLY_IQ3_M:
+    elif ftype in (F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S) and gqa4 or ftype == F.MOSTLY_IQ3_M:
         new_type = T.Q4_K
     elif ftype == F.MOSTLY_Q3_K_M:
         new_type = T.Q5_K if position < 2 else T.Q4_K
-    elif ftype == F.MOSTLY_Q3_K_L:
-        new_type = T.Q5_K
-    elif ftype in (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS) and gqa4:
+    elif ftype == F.MOSTLY_Q3_K_L or ftype in (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS) and gqa4:
         new_type = T.Q5_K
     elif ftype in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and use_more_bits(position, context.n_attention_wv):
         new_type = T.Q6_K

@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import re
 
-
 from phiquant.errors import PhiquantError
 from phiquant.quant.types import TYPE_INFO, GGMLType, LlamaFtype
 

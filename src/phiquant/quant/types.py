@@ -295,6 +295,6 @@ def parse_ggml_type(name: str | int) -> GGMLType:
             raise _unknown_name_error("tensor type", name, valid)
         info = matches[0]
     if not info.is_quantize_target:
-        valid = ", ".join(t.name for t in QUANTIZE_TARGETS)
-        raise PhiquantError(f"{info.name} cannot be a quantization target; choose one of: {valid}")
+        targets = ", ".join(t.name for t in QUANTIZE_TARGETS)
+        raise PhiquantError(f"{info.name} cannot be a quantization target; choose one of: {targets}")
     return info.type
