@@ -7,6 +7,7 @@ import importlib.machinery
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import gguf
@@ -135,3 +136,17 @@ def test_row_size_refuses_partial_blocks() -> None:
     assert ggml.row_size(GGMLType.Q4_K, 512) == 288
     with pytest.raises(PhiquantError, match="not a whole number of blocks"):
         ggml.row_size(GGMLType.Q4_K, 300)
+
+
+def test_quantize_chunk_releases_the_gil_so_threads_can_share_the_work() -> None:
+    # While one thread is inside ggml, Python code in another thread must keep running.
+    rows = _rows(1024, 4096)
+    ggml.quantize_init(GGMLType.Q4_K)
+    finished = threading.Event()
+    worker = threading.Thread(target=lambda: (ggml.quantize_chunk(GGMLType.Q4_K, rows), finished.set()))
+    worker.start()
+    iterations = 0
+    while not finished.is_set():
+        iterations += 1
+    worker.join()
+    assert iterations > 10_000

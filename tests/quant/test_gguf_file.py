@@ -7,10 +7,11 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from tests.quant.synthetic import MAIN, write_model
+from tests.quant.synthetic import GQA4, MAIN, PHIMOE, SyntheticModel, write_model
 
 from phiquant.errors import PhiquantError
 from phiquant.quant.gguf_file import KeyValue, TensorToWrite, read_gguf_layout, read_tensor_bytes, write_gguf
+from phiquant.quant.plan import model_facts_from_metadata
 from phiquant.quant.types import GGMLType
 
 
@@ -26,6 +27,14 @@ def test_reader_agrees_with_gguf_py_on_a_model_file(tmp_path: Path) -> None:
         assert info.shape == tuple(int(n) for n in tensor.shape)
         assert info.offset + ours.data_offset == tensor.data_offset
         assert read_tensor_bytes(ours, info).tobytes() == data[info.name].tobytes()
+
+
+@pytest.mark.parametrize("model", [MAIN, GQA4, PHIMOE], ids=lambda model: model.label)
+def test_model_facts_come_from_the_file_metadata(tmp_path: Path, model: SyntheticModel) -> None:
+    path = tmp_path / "model.gguf"
+    write_model(model, path)
+    metadata = {key: entry.value for key, entry in read_gguf_layout(path).metadata.items()}
+    assert model_facts_from_metadata(metadata) == model.facts
 
 
 def test_writer_output_reads_back_with_gguf_py(tmp_path: Path) -> None:

@@ -59,6 +59,8 @@ CASES = (
     OptionCase("tied-output-type", TIED, "Q4_K_M", QO(output_type="q5_K")),
     OptionCase("tied-output-and-embedding-types", TIED, "Q4_K_M",
                QO(output_type="q5_K", embedding_type="q8_0")),
+    # Tied embeddings under a float preset: token_embd is not OUTPUT, so the output type never reaches it.
+    OptionCase("tied-float-preset-output-type", TIED, "F16", QO(output_type="q8_0")),
     OptionCase("float-preset-ignores-overrides", MAIN, "F16",
                QO(output_type="q8_0", tensor_types=(("ffn", "q4_0"),))),
     OptionCase("pure", MAIN, "Q4_K_M", QO(pure=True)),

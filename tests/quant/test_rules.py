@@ -120,7 +120,7 @@ def test_plan_explains_each_decision() -> None:
     plan = plan_quantization(tensors, facts, "Q4_K_M", QuantOptions(tensor_types=(("ffn_down", "q8_0"),)))
     why = {tensor.name: tensor.why for tensor in plan.tensors}
     assert why == {"output.weight": "output rule", "blk.0.ffn_down.weight": "override 'ffn_down'",
-                   "blk.0.ffn_norm.weight": "never quantized"}
+                   "blk.0.ffn_norm.weight": "1-D"}
     assert plan.total_bytes == 256 * 64 * 210 // 256 + 256 * 34 * 8 + 256 * 4
     assert plan.bits_per_weight == pytest.approx(8 * plan.total_bytes / (256 * 64 + 256 * 256 + 256))
 

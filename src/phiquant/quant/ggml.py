@@ -105,40 +105,39 @@ def _declare(lib: ctypes.CDLL) -> None:
         function.restype = restype
 
 
-def _checked_type(ggml_type: int) -> TypeInfo:
-    """Types ggml defines; the library is only asked about these (it indexes a table by the value)."""
-    return type_info(ggml_type)
+# Every wrapper looks the type up in phiquant's table first (type_info raises for values ggml does not
+# define), because ggml indexes its own table with the value unchecked.
 
 
 def row_size(ggml_type: int, n_per_row: int) -> int:
     """Bytes of one row of n_per_row elements (ggml_row_size)."""
-    info = _checked_type(ggml_type)
+    info = type_info(ggml_type)
     _require_whole_blocks(info, n_per_row)
     return int(_library().ggml_row_size(info.type, n_per_row))
 
 
 def block_size(ggml_type: int) -> int:
     """Elements per block (ggml_blck_size)."""
-    return int(_library().ggml_blck_size(_checked_type(ggml_type).type))
+    return int(_library().ggml_blck_size(type_info(ggml_type).type))
 
 
 def type_size(ggml_type: int) -> int:
     """Bytes per block (ggml_type_size)."""
-    return int(_library().ggml_type_size(_checked_type(ggml_type).type))
+    return int(_library().ggml_type_size(type_info(ggml_type).type))
 
 
 def is_quantized(ggml_type: int) -> bool:
-    return bool(_library().ggml_is_quantized(_checked_type(ggml_type).type))
+    return bool(_library().ggml_is_quantized(type_info(ggml_type).type))
 
 
 def type_name(ggml_type: int) -> str:
     """ggml's own spelling, e.g. "q4_K"."""
-    return _library().ggml_type_name(_checked_type(ggml_type).type).decode()
+    return _library().ggml_type_name(type_info(ggml_type).type).decode()
 
 
 def quantize_requires_imatrix(ggml_type: int) -> bool:
     """True where ggml_quantize_chunk aborts without an imatrix (IQ2_XXS, IQ2_XS, IQ1_S)."""
-    return bool(_library().ggml_quantize_requires_imatrix(_checked_type(ggml_type).type))
+    return bool(_library().ggml_quantize_requires_imatrix(type_info(ggml_type).type))
 
 
 def quantize_init(ggml_type: int) -> None:
@@ -149,7 +148,7 @@ def quantize_init(ggml_type: int) -> None:
 
 def validate_row_data(ggml_type: int, data: np.ndarray) -> bool:
     """ggml's own check of quantized bytes (rejects NaN/inf scales); what llama.cpp runs after each chunk."""
-    info = _checked_type(ggml_type)
+    info = type_info(ggml_type)
     buffer = _contiguous(data, np.uint8, "data")
     if buffer.nbytes % info.block_bytes:
         return False
@@ -182,7 +181,7 @@ def quantize_chunk(ggml_type: int, rows: np.ndarray, imatrix: np.ndarray | None 
 
 def dequantize(ggml_type: int, data: np.ndarray, n_elements: int) -> np.ndarray:
     """Decode n_elements values of `ggml_type` to float32 with ggml's own to_float (type traits)."""
-    info = _checked_type(ggml_type)
+    info = type_info(ggml_type)
     buffer = _contiguous(data, np.uint8, "data")
     _require_whole_blocks(info, n_elements)
     if buffer.nbytes != info.row_bytes(n_elements):
@@ -199,7 +198,7 @@ def dequantize(ggml_type: int, data: np.ndarray, n_elements: int) -> np.ndarray:
 
 
 def _require_quantize_target(ggml_type: int) -> TypeInfo:
-    info = _checked_type(ggml_type)
+    info = type_info(ggml_type)
     if not info.is_quantize_target:
         raise PhiquantError(f"ggml cannot quantize to {info.name}"
                             + (" (an internal dot-product type)" if info.role is TypeRole.INTERNAL else ""))

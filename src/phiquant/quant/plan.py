@@ -25,7 +25,7 @@ from phiquant.quant.rules import (
     ATTN_V_LIKE,
     Category,
     layer_from_name,
-    tensor_allows_quantization,
+    quantization_blocker,
     tensor_category,
     tensor_requires_imatrix,
     tensor_type_fallback,
@@ -61,6 +61,9 @@ class ModelFacts:
 
 @dataclass(frozen=True)
 class QuantOptions:
+    """What the user asked for beyond the preset.  Patterns are Python regular expressions, searched
+    unanchored like llama.cpp's std::regex_search (ECMAScript syntax differs only in exotic features)."""
+
     tensor_types: tuple[tuple[str, str], ...] = ()  # (regex, type): unanchored search, first match wins
     output_type: str | None = None                  # type for output.weight
     embedding_type: str | None = None               # type for token_embd.weight
@@ -222,7 +225,8 @@ class _Choice:
 
 def _explicit_type(tensor: TensorDesc, ggml_type: GGMLType, decision: Decision,
                    counters: Counters) -> _Choice:
-    # llama.cpp returns these before its fallback and later aborts in gguf_set_tensor_type if they do not fit.
+    # llama.cpp returns these before its fallback and does not check them: a type that does not fit the
+    # rows makes the K-quant kernels write the wrong amount of data, and the run fails validation.
     block = TYPE_INFO[ggml_type].block_size
     if tensor.shape[0] % block:
         raise PhiquantError(f"{tensor.name}: the {decision.value} {ggml_type.name} stores blocks of {block} "
@@ -324,12 +328,13 @@ def plan_quantization(tensors: Iterable[TensorDesc], facts: ModelFacts, preset: 
     counters = Counters()
     plans = []
     for tensor in ordered:
-        if tensor_allows_quantization(tensor.name, tensor.shape, facts.arch, not options.leave_output_tensor):
+        blocker = quantization_blocker(tensor.name, tensor.shape, facts.arch, not options.leave_output_tensor)
+        if blocker is None:
             choice = _choose_type(tensor, preset, options, resolved, context, counters)
             counters = choice.counters
             requires_imatrix = _check_feasible(tensor, choice, preset, options)
         else:
-            choice = _Choice(tensor.source_type, Decision.NOT_QUANTIZABLE, "never quantized", counters)
+            choice = _Choice(tensor.source_type, Decision.NOT_QUANTIZABLE, blocker, counters)
             requires_imatrix = False
         plans.append(TensorPlan(
             name=tensor.name, shape=tensor.shape, source_type=tensor.source_type,

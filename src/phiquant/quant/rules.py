@@ -108,17 +108,28 @@ def _ends_with_weight(name: str) -> bool:
     return name.endswith("weight") or (len(name) < 6 and "weight" not in name)
 
 
+def quantization_blocker(name: str, shape: tuple[int, ...], arch: str,
+                         quantize_output_tensor: bool = True) -> str | None:
+    """Why llama.cpp copies this tensor instead of quantizing it, or None if it quantizes it."""
+    if ggml_n_dims(shape) < 2:
+        return "1-D"
+    if not _ends_with_weight(name):
+        return "not a weight"
+    if not quantize_output_tensor and name == "output.weight":
+        return "output tensor left unquantized"
+    if name in _NEVER_QUANTIZED_NAMES:
+        return "position/token-type embedding"
+    blocked = _NEVER_QUANTIZED_SUBSTRINGS + _NEVER_QUANTIZED_SUBSTRINGS_BY_ARCH.get(arch, ())
+    for substring in blocked:
+        if substring in name:
+            return f"llama.cpp never quantizes '{substring}' tensors"
+    return None
+
+
 def tensor_allows_quantization(name: str, shape: tuple[int, ...], arch: str,
                                quantize_output_tensor: bool = True) -> bool:
     """Whether llama.cpp would quantize this tensor at all (1-D tensors, norms, routers... are copied)."""
-    if ggml_n_dims(shape) < 2 or not _ends_with_weight(name):
-        return False
-    if not quantize_output_tensor and name == "output.weight":
-        return False
-    if name in _NEVER_QUANTIZED_NAMES:
-        return False
-    blocked = _NEVER_QUANTIZED_SUBSTRINGS + _NEVER_QUANTIZED_SUBSTRINGS_BY_ARCH.get(arch, ())
-    return not any(substring in name for substring in blocked)
+    return quantization_blocker(name, shape, arch, quantize_output_tensor) is None
 
 
 # tensor_type_fallback: where a row is not a whole number of blocks, demote to a smaller-block type.
