@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ class ReferenceJob:
     imatrix_path: str | None = None                       # .npz: tensor name -> float32 weights
     kv_overrides: tuple[tuple[str, int, object], ...] = ()  # (key, KV_* tag, value)
     nthread: int = 2
+    dry_run: bool = False       # types and sizes only, logged; no output file
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,17 @@ def _log_for(logs: list[str], index: int) -> str:
     return logs[index + 1] if index + 1 < len(logs) else ""
 
 
+# A dry run logs one line per tensor: "[  1/ 53] name - [shape], type = f32, size = ... (q6_K)";
+# the parenthesised target type is there only when the tensor is converted.
+_DRY_RUN_LINE = re.compile(
+    r"\[\s*\d+/\s*\d+\] (\S+)\s+- \[[^\]]*\], type =\s*(\S+), size =[^\n(]*(?:\((\S+)\))?")
+
+
+def dry_run_types(log: str) -> list[tuple[str, str]]:
+    """(tensor name, ggml type name) in processing order, from a dry run's log."""
+    return [(name, target or source) for name, source, target in _DRY_RUN_LINE.findall(log)]
+
+
 # ---- child side -------------------------------------------------------------------------------------
 
 
@@ -105,6 +118,7 @@ def _quantize_one(job: dict) -> int:
     params.pure = job["pure"]
     params.allow_requantize = job["allow_requantize"]
     params.quantize_output_tensor = not job["leave_output_tensor"]
+    params.dry_run = job["dry_run"]
     keep_alive: list[object] = []
 
     if job["imatrix_path"] is not None:

@@ -274,8 +274,9 @@ def parse_preset(name: str) -> Preset:
     if key in PRESETS_BY_NAME:
         return PRESETS_BY_NAME[key]
     # llama-quantize also takes the ftype number (try_parse_ftype in tools/quantize/quantize.cpp).
-    if key.isdigit() and int(key) in set(LlamaFtype) and LlamaFtype(int(key)) in PRESETS_BY_FTYPE:
-        return PRESETS_BY_FTYPE[LlamaFtype(int(key))]
+    by_number = {int(preset.ftype): preset for preset in PRESETS}
+    if key.isdigit() and int(key) in by_number:
+        return by_number[int(key)]
     valid = [preset.name for preset in PRESETS] + sorted(PRESET_ALIASES)
     raise _unknown_name_error("quantization type", name, valid)
 
