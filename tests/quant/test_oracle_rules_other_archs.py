@@ -19,7 +19,7 @@ from tests.quant.llama_reference import ReferenceJob, ReferenceResult, dry_run_t
 
 from phiquant.errors import PhiquantError
 from phiquant.quant.plan import ModelFacts, QuantOptions, TensorDesc, plan_quantization
-from phiquant.quant.types import TYPE_INFO, GGMLType, Preset
+from phiquant.quant.types import PRESETS_BY_NAME, TYPE_INFO, GGMLType, Preset, parse_ggml_type
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ def _llama_8_experts() -> ArchModel:
                  "attn_v.weight": (256, 4), "attn_output.weight": (256, 4), "ffn_norm.weight": (256,),
                  "ffn_gate_inp.weight": (256, 8), "ffn_gate_exps.weight": (256, 2, 8),
                  "ffn_up_exps.weight": (256, 2, 8), "ffn_down_exps.weight": (512, 2, 8)}
-    shapes = [("token_embd.weight", (256, 8)), ("output_norm.weight", (256,)), ("output.weight", (256, 8))]
+    shapes = [("token_embd.weight", (256, 8)), ("per_layer_token_embd.weight", (256, 8)),
+              ("output_norm.weight", (256,)), ("output.weight", (256, 8))]
     facts = ModelFacts("llama", 16, 8, 8, n_expert=8)
     return ArchModel("mixtral", facts, tuple(shapes + _layers(16, per_layer)))
 
@@ -128,4 +129,41 @@ def test_types_equal_llama_cpp_dry_run(dry_runs: dict[tuple[str, str, bool], Ref
         assert "will require an imatrix" in result.log
         return
     expected = dry_run_types(result.log)
+    assert [(t.name, TYPE_INFO[t.target_type].ggml_name) for t in plan.tensors] == expected
+
+
+# per_layer_token_embd follows --token-embedding-type unless a --tensor-type pattern names it.
+OPTION_CASES = (
+    ("embedding-type-reaches-per-layer-table", QuantOptions(embedding_type="q8_0")),
+    ("override-names-per-layer-table", QuantOptions(embedding_type="q8_0",
+                                                   tensor_types=(("per_layer_token_embd", "q4_0"),))),
+    ("override-and-output-type", QuantOptions(output_type="q5_0", tensor_types=(("exps", "q5_1"),))),
+)
+
+
+@pytest.fixture(scope="module")
+def option_dry_runs(oracle: Oracle) -> dict[str, ReferenceResult]:
+    model = MODELS[1]
+    path = oracle.directory / "mixtral-options.gguf"
+    _write(model, path)
+
+    def type_value(name: str | None) -> int | None:
+        return None if name is None else int(parse_ggml_type(name))
+
+    jobs = [ReferenceJob(str(path), str(path) + ".unused", int(PRESETS_BY_NAME["Q4_K_M"].ftype), dry_run=True,
+                         output_type=type_value(options.output_type),
+                         embedding_type=type_value(options.embedding_type),
+                         tt_overrides=tuple((pattern, int(parse_ggml_type(name)))
+                                            for pattern, name in options.tensor_types))
+            for _, options in OPTION_CASES]
+    return {label: result for (label, _), result in zip(OPTION_CASES, oracle.run(jobs), strict=True)}
+
+
+@pytest.mark.parametrize(("label", "options"), OPTION_CASES, ids=[label for label, _ in OPTION_CASES])
+def test_embedding_and_override_precedence_equal_llama_cpp_dry_run(
+        option_dry_runs: dict[str, ReferenceResult], label: str, options: QuantOptions) -> None:
+    model = MODELS[1]
+    tensors = [TensorDesc(name, shape, GGMLType.F32) for name, shape in model.shapes]
+    plan = plan_quantization(tensors, model.facts, "Q4_K_M", options)
+    expected = dry_run_types(option_dry_runs[label].log)
     assert [(t.name, TYPE_INFO[t.target_type].ggml_name) for t in plan.tensors] == expected
