@@ -71,6 +71,6 @@ def test_bad_input_is_refused_before_ggml_sees_it(data: np.ndarray, imatrix: np.
         quantize_rows(data, GGMLType.Q8_0, imatrix)
 
 
-def test_iq2_xxs_without_imatrix_is_refused() -> None:
-    with pytest.raises(PhiquantError, match="needs an importance matrix"):
-        quantize_rows(np.ones((2, 256), dtype=np.float32), GGMLType.IQ2_XXS)
+def test_iq2_xxs_without_imatrix_is_refused_naming_the_tensor() -> None:
+    with pytest.raises(PhiquantError, match="token_embd.weight: IQ2_XXS needs an importance matrix"):
+        quantize_rows(np.ones((2, 256), dtype=np.float32), GGMLType.IQ2_XXS, tensor_name="token_embd.weight")

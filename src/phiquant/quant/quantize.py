@@ -39,13 +39,25 @@ def plan_row_chunks(n_experts: int, rows_per_expert: int, n_per_row: int) -> lis
 
 
 def quantize_rows(data: np.ndarray, ggml_type: int, imatrix: np.ndarray | None = None,
-                  n_threads: int | None = None) -> np.ndarray:
+                  n_threads: int | None = None, tensor_name: str | None = None) -> np.ndarray:
     """Quantize float32 rows to `ggml_type` (any quantization target, F32/F16/BF16 included).
 
     `data` is (rows, n_per_row) or, for stacked experts, (n_experts, rows_per_expert, n_per_row) in
     numpy order.  `imatrix` has n_per_row weights per expert (flat or (n_experts, n_per_row)), or is None.
     Returns uint8 of shape data.shape[:-1] + (row bytes,): the tensor's bytes as llama.cpp writes them.
+    Rows are independent, so a caller short of memory may pass slabs of rows (whole experts for 3-D
+    tensors, with their imatrix slices) and concatenate the results.  `tensor_name` prefixes errors.
     """
+    try:
+        return _quantize_rows(data, ggml_type, imatrix, n_threads)
+    except PhiquantError as error:
+        if tensor_name is None:
+            raise
+        raise PhiquantError(f"{tensor_name}: {error.message}", path=error.path) from None
+
+
+def _quantize_rows(data: np.ndarray, ggml_type: int, imatrix: np.ndarray | None,
+                   n_threads: int | None) -> np.ndarray:
     info = type_info(ggml_type)
     experts = _as_experts(data)
     n_experts, rows_per_expert, n_per_row = experts.shape
