@@ -26,7 +26,7 @@ from phiquant.errors import PhiquantError
 from phiquant.quant import ggml
 from phiquant.quant.gguf_file import read_gguf_layout, read_tensor_bytes
 from phiquant.quant.plan import Decision, QuantOptions, TensorDesc, plan_quantization
-from phiquant.quant.quantize import imatrix_kv_overrides, quantize_rows
+from phiquant.quant.quantize import check_source_data, imatrix_kv_overrides, quantize_rows
 from phiquant.quant.types import QUANTIZE_TARGETS, GGMLType, LlamaFtype, parse_ggml_type, parse_preset
 
 
@@ -224,6 +224,23 @@ def test_f16_overflow_is_refused_like_llama_cpp(oracle: Oracle, tmp_path) -> Non
     assert result.return_code == 1 and "validation failed" in result.log
     with pytest.raises(PhiquantError, match="F16"):
         quantize_rows(huge["blk.0.ffn_up.weight"], GGMLType.F16)
+
+
+@pytest.mark.slow
+def test_non_finite_source_values_are_refused_like_llama_cpp(oracle: Oracle, tmp_path) -> None:
+    data = {name: values.copy() for name, values in oracle.model_data(MAIN).items()}
+    data["blk.0.ffn_up.weight"][3, 5] = np.nan
+    data["output_norm.weight"][0] = np.inf          # a tensor that is only ever copied
+    path = tmp_path / "nan.gguf"
+    write_model(MAIN, path, data)
+    results = oracle.run([replace(oracle.job(MAIN, int(ftype)), input_path=str(path))
+                          for ftype in (LlamaFtype.MOSTLY_Q4_K_M, LlamaFtype.ALL_F32)])
+    assert all(r.return_code == 1 and "has invalid data" in r.log for r in results)
+    with pytest.raises(PhiquantError, match="blk.0.ffn_up.weight: .*NaN"):
+        quantize_rows(data["blk.0.ffn_up.weight"], GGMLType.Q4_K, tensor_name="blk.0.ffn_up.weight")
+    with pytest.raises(PhiquantError, match="output_norm.weight: the source data is invalid"):
+        check_source_data(GGMLType.F32, data["output_norm.weight"], "output_norm.weight")
+    check_source_data(GGMLType.F32, oracle.model_data(MAIN)["output_norm.weight"], "output_norm.weight")
 
 
 @pytest.mark.slow

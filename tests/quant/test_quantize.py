@@ -9,7 +9,8 @@ from tests.quant.conftest import Oracle, reference_layout, reference_tensor_byte
 from tests.quant.synthetic import MAIN, PHIMOE
 
 from phiquant.errors import PhiquantError
-from phiquant.quant.quantize import MIN_CHUNK_VALUES, plan_row_chunks, quantize_rows
+from phiquant.quant import ggml
+from phiquant.quant.quantize import MIN_CHUNK_VALUES, check_source_data, plan_row_chunks, quantize_rows
 from phiquant.quant.types import PRESETS_BY_NAME, GGMLType
 
 
@@ -74,3 +75,27 @@ def test_bad_input_is_refused_before_ggml_sees_it(data: np.ndarray, imatrix: np.
 def test_iq2_xxs_without_imatrix_is_refused_naming_the_tensor() -> None:
     with pytest.raises(PhiquantError, match="token_embd.weight: IQ2_XXS needs an importance matrix"):
         quantize_rows(np.ones((2, 256), dtype=np.float32), GGMLType.IQ2_XXS, tensor_name="token_embd.weight")
+
+
+@pytest.mark.parametrize("ggml_type", [GGMLType.F32, GGMLType.F16, GGMLType.BF16], ids=lambda t: t.name)
+@pytest.mark.parametrize("special", [None, np.nan, np.inf, -np.inf], ids=["finite", "nan", "inf", "-inf"])
+def test_source_check_agrees_with_ggml_validate_row_data(ggml_type: GGMLType, special: float | None) -> None:
+    values = np.linspace(-3, 3, 64, dtype=np.float32)
+    if special is not None:
+        values[17] = special
+    raw = ggml.quantize_chunk(ggml_type, values.reshape(1, -1)) if ggml_type != GGMLType.F32 else values
+    ggml_says_valid = ggml.validate_row_data(ggml_type, raw.reshape(-1).view(np.uint8))
+    assert ggml_says_valid == (special is None)
+    if ggml_says_valid:
+        check_source_data(ggml_type, raw, "t")
+    else:
+        with pytest.raises(PhiquantError, match="t: the source data is invalid"):
+            check_source_data(ggml_type, raw, "t")
+
+
+def test_source_check_uses_ggml_for_quantized_blocks() -> None:
+    packed = ggml.quantize_chunk(GGMLType.Q8_0, np.ones((1, 32), dtype=np.float32)).reshape(-1)
+    check_source_data(GGMLType.Q8_0, packed, "t")
+    packed[0:2] = np.frombuffer(np.float16(np.inf).tobytes(), dtype=np.uint8)
+    with pytest.raises(PhiquantError, match="malformed Q8_0"):
+        check_source_data(GGMLType.Q8_0, packed, "t")

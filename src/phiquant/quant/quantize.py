@@ -18,7 +18,7 @@ import numpy as np
 
 from phiquant.errors import PhiquantError
 from phiquant.quant import ggml
-from phiquant.quant.types import type_info
+from phiquant.quant.types import GGMLType, type_info
 
 # llama-quant.cpp: chunks hold at least 32 * 512 values (or one row, if rows are longer).
 MIN_CHUNK_VALUES = 32 * 512
@@ -87,6 +87,28 @@ def _quantize_rows(data: np.ndarray, ggml_type: int, imatrix: np.ndarray | None,
             for future in [pool.submit(run, chunk) for chunk in chunks]:
                 future.result()
     return out.reshape(data.shape[:-1] + (out.shape[-1],))
+
+
+# numpy views of the float source types; BF16 is checked on its raw bits (exponent all ones = inf/NaN).
+_FLOAT_VIEWS = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.BF16: np.uint16}
+
+
+def check_source_data(source_type: int, raw: np.ndarray, tensor_name: str) -> None:
+    """Refuse source bytes llama.cpp refuses: its loader runs ggml_validate_row_data on every tensor it
+    reads (check_tensors), so NaN or infinity anywhere, even in a tensor that is only copied, fails the
+    run with "tensor ... has invalid data".  Call it for copied tensors; quantize_rows checks its input."""
+    raw_bytes = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    info = type_info(source_type)
+    if info.type in _FLOAT_VIEWS:
+        # The same test as ggml's, in numpy: ggml's version prints its findings to stderr.
+        values = raw_bytes.view(_FLOAT_VIEWS[info.type])
+        valid = bool(np.isfinite(values).all()) if info.type != GGMLType.BF16 else bool(
+            ((values & 0x7F80) != 0x7F80).all())
+    else:
+        valid = ggml.validate_row_data(source_type, raw_bytes)
+    if not valid:
+        raise PhiquantError(f"{tensor_name}: the source data is invalid (NaN or infinite values, or "
+                            f"malformed {type_info(source_type).name} blocks)")
 
 
 def _as_experts(data: np.ndarray) -> np.ndarray:
