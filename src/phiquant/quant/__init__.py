@@ -1,0 +1,56 @@
+"""The quantization core: ggml kernel binding, type tables, llama.cpp's per-tensor rules, imatrix I/O.
+
+    facts = model_facts_from_metadata(metadata)
+    weights = imatrix_weights_for_model(read_imatrix(path), tensors)
+    plan = plan_quantization(tensors, facts, "Q4_K_M", QuantOptions(has_imatrix=bool(weights)))
+    for tensor in plan.tensors:          # llama.cpp's output order
+        if tensor.quantize:
+            data = quantize_rows(rows_f32, tensor.target_type, weights.get(tensor.name),
+                                 tensor_name=tensor.name)
+        else:
+            check_source_data(tensor.source_type, raw, tensor.name)   # then copy raw as is
+
+Modules: types (ggml types, presets, name parsing), ggml (ctypes binding), rules and preset_rules
+(llama-quant.cpp's per-tensor rules as pure functions), plan (plan_quantization, QuantPlan), quantize
+(threaded quantize_rows, CLI-compatible imatrix metadata), imatrix (GGUF/.dat importance matrices),
+gguf_file (a strict GGUF reader and small writer that know Q2_0).
+
+Results are byte-identical to llama.cpp's llama_model_quantize (tests/quant/test_oracle_*.py), except
+where phiquant deliberately refuses what llama.cpp does silently or crashes on; see plan.py.
+"""
+
+from phiquant.quant.imatrix import (
+    ImatrixEntry,
+    ImportanceMatrix,
+    imatrix_weights_for_model,
+    read_imatrix,
+    write_imatrix,
+)
+from phiquant.quant.plan import (
+    Decision,
+    ModelFacts,
+    QuantOptions,
+    QuantPlan,
+    TensorDesc,
+    TensorPlan,
+    llama_tensor_order,
+    model_facts_from_metadata,
+    plan_quantization,
+)
+from phiquant.quant.quantize import KVOverride, check_source_data, imatrix_kv_overrides, quantize_rows
+from phiquant.quant.types import (
+    PRESETS,
+    GGMLType,
+    LlamaFtype,
+    Preset,
+    parse_ggml_type,
+    parse_preset,
+)
+
+__all__ = [
+    "PRESETS", "Decision", "GGMLType", "ImatrixEntry", "ImportanceMatrix", "KVOverride", "LlamaFtype",
+    "ModelFacts", "Preset", "QuantOptions", "QuantPlan", "TensorDesc", "TensorPlan", "check_source_data",
+    "imatrix_kv_overrides",
+    "imatrix_weights_for_model", "llama_tensor_order", "model_facts_from_metadata", "parse_ggml_type",
+    "parse_preset", "plan_quantization", "quantize_rows", "read_imatrix", "write_imatrix",
+]
