@@ -1,11 +1,16 @@
 """Streaming a model into one or more GGUF files: read a tensor's rows once, encode them for each
-output's chosen type, write, release.  Memory stays near one slab of rows, whatever the model size.
+output's planned type, write, release.  Memory stays near one slab of rows, whatever the model size,
+and a whole ladder of types costs one read of the source.
+
+Encoding (ggml's kernels, which release the GIL) and writing overlap: encoded slabs go to a writer
+thread through a short queue, so the disk works while the next slab is encoded.
 """
 
 from __future__ import annotations
 
-import math
-import re
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +22,17 @@ from phiquant.errors import PhiquantError
 from phiquant.gguf_io import GGUFOutput, Metadatum, TensorInfo, open_outputs, predicted_file_size
 from phiquant.model_source import ModelSource, SourceTensor
 from phiquant.progress import SILENT, Reporter
+from phiquant.quant.plan import QuantPlan, TensorDesc, llama_tensor_order
+from phiquant.quant.types import GGMLType
 
 # Rows are read and encoded in slabs of about this many float32 bytes.
 SLAB_BYTES = 64 * 1024 * 1024
+# Encoded slabs waiting for the writer thread (bounds the extra memory to a few slabs).
+WRITE_QUEUE_DEPTH = 4
 
-_BLOCK_PREFIX = re.compile(r"^blk\.(\d+)\.")
-
-# Encodes float32 rows (n_rows x row_length) as `ggml_type`, with an optional importance vector.
-RowEncoder = Callable[[np.ndarray, int, "np.ndarray | None"], np.ndarray]
+# Encodes float32 rows (n_rows x row_length) as a ggml type, with an optional importance vector.
+RowEncoder = Callable[[np.ndarray, int, "np.ndarray | None", str], np.ndarray]
+RowSize = Callable[[int, int], int]
 
 
 @dataclass
@@ -35,18 +43,18 @@ class OutputPlan:
     file_type: int  # llama_ftype value written to general.file_type
     tensor_types: dict[str, int]  # GGUF tensor name -> ggml type
     extra_metadata: list[Metadatum] = field(default_factory=list)
+    seconds: float = 0.0  # time spent encoding and writing this file (filled in by the writer)
+
+    @classmethod
+    def from_quant_plan(
+        cls, path: Path, plan: QuantPlan, extra_metadata: Sequence[Metadatum] = ()
+    ) -> OutputPlan:
+        types = {tensor.name: int(tensor.target_type) for tensor in plan.tensors}
+        return cls(path, int(plan.preset.ftype), types, list(extra_metadata))
 
 
-def llama_tensor_order(names: Sequence[str]) -> list[str]:
-    """llama.cpp's loader order (llama-model-loader.h weight_name_comparer): tensors outside
-    blocks first, then blocks by number, each group in byte order.  llama_model_quantize writes
-    in this order and its per-layer counters follow it, so phiquant writes the same order."""
-
-    def key(name: str) -> tuple[int, bytes]:
-        match = _BLOCK_PREFIX.match(name)
-        return (int(match.group(1)) if match else -1, name.encode())
-
-    return sorted(names, key=key)
+def tensor_descs(source: ModelSource) -> list[TensorDesc]:
+    return [TensorDesc(t.name, t.shape, GGMLType(t.base_type)) for t in source.tensors]
 
 
 def output_metadata(source: ModelSource, plan: OutputPlan) -> list[Metadatum]:
@@ -62,26 +70,21 @@ def output_metadata(source: ModelSource, plan: OutputPlan) -> list[Metadatum]:
     )
 
 
-def tensor_infos(
-    source: ModelSource, plan: OutputPlan, row_size: Callable[[int, int], int]
-) -> list[TensorInfo]:
-    infos = []
-    for tensor in ordered_tensors(source):
-        ggml_type = plan.tensor_types[tensor.name]
-        infos.append(
-            TensorInfo(
-                tensor.name, tensor.shape, ggml_type, row_size(ggml_type, tensor.shape[0]) * tensor.n_rows
-            )
-        )
-    return infos
-
-
 def ordered_tensors(source: ModelSource) -> list[SourceTensor]:
     by_name = {t.name: t for t in source.tensors}
     return [by_name[name] for name in llama_tensor_order(list(by_name))]
 
 
-def predicted_size(source: ModelSource, plan: OutputPlan, row_size: Callable[[int, int], int]) -> int:
+def tensor_infos(source: ModelSource, plan: OutputPlan, row_size: RowSize) -> list[TensorInfo]:
+    infos = []
+    for tensor in ordered_tensors(source):
+        ggml_type = plan.tensor_types[tensor.name]
+        nbytes = row_size(ggml_type, tensor.shape[0]) * tensor.n_rows
+        infos.append(TensorInfo(tensor.name, tensor.shape, ggml_type, nbytes))
+    return infos
+
+
+def predicted_size(source: ModelSource, plan: OutputPlan, row_size: RowSize) -> int:
     return predicted_file_size(
         source.arch, output_metadata(source, plan), tensor_infos(source, plan, row_size)
     )
@@ -107,11 +110,56 @@ def importance_slice(weights: np.ndarray | None, tensor: SourceTensor, row_start
     return weights[matrix * row_length : (matrix + 1) * row_length]
 
 
+class _BackgroundWriter:
+    """Writes (output, bytes) pairs on one thread, in submission order; re-raises its errors."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[GGUFOutput, np.ndarray | bytes] | None] = queue.Queue(
+            WRITE_QUEUE_DEPTH
+        )
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="phiquant-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    item[0].write(item[1])
+                except BaseException as error:  # noqa: BLE001 - handed to the main thread, re-raised there
+                    self._error = error
+
+    def submit(self, output: GGUFOutput, data: np.ndarray | bytes) -> None:
+        self._raise_pending()
+        self._queue.put((output, data))
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Wait until everything submitted is written; re-raise the first write error."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_pending()
+
+    def abandon(self) -> None:
+        """Stop after the current item, dropping the rest (on error or interrupt)."""
+        self._error = self._error or PhiquantError("writing abandoned")
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._queue.put(None)
+        self._thread.join()
+
+
 def write_gguf_files(
     source: ModelSource,
     plans: Sequence[OutputPlan],
     encode_rows: RowEncoder,
-    row_size: Callable[[int, int], int],
+    row_size: RowSize,
     *,
     importance: dict[str, np.ndarray] | None = None,
     allow_nonfinite: bool = False,
@@ -125,43 +173,53 @@ def write_gguf_files(
         for plan in plans
     ]
     tensors = ordered_tensors(source)
-    reporter.start(
-        "writing" if len(plans) == 1 else f"writing {len(plans)} files",
-        sum(4 * t.n_elements for t in tensors),
-        "B",
-    )
+    total = sum(4 * t.n_elements for t in tensors)
+    reporter.start("writing" if len(plans) == 1 else f"writing {len(plans)} files", total, "B")
     with open_outputs(outputs):
-        for tensor in tensors:
-            types = [plan.tensor_types[tensor.name] for plan in plans]
-            reporter.note(f"{tensor.name} {list(tensor.shape)} -> {', '.join(map(str, types))}")
-            weights = (importance or {}).get(tensor.name)
-            for start, stop in slab_bounds(tensor):
-                rows = tensor.read_rows(start, stop)
-                if not allow_nonfinite and not np.isfinite(rows).all():
-                    raise PhiquantError(
-                        f"tensor {tensor.name} holds NaN or Inf values; refusing to convert a broken "
-                        "checkpoint (pass --allow-nonfinite to write it anyway)",
-                        path=source.origin,
-                    )
-                slice_ = importance_slice(weights, tensor, start)
-                for output, ggml_type in zip(outputs, types):
-                    if ggml_type == tensor.base_type and tensor.read_raw is not None:
-                        output.write(tensor.read_raw(start, stop))
-                    else:
-                        output.write(encode_rows(rows, ggml_type, slice_))
-                reporter.advance(4 * rows.size)
-                del rows
+        writer = _BackgroundWriter()
+        try:
+            for tensor in tensors:
+                _write_tensor(
+                    tensor, plans, outputs, writer, encode_rows, importance, allow_nonfinite, source, reporter
+                )
+            writer.close()
+        except BaseException:
+            writer.abandon()
+            raise
     reporter.finish()
     return [plan.path for plan in plans]
 
 
-def n_dims(shape: Sequence[int]) -> int:
-    """ggml_n_dims: trailing dimensions of size 1 do not count."""
-    dims = len(shape)
-    while dims > 1 and shape[dims - 1] == 1:
-        dims -= 1
-    return dims
-
-
-def total_elements(tensors: Sequence[SourceTensor]) -> int:
-    return sum(math.prod(t.shape) for t in tensors)
+def _write_tensor(
+    tensor: SourceTensor,
+    plans: Sequence[OutputPlan],
+    outputs: Sequence[GGUFOutput],
+    writer: _BackgroundWriter,
+    encode_rows: RowEncoder,
+    importance: dict[str, np.ndarray] | None,
+    allow_nonfinite: bool,
+    source: ModelSource,
+    reporter: Reporter,
+) -> None:
+    types = [plan.tensor_types[tensor.name] for plan in plans]
+    reporter.note(f"{tensor.name} {list(tensor.shape)} -> {', '.join(GGMLType(t).name for t in types)}")
+    weights = (importance or {}).get(tensor.name)
+    for start, stop in slab_bounds(tensor):
+        rows = tensor.read_rows(start, stop)
+        if not allow_nonfinite and not np.isfinite(rows).all():
+            # llama.cpp refuses such files at load time (check_tensors); say so now, by name.
+            raise PhiquantError(
+                f"tensor {tensor.name} holds NaN or Inf values; refusing to convert a broken "
+                "checkpoint (pass --allow-nonfinite to write it anyway)",
+                path=source.origin,
+            )
+        slice_ = importance_slice(weights, tensor, start)
+        for plan, output, ggml_type in zip(plans, outputs, types):
+            started = time.perf_counter()
+            if ggml_type == tensor.base_type and tensor.read_raw is not None:
+                data: np.ndarray = tensor.read_raw(start, stop)
+            else:
+                data = encode_rows(rows, ggml_type, slice_, tensor.name)
+            plan.seconds += time.perf_counter() - started
+            writer.submit(output, data)
+        reporter.advance(4 * rows.size)

@@ -11,7 +11,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from phiquant import api
 from phiquant.gguf_io import read_gguf
-from phiquant.pipeline import llama_tensor_order
+from phiquant.quant.plan import llama_tensor_order
 from tests.fixtures.phi3_specs import (
     ALL_PHI3_SPECS,
     PHI3_MEDIUM_4K,

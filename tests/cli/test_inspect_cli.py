@@ -21,7 +21,10 @@ def test_json_report_agrees_with_ggufs_reader(converted_gguf) -> None:
     assert report["tensor_bytes"] == sum(int(t.n_bytes) for t in reader.tensors)
     assert report["bits_per_weight"] == 8 * report["tensor_bytes"] / report["n_parameters"]
     by_type = {u["type"]: u["n_tensors"] for u in report["types"]}
-    assert by_type == {"BF16": sum(t.tensor_type.name == "BF16" for t in reader.tensors), "F32": sum(t.tensor_type.name == "F32" for t in reader.tensors)}
+    assert by_type == {
+        "BF16": sum(t.tensor_type.name == "BF16" for t in reader.tensors),
+        "F32": sum(t.tensor_type.name == "F32" for t in reader.tensors),
+    }
     assert report["architecture"] == "phi3" and report["file_type"] == "BF16"
     ends = {e["id"]: e["text"] for e in report["end_of_generation"]}
     assert {32000: "<|endoftext|>", 32001: "<|assistant|>", 32007: "<|end|>"}.items() <= ends.items()

@@ -12,7 +12,13 @@ from tests.cli.run import start_phiquant
 from tests.fixtures.phi3_specs import PHI3_MEDIUM_4K
 
 # A checkpoint big enough that writing F32 takes a few seconds (about 1 GB of output).
-LARGE = dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_key_value_heads=4, num_hidden_layers=12)
+LARGE = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    num_hidden_layers=12,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +38,9 @@ def wait_for_partial_file(directory: Path, timeout: float = 60) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("sent", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"])
+@pytest.mark.parametrize(
+    ("sent", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"]
+)
 def test_signal_during_convert_leaves_nothing(large_checkpoint, tmp_path, sent, exit_code) -> None:
     out = tmp_path / "out"
     out.mkdir()

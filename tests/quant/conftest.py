@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.quant.llama_reference import ReferenceJob, ReferenceResult, run_reference_jobs
-from tests.quant.synthetic import SyntheticModel, random_imatrix, write_model
 
-from phiquant.quant.gguf_file import GGUFLayout, read_gguf_layout, read_tensor_bytes
+from phiquant.gguf_io import GGUFFile, read_gguf
 from phiquant.quant.plan import QuantPlan
 from phiquant.quant.quantize import quantize_rows
 from phiquant.quant.types import PRESETS, GGMLType, Preset
+from tests.quant.llama_reference import ReferenceJob, ReferenceResult, run_reference_jobs
+from tests.quant.synthetic import SyntheticModel, random_imatrix, write_model
 
 LLAMA_PRESETS: tuple[Preset, ...] = tuple(preset for preset in PRESETS if preset.in_llama_cpp)
 
@@ -25,7 +25,7 @@ class Oracle:
 
     def __init__(self, directory: Path, sweep_models: Sequence[SyntheticModel] = ()) -> None:
         self.directory = directory
-        self.sweep_models = tuple(sweep_models)   # models whose sweeps to run together, in one child
+        self.sweep_models = tuple(sweep_models)  # models whose sweeps to run together, in one child
         self._sweeps: dict[str, dict[tuple[str, bool], ReferenceResult]] = {}
         self._job_counter = 0
 
@@ -45,8 +45,9 @@ class Oracle:
     def imatrix_path(self, model: SyntheticModel) -> Path:
         return self.directory / f"{model.label}-imatrix.npz"
 
-    def job(self, model: SyntheticModel, ftype: int, with_imatrix: bool = False,
-            **options: object) -> ReferenceJob:
+    def job(
+        self, model: SyntheticModel, ftype: int, with_imatrix: bool = False, **options: object
+    ) -> ReferenceJob:
         """A reference job on `model` writing to a fresh output path."""
         self.model_data(model)
         imatrix_path = None
@@ -55,8 +56,9 @@ class Oracle:
             imatrix_path = str(self.imatrix_path(model))
         self._job_counter += 1
         output = self.directory / f"{model.label}-out-{self._job_counter}.gguf"
-        return ReferenceJob(str(self.model_path(model)), str(output), ftype, imatrix_path=imatrix_path,
-                            **options)  # type: ignore[arg-type]
+        return ReferenceJob(
+            str(self.model_path(model)), str(output), ftype, imatrix_path=imatrix_path, **options
+        )  # type: ignore[arg-type]
 
     def run(self, jobs: Sequence[ReferenceJob]) -> list[ReferenceResult]:
         return run_reference_jobs(list(jobs))
@@ -87,28 +89,33 @@ PRESETS_BY_NAME = {preset.name: preset for preset in PRESETS}
 @pytest.fixture(scope="session")
 def oracle(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Oracle:
     # The models the selected tests are parametrized with: their sweeps are batched together.
-    wanted = {item.callspec.params["model"] for item in request.session.items
-              if hasattr(item, "callspec") and isinstance(item.callspec.params.get("model"), SyntheticModel)}
+    wanted = {
+        item.callspec.params["model"]
+        for item in request.session.items
+        if hasattr(item, "callspec") and isinstance(item.callspec.params.get("model"), SyntheticModel)
+    }
     return Oracle(tmp_path_factory.mktemp("quant-oracle"), sorted(wanted, key=lambda model: model.label))
 
 
-def reference_layout(result: ReferenceResult) -> GGUFLayout:
-    assert result.succeeded, f"llama.cpp failed (rc={result.return_code}, signal={result.signal}):\n" \
-                             f"{result.log[-4000:]}"
-    return read_gguf_layout(result.job.output_path)
+def reference_layout(result: ReferenceResult) -> GGUFFile:
+    assert result.succeeded, (
+        f"llama.cpp failed (rc={result.return_code}, signal={result.signal}):\n{result.log[-4000:]}"
+    )
+    return read_gguf(result.job.output_path)
 
 
-def reference_tensor_bytes(layout: GGUFLayout, name: str) -> bytes:
-    return read_tensor_bytes(layout, layout.tensor(name)).tobytes()
+def reference_tensor_bytes(layout: GGUFFile, name: str) -> bytes:
+    return layout.raw_bytes(layout.tensor(name)).tobytes()
 
 
-def assert_plan_matches_reference(oracle: Oracle, model: SyntheticModel, plan: QuantPlan, layout: GGUFLayout,
-                                  with_imatrix: bool) -> None:
+def assert_plan_matches_reference(
+    oracle: Oracle, model: SyntheticModel, plan: QuantPlan, layout: GGUFFile, with_imatrix: bool
+) -> None:
     """Order, types, shapes, sizes and every tensor's bytes of our plan and quantizer against llama.cpp."""
     assert [t.name for t in plan.tensors] == [t.name for t in layout.tensors], "tensor order"
-    assert [t.target_type.name for t in plan.tensors] == [t.type.name for t in layout.tensors], "types"
+    assert [t.target_type for t in plan.tensors] == [t.ggml_type for t in layout.tensors], "types"
     assert [t.shape for t in plan.tensors] == [t.shape for t in layout.tensors]
-    assert [t.target_bytes for t in plan.tensors] == [t.n_bytes for t in layout.tensors], "tensor sizes"
+    assert [t.target_bytes for t in plan.tensors] == [t.nbytes for t in layout.tensors], "tensor sizes"
     assert plan.data_section_bytes() == layout.file_size - layout.data_offset, "data section size"
     source = oracle.model_data(model)
     for tensor in plan.tensors:

@@ -36,19 +36,19 @@ class ReferenceJob:
     allow_requantize: bool = False
     leave_output_tensor: bool = False
     tt_overrides: tuple[tuple[str, int], ...] = ()
-    imatrix_path: str | None = None                       # .npz: tensor name -> float32 weights
+    imatrix_path: str | None = None  # .npz: tensor name -> float32 weights
     kv_overrides: tuple[tuple[str, int, object], ...] = ()  # (key, KV_* tag, value)
     nthread: int = 2
-    dry_run: bool = False       # types and sizes only, logged; no output file
+    dry_run: bool = False  # types and sizes only, logged; no output file
 
 
 @dataclass(frozen=True)
 class ReferenceResult:
     job: ReferenceJob
-    return_code: int | None     # llama_model_quantize's result; None when the process died
-    signal: int | None = None   # the signal that killed the process (6 = abort)
+    return_code: int | None  # llama_model_quantize's result; None when the process died
+    signal: int | None = None  # the signal that killed the process (6 = abort)
     log: str = field(default="", repr=False)
-    seconds: float = 0.0        # time llama_model_quantize took
+    seconds: float = 0.0  # time llama_model_quantize took
 
     @property
     def succeeded(self) -> bool:
@@ -62,7 +62,7 @@ def run_reference_jobs(jobs: list[ReferenceJob], timeout: float = 1800) -> list[
     while pending:
         finished = _run_batch(pending, timeout)
         results.extend(finished)
-        pending = pending[len(finished):]
+        pending = pending[len(finished) :]
     return results
 
 
@@ -71,18 +71,26 @@ def _run_batch(jobs: list[ReferenceJob], timeout: float) -> list[ReferenceResult
         jobs_file, results_file = Path(scratch) / "jobs.json", Path(scratch) / "results.jsonl"
         jobs_file.write_text(json.dumps([asdict(job) for job in jobs]))
         env = dict(os.environ, GGML_NO_BACKTRACE="1")
-        process = subprocess.run([sys.executable, __file__, str(jobs_file), str(results_file)],
-                                 capture_output=True, text=True, timeout=timeout, env=env)
+        process = subprocess.run(
+            [sys.executable, __file__, str(jobs_file), str(results_file)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
         lines = results_file.read_text().splitlines() if results_file.exists() else []
         logs = process.stderr.split("\n=== job ")
         records = [json.loads(line) for line in lines]
-        finished = [ReferenceResult(job, record["rc"], None, _log_for(logs, index), record["seconds"])
-                    for index, (job, record) in enumerate(zip(jobs, records, strict=False))]
+        finished = [
+            ReferenceResult(job, record["rc"], None, _log_for(logs, index), record["seconds"])
+            for index, (job, record) in enumerate(zip(jobs, records, strict=False))
+        ]
         if len(finished) < len(jobs):
             if process.returncode >= 0:
                 raise RuntimeError(f"reference child exited with {process.returncode}:\n{process.stderr}")
-            finished.append(ReferenceResult(jobs[len(finished)], None, -process.returncode,
-                                            _log_for(logs, len(finished))))
+            finished.append(
+                ReferenceResult(jobs[len(finished)], None, -process.returncode, _log_for(logs, len(finished)))
+            )
         return finished
 
 
@@ -93,7 +101,8 @@ def _log_for(logs: list[str], index: int) -> str:
 # A dry run logs one line per tensor: "[  1/ 53] name - [shape], type = f32, size = ... (q6_K)";
 # the parenthesised target type is there only when the tensor is converted.
 _DRY_RUN_LINE = re.compile(
-    r"\[\s*\d+/\s*\d+\] (\S+)\s+- \[[^\]]*\], type =\s*(\S+), size =[^\n(]*(?:\((\S+)\))?")
+    r"\[\s*\d+/\s*\d+\] (\S+)\s+- \[[^\]]*\], type =\s*(\S+), size =[^\n(]*(?:\((\S+)\))?"
+)
 
 
 def dry_run_types(log: str) -> list[tuple[str, str]]:
@@ -160,8 +169,9 @@ def _quantize_one(job: dict) -> int:
         keep_alive.append(kvs)
         params.kv_overrides = kvs
 
-    return llama_cpp.llama_model_quantize(job["input_path"].encode(), job["output_path"].encode(),
-                                          ctypes.byref(params))
+    return llama_cpp.llama_model_quantize(
+        job["input_path"].encode(), job["output_path"].encode(), ctypes.byref(params)
+    )
 
 
 def _child_main(jobs_file: str, results_file: str) -> None:

@@ -101,8 +101,9 @@ def tensor_descs(model: SyntheticModel) -> list[TensorDesc]:
     return [TensorDesc(name, shape, GGMLType.F32) for name, shape in tensor_shapes(model).items()]
 
 
-def write_model(model: SyntheticModel, path: Path,
-                data: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def write_model(
+    model: SyntheticModel, path: Path, data: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Write the GGUF file (with `data`, or the model's own random tensors); returns the tensors."""
     writer = gguf.GGUFWriter(str(path), model.arch)
     writer.add_name(f"synthetic-{model.label}")

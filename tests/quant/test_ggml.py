@@ -29,8 +29,9 @@ def _rows(n_rows: int = 8, n_per_row: int = 512, seed: int = 0) -> np.ndarray:
     return rows
 
 
-def test_missing_library_is_a_clear_error_naming_the_path(monkeypatch: pytest.MonkeyPatch,
-                                                          tmp_path: Path) -> None:
+def test_missing_library_is_a_clear_error_naming_the_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     fake_spec = importlib.machinery.ModuleSpec("llama_cpp", None, is_package=True)
     fake_spec.submodule_search_locations = [str(tmp_path)]
     monkeypatch.setattr(ggml.importlib.util, "find_spec", lambda name: fake_spec)
@@ -40,8 +41,13 @@ def test_missing_library_is_a_clear_error_naming_the_path(monkeypatch: pytest.Mo
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          cwd=REPO, env={"PYTHONPATH": f"{REPO / 'src'}", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": f"{REPO / 'src'}", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_ggml_really_aborts_without_an_imatrix_for_iq2_xxs() -> None:
@@ -88,18 +94,35 @@ def test_inputs_ggml_would_abort_on_raise_phiquant_errors_instead() -> None:
     assert process.stdout.count("ok") == 11
 
 
-@pytest.mark.parametrize("ggml_type", [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1,
-                                       GGMLType.Q8_0, GGMLType.TQ1_0, GGMLType.TQ2_0, GGMLType.MXFP4,
-                                       GGMLType.F16, GGMLType.BF16], ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "ggml_type",
+    [
+        GGMLType.Q4_0,
+        GGMLType.Q4_1,
+        GGMLType.Q5_0,
+        GGMLType.Q5_1,
+        GGMLType.Q8_0,
+        GGMLType.TQ1_0,
+        GGMLType.TQ2_0,
+        GGMLType.MXFP4,
+        GGMLType.F16,
+        GGMLType.BF16,
+    ],
+    ids=lambda t: t.name,
+)
 def test_quantize_chunk_equals_gguf_py_reference_quantizer(ggml_type: GGMLType) -> None:
     rows = _rows()
     expected = gguf.quants.quantize(rows, gguf.GGMLQuantizationType(ggml_type))
     assert ggml.quantize_chunk(ggml_type, rows).tobytes() == expected.tobytes()
 
 
-_GGUF_PY_DECODES = [t for t in QUANTIZE_TARGETS
-                    if TYPE_INFO[t].role is TypeRole.QUANT and t.name in gguf.GGMLQuantizationType.__members__
-                    and t not in (GGMLType.Q1_0,)]
+_GGUF_PY_DECODES = [
+    t
+    for t in QUANTIZE_TARGETS
+    if TYPE_INFO[t].role is TypeRole.QUANT
+    and t.name in gguf.GGMLQuantizationType.__members__
+    and t not in (GGMLType.Q1_0,)
+]
 
 
 @pytest.mark.slow

@@ -26,13 +26,17 @@ def _sample() -> ImportanceMatrix:
     rng = np.random.default_rng(0)
     return ImportanceMatrix(
         entries={
-            "blk.0.attn_qkv.weight": ImatrixEntry(rng.uniform(0, 50, 256).astype(np.float32),
-                                                  np.array([100], dtype=np.int64)),
+            "blk.0.attn_qkv.weight": ImatrixEntry(
+                rng.uniform(0, 50, 256).astype(np.float32), np.array([100], dtype=np.int64)
+            ),
             # Four experts; the third saw no tokens.
-            "blk.0.ffn_up_exps.weight": ImatrixEntry(rng.uniform(0, 50, 4 * 256).astype(np.float32),
-                                                     np.array([7, 30, 0, 3], dtype=np.int64)),
+            "blk.0.ffn_up_exps.weight": ImatrixEntry(
+                rng.uniform(0, 50, 4 * 256).astype(np.float32), np.array([7, 30, 0, 3], dtype=np.int64)
+            ),
         },
-        datasets=("wiki.train.raw",), chunk_count=12, chunk_size=512,
+        datasets=("wiki.train.raw",),
+        chunk_count=12,
+        chunk_size=512,
     )
 
 
@@ -58,11 +62,19 @@ def test_written_imatrix_reads_back_with_gguf_py_in_llama_imatrix_layout(tmp_pat
     write_imatrix(path, _sample())
     reader = gguf.GGUFReader(path)
     assert [field for field in reader.fields if not field.startswith("GGUF.")] == [
-        "general.type", "imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"]
+        "general.type",
+        "imatrix.datasets",
+        "imatrix.chunk_count",
+        "imatrix.chunk_size",
+    ]
     assert reader.fields["imatrix.chunk_size"].contents() == 512
     shapes = {tensor.name: tuple(int(n) for n in tensor.shape) for tensor in reader.tensors}
-    assert shapes == {"blk.0.attn_qkv.weight.in_sum2": (256, 1), "blk.0.attn_qkv.weight.counts": (1, 1),
-                      "blk.0.ffn_up_exps.weight.in_sum2": (256, 4), "blk.0.ffn_up_exps.weight.counts": (1, 4)}
+    assert shapes == {
+        "blk.0.attn_qkv.weight.in_sum2": (256, 1),
+        "blk.0.attn_qkv.weight.counts": (1, 1),
+        "blk.0.ffn_up_exps.weight.in_sum2": (256, 4),
+        "blk.0.ffn_up_exps.weight.counts": (1, 4),
+    }
     counts = next(t for t in reader.tensors if t.name == "blk.0.ffn_up_exps.weight.counts")
     np.testing.assert_array_equal(np.asarray(counts.data).reshape(-1), [7, 30, 0, 3])
 
@@ -119,10 +131,19 @@ def _valid_gguf_bytes(tmp_path: Path) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("damage", [
-    "empty", "random", "gguf-truncated-header", "gguf-truncated-data", "legacy-truncated",
-    "legacy-zero-entries", "legacy-negative-name-length", "legacy-no-values",
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "empty",
+        "random",
+        "gguf-truncated-header",
+        "gguf-truncated-data",
+        "legacy-truncated",
+        "legacy-zero-entries",
+        "legacy-negative-name-length",
+        "legacy-no-values",
+    ],
+)
 def test_damaged_imatrix_files_are_clear_errors(tmp_path: Path, damage: str) -> None:
     good_gguf = _valid_gguf_bytes(tmp_path)
     good_legacy = _legacy_bytes([("blk.0.ffn_up.weight", 2, np.ones(8, dtype=np.float32))])
@@ -171,9 +192,11 @@ def test_gguf_imatrix_structure_errors(tmp_path: Path) -> None:
         read_imatrix(_write_gguf_with(tmp_path, {"unrelated": sums}))
 
 
-MODEL = [TensorDesc("blk.0.attn_qkv.weight", (256, 768), GGMLType.F32),
-         TensorDesc("blk.0.ffn_up_exps.weight", (256, 512, 4), GGMLType.F32),
-         TensorDesc("token_embd.weight", (256, 1000), GGMLType.F32)]
+MODEL = [
+    TensorDesc("blk.0.attn_qkv.weight", (256, 768), GGMLType.F32),
+    TensorDesc("blk.0.ffn_up_exps.weight", (256, 512, 4), GGMLType.F32),
+    TensorDesc("token_embd.weight", (256, 1000), GGMLType.F32),
+]
 
 
 def test_imatrix_weights_for_model_checks_names_lengths_and_values(tmp_path: Path) -> None:

@@ -8,12 +8,12 @@ phiquant must refuse too, for the same reason.
 from __future__ import annotations
 
 import pytest
-from tests.quant.conftest import LLAMA_PRESETS, Oracle, assert_plan_matches_reference, reference_layout
-from tests.quant.synthetic import GQA4, MAIN, ODD_ROWS, PHIMOE, TIED, SyntheticModel, tensor_descs
 
 from phiquant.errors import PhiquantError
 from phiquant.quant.plan import QuantOptions, QuantPlan, plan_quantization
 from phiquant.quant.types import LlamaFtype, Preset
+from tests.quant.conftest import LLAMA_PRESETS, Oracle, assert_plan_matches_reference, reference_layout
+from tests.quant.synthetic import GQA4, MAIN, ODD_ROWS, PHIMOE, TIED, SyntheticModel, tensor_descs
 
 MODELS = (MAIN, GQA4, TIED, ODD_ROWS, PHIMOE)
 
@@ -25,8 +25,9 @@ REFUSALS = {
 }
 
 
-def _plan(model: SyntheticModel, preset: Preset, with_imatrix: bool,
-          allow_fallback: bool = True) -> QuantPlan:
+def _plan(
+    model: SyntheticModel, preset: Preset, with_imatrix: bool, allow_fallback: bool = True
+) -> QuantPlan:
     options = QuantOptions(has_imatrix=with_imatrix, allow_fallback=allow_fallback)
     return plan_quantization(tensor_descs(model), model.facts, preset, options)
 
@@ -41,8 +42,9 @@ def _assert_same_refusal(log: str, error: PhiquantError) -> None:
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["no-imatrix", "imatrix"])
 @pytest.mark.parametrize("preset", LLAMA_PRESETS, ids=lambda preset: preset.name)
 @pytest.mark.parametrize("model", MODELS, ids=lambda model: model.label)
-def test_plan_and_bytes_equal_llama_cpp_output(oracle: Oracle, model: SyntheticModel, preset: Preset,
-                                               with_imatrix: bool) -> None:
+def test_plan_and_bytes_equal_llama_cpp_output(
+    oracle: Oracle, model: SyntheticModel, preset: Preset, with_imatrix: bool
+) -> None:
     result = oracle.preset_result(model, preset, with_imatrix)
     assert result.signal is None, f"llama.cpp aborted:\n{result.log[-3000:]}"
     if not result.succeeded:
@@ -53,16 +55,23 @@ def test_plan_and_bytes_equal_llama_cpp_output(oracle: Oracle, model: SyntheticM
 
     plan = _plan(model, preset, with_imatrix)
     layout = reference_layout(result)
-    assert layout.value("general.file_type") == preset.ftype
+    assert layout.get("general.file_type") == preset.ftype
     assert_plan_matches_reference(oracle, model, plan, layout, with_imatrix)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", [p for p in LLAMA_PRESETS if p.ftype not in
-                                    (LlamaFtype.ALL_F32, LlamaFtype.MOSTLY_F16, LlamaFtype.MOSTLY_BF16)],
-                         ids=lambda preset: preset.name)
-def test_fallback_needs_permission_where_llama_cpp_substitutes_silently(oracle: Oracle,
-                                                                        preset: Preset) -> None:
+@pytest.mark.parametrize(
+    "preset",
+    [
+        p
+        for p in LLAMA_PRESETS
+        if p.ftype not in (LlamaFtype.ALL_F32, LlamaFtype.MOSTLY_F16, LlamaFtype.MOSTLY_BF16)
+    ],
+    ids=lambda preset: preset.name,
+)
+def test_fallback_needs_permission_where_llama_cpp_substitutes_silently(
+    oracle: Oracle, preset: Preset
+) -> None:
     result = oracle.preset_result(ODD_ROWS, preset, with_imatrix=True)
     if not result.succeeded:
         pytest.skip("llama.cpp refuses this preset on these rows (checked in the test above)")

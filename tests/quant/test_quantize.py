@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.quant.conftest import Oracle, reference_layout, reference_tensor_bytes
-from tests.quant.synthetic import MAIN, PHIMOE
 
 from phiquant.errors import PhiquantError
 from phiquant.quant import ggml
 from phiquant.quant.quantize import MIN_CHUNK_VALUES, check_source_data, plan_row_chunks, quantize_rows
 from phiquant.quant.types import PRESETS_BY_NAME, GGMLType
+from tests.quant.conftest import Oracle, reference_layout, reference_tensor_bytes
+from tests.quant.synthetic import MAIN, PHIMOE
 
 
-@pytest.mark.parametrize(("experts", "rows", "n_per_row"),
-                         [(1, 768, 256), (4, 256, 256), (1, 3, 32768), (2, 100, 288)])
-def test_row_chunks_cover_every_row_once_and_never_cross_an_expert(experts: int, rows: int,
-                                                                   n_per_row: int) -> None:
+@pytest.mark.parametrize(
+    ("experts", "rows", "n_per_row"), [(1, 768, 256), (4, 256, 256), (1, 3, 32768), (2, 100, 288)]
+)
+def test_row_chunks_cover_every_row_once_and_never_cross_an_expert(
+    experts: int, rows: int, n_per_row: int
+) -> None:
     chunks = plan_row_chunks(experts, rows, n_per_row)
     covered = [(c.expert, row) for c in chunks for row in range(c.first_row, c.first_row + c.n_rows)]
     assert covered == [(e, r) for e in range(experts) for r in range(rows)]
@@ -44,8 +46,10 @@ def test_each_expert_is_quantized_with_its_own_imatrix_slice(oracle: Oracle) -> 
     expected = reference_tensor_bytes(layout, name)
     assert quantize_rows(data, GGMLType.IQ4_XS, weights).tobytes() == expected
     n_per_row = data.shape[-1]
-    per_expert = b"".join(quantize_rows(data[e], GGMLType.IQ4_XS, weights[e * n_per_row:(e + 1) * n_per_row])
-                          .tobytes() for e in range(data.shape[0]))
+    per_expert = b"".join(
+        quantize_rows(data[e], GGMLType.IQ4_XS, weights[e * n_per_row : (e + 1) * n_per_row]).tobytes()
+        for e in range(data.shape[0])
+    )
     assert per_expert == expected
     # With the first expert's slice used for all, the bytes would differ: the slices matter.
     first_slice = np.tile(weights[:n_per_row], data.shape[0])
@@ -58,16 +62,20 @@ def test_output_shape_keeps_leading_dimensions() -> None:
     assert quantize_rows(rows[0], GGMLType.F16).shape == (2, 128)
 
 
-@pytest.mark.parametrize(("data", "imatrix", "message"), [
-    (np.full((2, 64), np.nan, dtype=np.float32), None, "NaN or infinite"),
-    (np.ones((2, 64), dtype=np.float64), None, "float32"),
-    (np.ones(64, dtype=np.float32), None, "2-D rows or 3-D"),
-    (np.ones((2, 64), dtype=np.float32), np.ones(32, dtype=np.float32), "needs 64 per expert"),
-    (np.ones((2, 2, 64), dtype=np.float32), np.ones(64, dtype=np.float32), "x 2 expert"),
-    (np.ones((2, 100), dtype=np.float32), None, "not a whole number of blocks"),
-])
-def test_bad_input_is_refused_before_ggml_sees_it(data: np.ndarray, imatrix: np.ndarray | None,
-                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "imatrix", "message"),
+    [
+        (np.full((2, 64), np.nan, dtype=np.float32), None, "NaN or infinite"),
+        (np.ones((2, 64), dtype=np.float64), None, "float32"),
+        (np.ones(64, dtype=np.float32), None, "2-D rows or 3-D"),
+        (np.ones((2, 64), dtype=np.float32), np.ones(32, dtype=np.float32), "needs 64 per expert"),
+        (np.ones((2, 2, 64), dtype=np.float32), np.ones(64, dtype=np.float32), "x 2 expert"),
+        (np.ones((2, 100), dtype=np.float32), None, "not a whole number of blocks"),
+    ],
+)
+def test_bad_input_is_refused_before_ggml_sees_it(
+    data: np.ndarray, imatrix: np.ndarray | None, message: str
+) -> None:
     with pytest.raises(PhiquantError, match=message):
         quantize_rows(data, GGMLType.Q8_0, imatrix)
 

@@ -35,8 +35,7 @@ def test_type_table_row_matches_libggml(ggml_type: GGMLType) -> None:
 def test_type_enum_covers_every_type_libggml_names() -> None:
     # ggml answers for removed values with "DEPRECATED"/"... REMOVED"; everything else must be in the enum.
     lib = ggml._library()
-    named = {value for value in range(GGML_TYPE_COUNT)
-             if lib.ggml_blck_size(value) > 0}
+    named = {value for value in range(GGML_TYPE_COUNT) if lib.ggml_blck_size(value) > 0}
     assert named == {int(t) for t in GGMLType}
 
 
@@ -82,11 +81,21 @@ def test_every_llama_cpp_preset_is_offered() -> None:
     assert llama_presets <= offered
 
 
-@pytest.mark.parametrize(("spelling", "expected"), [
-    ("q4_k_m", "Q4_K_M"), ("Q4_K", "Q4_K_M"), ("q3_k", "Q3_K_M"), ("Q5_K", "Q5_K_M"),
-    (" iq2_xxs ", "IQ2_XXS"), ("15", "Q4_K_M"), ("0", "F32"), ("mxfp4_moe", "MXFP4_MOE"),
-    ("nvfp4", "NVFP4"), ("Q2_0", "Q2_0"),
-])
+@pytest.mark.parametrize(
+    ("spelling", "expected"),
+    [
+        ("q4_k_m", "Q4_K_M"),
+        ("Q4_K", "Q4_K_M"),
+        ("q3_k", "Q3_K_M"),
+        ("Q5_K", "Q5_K_M"),
+        (" iq2_xxs ", "IQ2_XXS"),
+        ("15", "Q4_K_M"),
+        ("0", "F32"),
+        ("mxfp4_moe", "MXFP4_MOE"),
+        ("nvfp4", "NVFP4"),
+        ("Q2_0", "Q2_0"),
+    ],
+)
 def test_preset_names_parse_like_llama_quantize(spelling: str, expected: str) -> None:
     assert parse_preset(spelling).name == expected
 

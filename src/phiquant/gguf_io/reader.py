@@ -83,6 +83,10 @@ class GGUFFile:
             raise PhiquantError("general.architecture is not a string", path=self.path)
         return arch
 
+    @property
+    def file_size(self) -> int:
+        return self.path.stat().st_size
+
     def tensor(self, name: str) -> GGUFTensor:
         for tensor in self.tensors:
             if tensor.name == name:

@@ -51,12 +51,15 @@ def padded(nbytes: int, alignment: int = GGUF_DEFAULT_ALIGNMENT) -> int:
     return (nbytes + alignment - 1) // alignment * alignment
 
 
-def serialise_header(arch: str, metadata: Sequence[Metadatum], tensors: Sequence[TensorInfo]) -> bytes:
+def serialise_header(arch: str | None, metadata: Sequence[Metadatum], tensors: Sequence[TensorInfo]) -> bytes:
     """The bytes before the data section: magic, counts, key/values, tensor infos and padding.
 
-    `general.architecture` comes first (GGUFWriter adds it), then `metadata` in order.
+    `general.architecture` comes first (GGUFWriter adds it), then `metadata` in order.  Files that
+    are not models (importance matrices) pass arch=None and get no architecture key.
     """
-    writer = GGUFWriter(None, arch)
+    writer = GGUFWriter(None, arch or "")
+    if arch is None:
+        writer.kv_data[0].pop("general.architecture", None)
     for item in metadata:
         if item.key == "general.architecture":
             continue
@@ -81,7 +84,9 @@ def serialise_header(arch: str, metadata: Sequence[Metadatum], tensors: Sequence
     return header + bytes(padded(len(header)) - len(header))
 
 
-def predicted_file_size(arch: str, metadata: Sequence[Metadatum], tensors: Sequence[TensorInfo]) -> int:
+def predicted_file_size(
+    arch: str | None, metadata: Sequence[Metadatum], tensors: Sequence[TensorInfo]
+) -> int:
     return len(serialise_header(arch, metadata, tensors)) + sum(padded(t.nbytes) for t in tensors)
 
 
@@ -91,7 +96,9 @@ class GGUFOutput:
     Use as a context manager; the file appears at `path` only if the block completes.
     """
 
-    def __init__(self, path: Path, arch: str, metadata: Sequence[Metadatum], tensors: Sequence[TensorInfo]):
+    def __init__(
+        self, path: Path, arch: str | None, metadata: Sequence[Metadatum], tensors: Sequence[TensorInfo]
+    ):
         self.path = Path(path)
         self.arch = arch
         self.metadata = list(metadata)
@@ -131,7 +138,7 @@ class GGUFOutput:
         if self._next_tensor >= len(self.tensors):
             raise ValueError(f"{self.path}: more tensor data than the header declares")
         info = self.tensors[self._next_tensor]
-        data = chunk.tobytes() if isinstance(chunk, np.ndarray) else chunk
+        data = memoryview(np.ascontiguousarray(chunk)).cast("B") if isinstance(chunk, np.ndarray) else chunk
         if self._written_in_tensor + len(data) > info.nbytes:
             raise ValueError(f"{info.name}: more than its {info.nbytes} bytes written")
         try:

@@ -13,7 +13,7 @@
 Modules: types (ggml types, presets, name parsing), ggml (ctypes binding), rules and preset_rules
 (llama-quant.cpp's per-tensor rules as pure functions), plan (plan_quantization, QuantPlan), quantize
 (threaded quantize_rows, CLI-compatible imatrix metadata), imatrix (GGUF/.dat importance matrices),
-gguf_file (a strict GGUF reader and small writer that know Q2_0).
+GGUF files are read and written through phiquant.gguf_io.
 
 Results are byte-identical to llama.cpp's llama_model_quantize (tests/quant/test_oracle_*.py), except
 where phiquant deliberately refuses what llama.cpp does silently or crashes on; see plan.py.
@@ -48,9 +48,28 @@ from phiquant.quant.types import (
 )
 
 __all__ = [
-    "PRESETS", "Decision", "GGMLType", "ImatrixEntry", "ImportanceMatrix", "KVOverride", "LlamaFtype",
-    "ModelFacts", "Preset", "QuantOptions", "QuantPlan", "TensorDesc", "TensorPlan", "check_source_data",
+    "PRESETS",
+    "Decision",
+    "GGMLType",
+    "ImatrixEntry",
+    "ImportanceMatrix",
+    "KVOverride",
+    "LlamaFtype",
+    "ModelFacts",
+    "Preset",
+    "QuantOptions",
+    "QuantPlan",
+    "TensorDesc",
+    "TensorPlan",
+    "check_source_data",
     "imatrix_kv_overrides",
-    "imatrix_weights_for_model", "llama_tensor_order", "model_facts_from_metadata", "parse_ggml_type",
-    "parse_preset", "plan_quantization", "quantize_rows", "read_imatrix", "write_imatrix",
+    "imatrix_weights_for_model",
+    "llama_tensor_order",
+    "model_facts_from_metadata",
+    "parse_ggml_type",
+    "parse_preset",
+    "plan_quantization",
+    "quantize_rows",
+    "read_imatrix",
+    "write_imatrix",
 ]

@@ -33,8 +33,10 @@ def ggml_base_library_path() -> Path:
     """Where llama-cpp-python keeps libggml-base, found without importing llama_cpp itself."""
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or not spec.submodule_search_locations:
-        raise PhiquantError("llama-cpp-python is not installed; phiquant needs it for ggml's quantizers "
-                            "(pip install llama-cpp-python==0.3.36)")
+        raise PhiquantError(
+            "llama-cpp-python is not installed; phiquant needs it for ggml's quantizers "
+            "(pip install llama-cpp-python==0.3.36)"
+        )
     file_name = _LIBRARY_FILE_NAMES.get(sys.platform, "libggml-base.so")
     return Path(next(iter(spec.submodule_search_locations))) / "lib" / file_name
 
@@ -78,8 +80,18 @@ def _declare(lib: ctypes.CDLL) -> None:
     signatures: dict[str, tuple[list[type], type | None]] = {
         # size_t ggml_quantize_chunk(enum ggml_type type, const float * src, void * dst, int64_t start,
         #                            int64_t nrows, int64_t n_per_row, const float * imatrix);
-        "ggml_quantize_chunk": ([c_type, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                 ctypes.c_int64, ctypes.c_void_p], ctypes.c_size_t),
+        "ggml_quantize_chunk": (
+            [
+                c_type,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_int64,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+            ],
+            ctypes.c_size_t,
+        ),
         # void ggml_quantize_init(enum ggml_type type);
         "ggml_quantize_init": ([c_type], None),
         # bool ggml_quantize_requires_imatrix(enum ggml_type type);
@@ -171,7 +183,12 @@ def quantize_chunk(ggml_type: int, rows: np.ndarray, imatrix: np.ndarray | None 
     if n_rows == 0:
         return out
     written = _library().ggml_quantize_chunk(
-        info.type, source.ctypes.data, out.ctypes.data, 0, n_rows, n_per_row,
+        info.type,
+        source.ctypes.data,
+        out.ctypes.data,
+        0,
+        n_rows,
+        n_per_row,
         None if weights is None else weights.ctypes.data,
     )
     if written != out.nbytes:
@@ -185,8 +202,9 @@ def dequantize(ggml_type: int, data: np.ndarray, n_elements: int) -> np.ndarray:
     buffer = _contiguous(data, np.uint8, "data")
     _require_whole_blocks(info, n_elements)
     if buffer.nbytes != info.row_bytes(n_elements):
-        raise PhiquantError(f"{info.name}: {n_elements} values take {info.row_bytes(n_elements)} bytes, "
-                            f"got {buffer.nbytes}")
+        raise PhiquantError(
+            f"{info.name}: {n_elements} values take {info.row_bytes(n_elements)} bytes, got {buffer.nbytes}"
+        )
     if info.type == GGMLType.F32:
         return buffer.view(np.float32).copy()
     traits = _library().ggml_get_type_traits(info.type).contents
@@ -200,15 +218,19 @@ def dequantize(ggml_type: int, data: np.ndarray, n_elements: int) -> np.ndarray:
 def _require_quantize_target(ggml_type: int) -> TypeInfo:
     info = type_info(ggml_type)
     if not info.is_quantize_target:
-        raise PhiquantError(f"ggml cannot quantize to {info.name}"
-                            + (" (an internal dot-product type)" if info.role is TypeRole.INTERNAL else ""))
+        raise PhiquantError(
+            f"ggml cannot quantize to {info.name}"
+            + (" (an internal dot-product type)" if info.role is TypeRole.INTERNAL else "")
+        )
     return info
 
 
 def _require_whole_blocks(info: TypeInfo, n_per_row: int) -> None:
     if n_per_row < 0 or n_per_row % info.block_size:
-        raise PhiquantError(f"{info.name} stores blocks of {info.block_size} values; "
-                            f"a row of {n_per_row} values is not a whole number of blocks")
+        raise PhiquantError(
+            f"{info.name} stores blocks of {info.block_size} values; "
+            f"a row of {n_per_row} values is not a whole number of blocks"
+        )
 
 
 def _checked_imatrix(info: TypeInfo, imatrix: np.ndarray | None, n_per_row: int) -> np.ndarray | None:
@@ -218,8 +240,9 @@ def _checked_imatrix(info: TypeInfo, imatrix: np.ndarray | None, n_per_row: int)
         return None
     weights = _contiguous(imatrix, np.float32, "imatrix")
     if weights.shape != (n_per_row,):
-        raise PhiquantError(f"imatrix has shape {weights.shape}, expected ({n_per_row},) for rows of "
-                            f"{n_per_row} values")
+        raise PhiquantError(
+            f"imatrix has shape {weights.shape}, expected ({n_per_row},) for rows of {n_per_row} values"
+        )
     if not np.isfinite(weights).all():
         raise PhiquantError("imatrix contains NaN or infinite values")
     return weights

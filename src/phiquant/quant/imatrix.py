@@ -21,19 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from gguf import GGUFValueType
 
 from phiquant.errors import PhiquantError
-from phiquant.quant.gguf_file import (
-    GGUF_ARRAY,
-    GGUF_MAGIC,
-    GGUF_STRING,
-    GGUF_UINT32,
-    KeyValue,
-    TensorToWrite,
-    read_gguf_layout,
-    read_tensor_bytes,
-    write_gguf,
-)
+from phiquant.gguf_io import GGUFOutput, Metadatum, TensorInfo, read_gguf
+from phiquant.gguf_io.reader import GGUF_MAGIC
 from phiquant.quant.plan import TensorDesc
 from phiquant.quant.types import GGMLType
 
@@ -48,8 +40,8 @@ _LENGTH_MISMATCH_TOLERATED = ("token_embd.weight", "per_layer_token_embd.weight"
 
 @dataclass(frozen=True)
 class ImatrixEntry:
-    in_sum2: np.ndarray     # float32, ne0 * n_matrices (legacy: the stored, count-scaled values)
-    counts: np.ndarray      # int64, one per matrix (legacy: [ncall])
+    in_sum2: np.ndarray  # float32, ne0 * n_matrices (legacy: the stored, count-scaled values)
+    counts: np.ndarray  # int64, one per matrix (legacy: [ncall])
 
     def weights(self, is_legacy: bool) -> np.ndarray:
         """The per-column weights the quantizer receives."""
@@ -94,38 +86,49 @@ def read_imatrix(path: str | os.PathLike[str]) -> ImportanceMatrix:
 
 
 def _read_gguf_imatrix(path: Path) -> ImportanceMatrix:
-    layout = read_gguf_layout(path)
-    missing = [key for key in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE) if key not in layout.metadata]
+    layout = read_gguf(path)
+    missing = [key for key in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE) if layout.get(key) is None]
     if missing:
         # llama-quantize refuses these too ("missing imatrix metadata").
         raise PhiquantError(f"not an imatrix file: missing {', '.join(missing)}", path=path)
-    datasets = layout.value(KEY_DATASETS)
+    datasets = layout.get(KEY_DATASETS)
     if not isinstance(datasets, list) or not all(isinstance(item, str) for item in datasets):
         raise PhiquantError(f"{KEY_DATASETS} must be an array of strings", path=path)
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for info in layout.tensors:
         for suffix in (SUMS_SUFFIX, COUNTS_SUFFIX):
             if info.name.endswith(suffix) and len(info.name) > len(suffix):
-                if info.type != GGMLType.F32:
-                    raise PhiquantError(f"imatrix tensor {info.name} is {info.type.name}; it must be F32",
-                                        path=path)
-                values = np.array(read_tensor_bytes(layout, info)).view(np.float32)
+                if info.ggml_type != GGMLType.F32:
+                    raise PhiquantError(
+                        f"imatrix tensor {info.name} is {GGMLType(info.ggml_type).name}; it must be F32",
+                        path=path,
+                    )
+                values = np.array(layout.raw_bytes(info)).view(np.float32)
                 pairs.setdefault(info.name[: -len(suffix)], {})[suffix] = values
     if not pairs:
         raise PhiquantError("the imatrix file holds no entries", path=path)
     entries = {name: _gguf_entry(name, pair, path) for name, pair in sorted(pairs.items())}
-    return ImportanceMatrix(entries, tuple(datasets), int(layout.value(KEY_CHUNK_COUNT)),
-                            int(layout.value(KEY_CHUNK_SIZE)), is_legacy=False, path=path)
+    return ImportanceMatrix(
+        entries,
+        tuple(datasets),
+        int(layout.get(KEY_CHUNK_COUNT)),
+        int(layout.get(KEY_CHUNK_SIZE)),
+        is_legacy=False,
+        path=path,
+    )
 
 
 def _gguf_entry(name: str, pair: dict[str, np.ndarray], path: Path) -> ImatrixEntry:
     if SUMS_SUFFIX not in pair or COUNTS_SUFFIX not in pair:
-        raise PhiquantError(f"imatrix entry {name} has {'no counts' if SUMS_SUFFIX in pair else 'no sums'}",
-                            path=path)
+        raise PhiquantError(
+            f"imatrix entry {name} has {'no counts' if SUMS_SUFFIX in pair else 'no sums'}", path=path
+        )
     sums, counts = pair[SUMS_SUFFIX], pair[COUNTS_SUFFIX]
     if counts.size == 0 or sums.size % counts.size:
-        raise PhiquantError(f"imatrix entry {name}: {sums.size} sums cannot be split over {counts.size} "
-                            f"expert counts", path=path)
+        raise PhiquantError(
+            f"imatrix entry {name}: {sums.size} sums cannot be split over {counts.size} expert counts",
+            path=path,
+        )
     if not np.isfinite(counts).all():
         raise PhiquantError(f"imatrix entry {name} has non-finite counts", path=path)
     # lround, as common/imatrix-loader.cpp: halves away from zero.
@@ -139,9 +142,10 @@ class _LegacyReader:
 
     def take(self, n_bytes: int, what: str) -> bytes:
         if n_bytes < 0 or self.position + n_bytes > len(self.raw):
-            raise PhiquantError(f"truncated or corrupt imatrix file: {what} at byte {self.position}",
-                                path=self.path)
-        chunk = self.raw[self.position:self.position + n_bytes]
+            raise PhiquantError(
+                f"truncated or corrupt imatrix file: {what} at byte {self.position}", path=self.path
+            )
+        chunk = self.raw[self.position : self.position + n_bytes]
         self.position += n_bytes
         return chunk
 
@@ -184,29 +188,38 @@ def _read_legacy_imatrix(path: Path) -> ImportanceMatrix:
 def write_imatrix(path: str | os.PathLike[str], imatrix: ImportanceMatrix) -> None:
     """Write the GGUF imatrix format as llama-imatrix does: general.type "imatrix", the three imatrix.*
     keys, and per entry (in name order) in_sum2 of shape {ne0, n_mat} and counts of shape {1, n_mat}."""
-    metadata = {
-        "general.type": KeyValue(GGUF_STRING, "imatrix"),
-        KEY_DATASETS: KeyValue(GGUF_ARRAY, list(imatrix.datasets), GGUF_STRING),
-        KEY_CHUNK_COUNT: KeyValue(GGUF_UINT32, imatrix.chunk_count),
-        KEY_CHUNK_SIZE: KeyValue(GGUF_UINT32, imatrix.chunk_size),
-    }
-    tensors = []
+    if not imatrix.datasets:
+        raise PhiquantError("an imatrix needs the name of the text it was computed on", path=path)
+    metadata = [
+        Metadatum("general.type", "imatrix", GGUFValueType.STRING),
+        Metadatum(KEY_DATASETS, list(imatrix.datasets), GGUFValueType.ARRAY, GGUFValueType.STRING),
+        Metadatum(KEY_CHUNK_COUNT, imatrix.chunk_count, GGUFValueType.UINT32),
+        Metadatum(KEY_CHUNK_SIZE, imatrix.chunk_size, GGUFValueType.UINT32),
+    ]
+    infos: list[TensorInfo] = []
+    arrays: list[np.ndarray] = []
     for name in sorted(imatrix.entries):
         entry = imatrix.entries[name]
         n_matrices = entry.counts.size
         sums = np.ascontiguousarray(entry.in_sum2, dtype="<f4")
         if n_matrices == 0 or sums.size % n_matrices:
-            raise PhiquantError(f"imatrix entry {name}: {sums.size} sums cannot be split over "
-                                f"{n_matrices} expert counts")
+            raise PhiquantError(
+                f"imatrix entry {name}: {sums.size} sums cannot be split over {n_matrices} expert counts"
+            )
         counts = np.ascontiguousarray(entry.counts, dtype="<f4")
-        tensors.append(TensorToWrite(name + SUMS_SUFFIX, (sums.size // n_matrices, n_matrices),
-                                     GGMLType.F32, sums))
-        tensors.append(TensorToWrite(name + COUNTS_SUFFIX, (1, n_matrices), GGMLType.F32, counts))
-    write_gguf(path, metadata, tensors)
+        infos.append(
+            TensorInfo(name + SUMS_SUFFIX, (sums.size // n_matrices, n_matrices), GGMLType.F32, sums.nbytes)
+        )
+        infos.append(TensorInfo(name + COUNTS_SUFFIX, (1, n_matrices), GGMLType.F32, counts.nbytes))
+        arrays += [sums, counts]
+    with GGUFOutput(Path(path), None, metadata, infos) as output:
+        for array in arrays:
+            output.write(array)
 
 
-def imatrix_weights_for_model(imatrix: ImportanceMatrix,
-                              tensors: Iterable[TensorDesc]) -> dict[str, np.ndarray]:
+def imatrix_weights_for_model(
+    imatrix: ImportanceMatrix, tensors: Iterable[TensorDesc]
+) -> dict[str, np.ndarray]:
     """The weights to quantize `tensors` with, after checking that the imatrix belongs to this model.
 
     Refuses entries for tensors the model lacks, entries of the wrong length (ne[0] x experts) and
@@ -218,8 +231,10 @@ def imatrix_weights_for_model(imatrix: ImportanceMatrix,
     weights = {}
     for name, values in imatrix.weights().items():
         if name not in shapes:
-            raise PhiquantError(f"imatrix entry {name} matches no tensor in the model (imatrix for another "
-                                f"model?)", path=where)
+            raise PhiquantError(
+                f"imatrix entry {name} matches no tensor in the model (imatrix for another model?)",
+                path=where,
+            )
         shape = shapes[name]
         expected = shape[0] * (shape[2] if len(shape) > 2 else 1)
         if not np.isfinite(values).all():
@@ -227,7 +242,10 @@ def imatrix_weights_for_model(imatrix: ImportanceMatrix,
         if values.size != expected:
             if name in _LENGTH_MISMATCH_TOLERATED:
                 continue
-            raise PhiquantError(f"imatrix entry {name} has {values.size} values but the tensor needs "
-                                f"{expected} (imatrix for another model?)", path=where)
+            raise PhiquantError(
+                f"imatrix entry {name} has {values.size} values but the tensor needs "
+                f"{expected} (imatrix for another model?)",
+                path=where,
+            )
         weights[name] = values
     return weights

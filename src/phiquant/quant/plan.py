@@ -38,19 +38,19 @@ class TensorDesc:
     """A tensor as the planner sees it: no data."""
 
     name: str
-    shape: tuple[int, ...]      # ggml ne order: shape[0] is the row length, shape[2] the expert count
-    source_type: GGMLType       # type of the data in the source file
+    shape: tuple[int, ...]  # ggml ne order: shape[0] is the row length, shape[2] the expert count
+    source_type: GGMLType  # type of the data in the source file
 
 
 @dataclass(frozen=True)
 class ModelFacts:
     """The hyperparameters llama.cpp's rules read (from the GGUF metadata)."""
 
-    arch: str                   # general.architecture, e.g. "phi3"
-    n_layer: int                # <arch>.block_count
-    n_head: int                 # <arch>.attention.head_count (layer 0)
-    n_head_kv: int              # <arch>.attention.head_count_kv (layer 0)
-    n_expert: int = 0           # <arch>.expert_count
+    arch: str  # general.architecture, e.g. "phi3"
+    n_layer: int  # <arch>.block_count
+    n_head: int  # <arch>.attention.head_count (layer 0)
+    n_head_kv: int  # <arch>.attention.head_count_kv (layer 0)
+    n_expert: int = 0  # <arch>.expert_count
     is_llama_70b: bool = False  # llama.cpp's LLM_TYPE_70B size class; no Phi model has it
 
     @property
@@ -65,13 +65,13 @@ class QuantOptions:
     unanchored like llama.cpp's std::regex_search (ECMAScript syntax differs only in exotic features)."""
 
     tensor_types: tuple[tuple[str, str], ...] = ()  # (regex, type): unanchored search, first match wins
-    output_type: str | None = None                  # type for output.weight
-    embedding_type: str | None = None               # type for token_embd.weight
-    pure: bool = False                              # preset default everywhere, no mix rules
-    has_imatrix: bool = False                       # an importance matrix will be passed
-    allow_fallback: bool = False                    # accept llama.cpp's substitutes for unfit types
-    allow_requantize: bool = False                  # accept already quantized source tensors
-    leave_output_tensor: bool = False               # copy output.weight unquantized
+    output_type: str | None = None  # type for output.weight
+    embedding_type: str | None = None  # type for token_embd.weight
+    pure: bool = False  # preset default everywhere, no mix rules
+    has_imatrix: bool = False  # an importance matrix will be passed
+    allow_fallback: bool = False  # accept llama.cpp's substitutes for unfit types
+    allow_requantize: bool = False  # accept already quantized source tensors
+    leave_output_tensor: bool = False  # copy output.weight unquantized
 
 
 class Decision(enum.Enum):
@@ -93,7 +93,7 @@ class TensorPlan:
     source_type: GGMLType
     target_type: GGMLType
     decision: Decision
-    why: str                        # e.g. "attn_v rule", "override 'ffn_down'", "not 2-D"
+    why: str  # e.g. "attn_v rule", "override 'ffn_down'", "not 2-D"
     fallback_from: GGMLType | None  # the type llama.cpp would have used had the rows fit
     requires_imatrix: bool
     source_bytes: int
@@ -115,8 +115,8 @@ class TensorPlan:
 @dataclass(frozen=True)
 class QuantPlan:
     preset: Preset
-    tensors: tuple[TensorPlan, ...]     # in llama.cpp's output order
-    notes: tuple[str, ...]              # things the user should know (ignored overrides, ...)
+    tensors: tuple[TensorPlan, ...]  # in llama.cpp's output order
+    notes: tuple[str, ...]  # things the user should know (ignored overrides, ...)
 
     @property
     def fallbacks(self) -> tuple[TensorPlan, ...]:
@@ -170,9 +170,13 @@ def model_facts_from_metadata(metadata: Mapping[str, object]) -> ModelFacts:
         return value
 
     n_head = first_int("attention.head_count", 0)
-    return ModelFacts(arch=arch, n_layer=first_int("block_count", None), n_head=n_head,
-                      n_head_kv=first_int("attention.head_count_kv", n_head),
-                      n_expert=first_int("expert_count", 0))
+    return ModelFacts(
+        arch=arch,
+        n_layer=first_int("block_count", None),
+        n_head=n_head,
+        n_head_kv=first_int("attention.head_count_kv", n_head),
+        n_expert=first_int("expert_count", 0),
+    )
 
 
 @dataclass(frozen=True)
@@ -190,8 +194,9 @@ def _resolve(options: QuantOptions) -> _Resolved:
         try:
             compiled = re.compile(pattern)
         except re.error as error:
-            raise PhiquantError(f"tensor type pattern {pattern!r} is not a valid regular expression: "
-                                f"{error}") from None
+            raise PhiquantError(
+                f"tensor type pattern {pattern!r} is not a valid regular expression: {error}"
+            ) from None
         overrides.append((compiled, parse_ggml_type(type_name)))
     return _Resolved(
         overrides=tuple(overrides),
@@ -223,19 +228,28 @@ class _Choice:
     fallback_from: GGMLType | None = None
 
 
-def _explicit_type(tensor: TensorDesc, ggml_type: GGMLType, decision: Decision,
-                   counters: Counters) -> _Choice:
+def _explicit_type(
+    tensor: TensorDesc, ggml_type: GGMLType, decision: Decision, counters: Counters
+) -> _Choice:
     # llama.cpp returns these before its fallback and does not check them: a type that does not fit the
     # rows makes the K-quant kernels write the wrong amount of data, and the run fails validation.
     block = TYPE_INFO[ggml_type].block_size
     if tensor.shape[0] % block:
-        raise PhiquantError(f"{tensor.name}: the {decision.value} {ggml_type.name} stores blocks of {block} "
-                            f"values, but this tensor's rows have {tensor.shape[0]}; choose another type")
+        raise PhiquantError(
+            f"{tensor.name}: the {decision.value} {ggml_type.name} stores blocks of {block} "
+            f"values, but this tensor's rows have {tensor.shape[0]}; choose another type"
+        )
     return _Choice(ggml_type, decision, decision.value, counters)
 
 
-def _choose_type(tensor: TensorDesc, preset: Preset, options: QuantOptions, resolved: _Resolved,
-                 context: RuleContext, counters: Counters) -> _Choice:
+def _choose_type(
+    tensor: TensorDesc,
+    preset: Preset,
+    options: QuantOptions,
+    resolved: _Resolved,
+    context: RuleContext,
+    counters: Counters,
+) -> _Choice:
     """llama_tensor_get_type, in its order of precedence."""
     category = tensor_category(tensor.name)
     # per_layer_token_embd follows the embedding type unless an override names it.
@@ -254,8 +268,9 @@ def _choose_type(tensor: TensorDesc, preset: Preset, options: QuantOptions, reso
     elif options.pure:
         choice = _Choice(preset.default_type, Decision.PURE, Decision.PURE.value, counters)
     else:
-        outcome = preset_rule_type(tensor.name, tensor.shape, preset.default_type, category, context,
-                                   counters)
+        outcome = preset_rule_type(
+            tensor.name, tensor.shape, preset.default_type, category, context, counters
+        )
         choice = _Choice(outcome.type, Decision.PRESET_RULE, outcome.rule, outcome.counters)
 
     substitute = tensor_type_fallback(tensor.name, tensor.shape[0], choice.target)
@@ -266,7 +281,8 @@ def _choose_type(tensor: TensorDesc, preset: Preset, options: QuantOptions, reso
         raise PhiquantError(
             f"{tensor.name}: rows of {tensor.shape[0]} values are not a multiple of {choice.target.name}'s "
             f"block of {block} (chosen by {choice.why}); llama.cpp would silently use {substitute.name} "
-            f"instead. Allow fallbacks to accept that, or choose another type for this tensor")
+            f"instead. Allow fallbacks to accept that, or choose another type for this tensor"
+        )
     return _Choice(substitute, choice.decision, choice.why, choice.counters, fallback_from=choice.target)
 
 
@@ -276,45 +292,71 @@ def _check_feasible(tensor: TensorDesc, choice: _Choice, preset: Preset, options
     needs_imatrix = tensor_requires_imatrix(tensor.name, target, preset.ftype)
     ggml_needs_imatrix = TYPE_INFO[target].ggml_requires_imatrix
     if (needs_imatrix or ggml_needs_imatrix) and not options.has_imatrix:
-        reason = ("Q2_K_S files are only made with one" if target == GGMLType.Q2_K
-                  else "without one the result is garbage")
-        raise PhiquantError(f"{tensor.name}: {target.name} (chosen by {choice.why}) needs an importance "
-                            f"matrix: {reason}. Pass an imatrix file or choose a higher-bit type")
+        reason = (
+            "Q2_K_S files are only made with one"
+            if target == GGMLType.Q2_K
+            else "without one the result is garbage"
+        )
+        raise PhiquantError(
+            f"{tensor.name}: {target.name} (chosen by {choice.why}) needs an importance "
+            f"matrix: {reason}. Pass an imatrix file or choose a higher-bit type"
+        )
     if target != source and TYPE_INFO[source].role is TypeRole.INTEGER:
         raise PhiquantError(f"{tensor.name}: cannot convert {source.name} data to {target.name}")
     if target != source and TYPE_INFO[source].is_quantized and not options.allow_requantize:
-        raise PhiquantError(f"{tensor.name} is already {source.name}; requantizing it to {target.name} "
-                            f"compounds the quantization error. Start from an F32/F16/BF16 file, or allow "
-                            f"requantizing to do it anyway")
+        raise PhiquantError(
+            f"{tensor.name} is already {source.name}; requantizing it to {target.name} "
+            f"compounds the quantization error. Start from an F32/F16/BF16 file, or allow "
+            f"requantizing to do it anyway"
+        )
     return needs_imatrix or ggml_needs_imatrix
 
 
-def _rule_context(tensors: Sequence[TensorDesc], facts: ModelFacts, preset: Preset, options: QuantOptions,
-                  resolved: _Resolved) -> RuleContext:
+def _rule_context(
+    tensors: Sequence[TensorDesc],
+    facts: ModelFacts,
+    preset: Preset,
+    options: QuantOptions,
+    resolved: _Resolved,
+) -> RuleContext:
     """init_quantize_state_counters: counts over every name in the file, quantizable or not."""
     categories = [tensor_category(tensor.name) for tensor in tensors]
     return RuleContext(
-        arch=facts.arch, ftype=preset.ftype, n_gqa=facts.n_gqa, n_expert=facts.n_expert,
-        n_layer=facts.n_layer, n_attention_wv=sum(category in ATTN_V_LIKE for category in categories),
-        has_tied_embeddings=Category.OUTPUT not in categories, has_imatrix=options.has_imatrix,
-        output_type=resolved.output_type, is_llama_70b=facts.is_llama_70b,
+        arch=facts.arch,
+        ftype=preset.ftype,
+        n_gqa=facts.n_gqa,
+        n_expert=facts.n_expert,
+        n_layer=facts.n_layer,
+        n_attention_wv=sum(category in ATTN_V_LIKE for category in categories),
+        has_tied_embeddings=Category.OUTPUT not in categories,
+        has_imatrix=options.has_imatrix,
+        output_type=resolved.output_type,
+        is_llama_70b=facts.is_llama_70b,
     )
 
 
 def _notes(plans: Sequence[TensorPlan], preset: Preset, options: QuantOptions) -> tuple[str, ...]:
     notes = []
     if options.tensor_types and not TYPE_INFO[preset.default_type].is_quantized:
-        notes.append(f"tensor type overrides are ignored: {preset.name} is not a quantized preset "
-                     "(llama.cpp applies them only to quantized presets)")
+        notes.append(
+            f"tensor type overrides are ignored: {preset.name} is not a quantized preset "
+            "(llama.cpp applies them only to quantized presets)"
+        )
     for plan in plans:
         if plan.fallback_from is not None:
-            notes.append(f"{plan.name}: {plan.fallback_from.name} does not fit rows of {plan.shape[0]}; "
-                         f"using {plan.target_type.name}")
+            notes.append(
+                f"{plan.name}: {plan.fallback_from.name} does not fit rows of {plan.shape[0]}; "
+                f"using {plan.target_type.name}"
+            )
     return tuple(notes)
 
 
-def plan_quantization(tensors: Iterable[TensorDesc], facts: ModelFacts, preset: Preset | str,
-                      options: QuantOptions = QuantOptions()) -> QuantPlan:
+def plan_quantization(
+    tensors: Iterable[TensorDesc],
+    facts: ModelFacts,
+    preset: Preset | str,
+    options: QuantOptions = QuantOptions(),
+) -> QuantPlan:
     """Every tensor's target type as llama.cpp would choose it, in llama.cpp's output order."""
     preset = parse_preset(preset) if isinstance(preset, str) else preset
     by_name: dict[str, TensorDesc] = {}
@@ -336,11 +378,18 @@ def plan_quantization(tensors: Iterable[TensorDesc], facts: ModelFacts, preset: 
         else:
             choice = _Choice(tensor.source_type, Decision.NOT_QUANTIZABLE, blocker, counters)
             requires_imatrix = False
-        plans.append(TensorPlan(
-            name=tensor.name, shape=tensor.shape, source_type=tensor.source_type,
-            target_type=choice.target, decision=choice.decision, why=choice.why,
-            fallback_from=choice.fallback_from, requires_imatrix=requires_imatrix,
-            source_bytes=_tensor_bytes(tensor.source_type, tensor.shape),
-            target_bytes=_tensor_bytes(choice.target, tensor.shape),
-        ))
+        plans.append(
+            TensorPlan(
+                name=tensor.name,
+                shape=tensor.shape,
+                source_type=tensor.source_type,
+                target_type=choice.target,
+                decision=choice.decision,
+                why=choice.why,
+                fallback_from=choice.fallback_from,
+                requires_imatrix=requires_imatrix,
+                source_bytes=_tensor_bytes(tensor.source_type, tensor.shape),
+                target_bytes=_tensor_bytes(choice.target, tensor.shape),
+            )
+        )
     return QuantPlan(preset=preset, tensors=tuple(plans), notes=_notes(plans, preset, options))

@@ -28,12 +28,12 @@ class RuleContext:
     ftype: LlamaFtype
     n_gqa: int
     n_expert: int
-    n_layer: int                    # n_ffn_down = n_ffn_gate = n_ffn_up: <arch>.block_count
-    n_attention_wv: int             # attn_v-like tensors among all names in the file
-    has_tied_embeddings: bool       # no output.weight in the file
+    n_layer: int  # n_ffn_down = n_ffn_gate = n_ffn_up: <arch>.block_count
+    n_attention_wv: int  # attn_v-like tensors among all names in the file
+    has_tied_embeddings: bool  # no output.weight in the file
     has_imatrix: bool
-    output_type: GGMLType | None    # params->output_tensor_type, which the output rule reads too
-    is_llama_70b: bool = False      # llama.cpp's LLM_TYPE_70B; never set for Phi models
+    output_type: GGMLType | None  # params->output_tensor_type, which the output rule reads too
+    is_llama_70b: bool = False  # llama.cpp's LLM_TYPE_70B; never set for Phi models
 
 
 @dataclass(frozen=True)
@@ -47,47 +47,89 @@ class Counters:
 
 
 # Presets grouped as llama-quant.cpp tests them.
-_VERY_LOW_BIT = frozenset({F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ2_S,
-                           F.MOSTLY_IQ2_M, F.MOSTLY_IQ1_M})
-_OUTPUT_Q5_K_PRESETS = frozenset({F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ3_XXS, F.MOSTLY_IQ1_S,
-                                  F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ1_M})
+_VERY_LOW_BIT = frozenset(
+    {F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ1_M}
+)
+_OUTPUT_Q5_K_PRESETS = frozenset(
+    {
+        F.MOSTLY_IQ2_XXS,
+        F.MOSTLY_IQ2_XS,
+        F.MOSTLY_IQ3_XXS,
+        F.MOSTLY_IQ1_S,
+        F.MOSTLY_IQ2_S,
+        F.MOSTLY_IQ2_M,
+        F.MOSTLY_IQ1_M,
+    }
+)
 _IQ2_S_OR_M = frozenset({F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M})
 _IQ1 = frozenset({F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M})
 # Untied token embeddings (branch after MXFP4_MOE); other presets keep their default type.
 _TOKEN_EMBD_TYPE = {
-    F.MOSTLY_IQ2_XXS: T.Q2_K, F.MOSTLY_IQ2_XS: T.Q2_K, F.MOSTLY_IQ1_S: T.Q2_K, F.MOSTLY_IQ1_M: T.Q2_K,
-    F.MOSTLY_IQ2_S: T.IQ3_S, F.MOSTLY_IQ2_M: T.IQ3_S, F.MOSTLY_IQ3_XXS: T.IQ3_S,
-    F.MOSTLY_TQ1_0: T.Q4_K, F.MOSTLY_TQ2_0: T.Q4_K, F.MOSTLY_Q2_0: T.Q4_K,
+    F.MOSTLY_IQ2_XXS: T.Q2_K,
+    F.MOSTLY_IQ2_XS: T.Q2_K,
+    F.MOSTLY_IQ1_S: T.Q2_K,
+    F.MOSTLY_IQ1_M: T.Q2_K,
+    F.MOSTLY_IQ2_S: T.IQ3_S,
+    F.MOSTLY_IQ2_M: T.IQ3_S,
+    F.MOSTLY_IQ3_XXS: T.IQ3_S,
+    F.MOSTLY_TQ1_0: T.Q4_K,
+    F.MOSTLY_TQ2_0: T.Q4_K,
+    F.MOSTLY_Q2_0: T.Q4_K,
 }
 # attn_k / attn_q when the model does not have exactly 8 experts.
 _ATTN_K_OR_Q_TYPE = {F.MOSTLY_IQ3_XS: T.IQ3_XXS, F.MOSTLY_IQ3_XXS: T.IQ2_S}
 # attn_output for non-Falcon models: with exactly 8 experts these presets get Q5_K ...
-_ATTN_OUTPUT_8_EXPERT_Q5_K = frozenset({
-    F.MOSTLY_Q2_K, F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_XXS, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M, F.MOSTLY_IQ4_NL,
-    F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, F.MOSTLY_IQ3_S, F.MOSTLY_IQ3_M, F.MOSTLY_IQ4_XS,
-})
+_ATTN_OUTPUT_8_EXPERT_Q5_K = frozenset(
+    {
+        F.MOSTLY_Q2_K,
+        F.MOSTLY_IQ3_XS,
+        F.MOSTLY_IQ3_XXS,
+        F.MOSTLY_Q3_K_S,
+        F.MOSTLY_Q3_K_M,
+        F.MOSTLY_IQ4_NL,
+        F.MOSTLY_Q4_K_S,
+        F.MOSTLY_Q4_K_M,
+        F.MOSTLY_IQ3_S,
+        F.MOSTLY_IQ3_M,
+        F.MOSTLY_IQ4_XS,
+    }
+)
 # ... otherwise this table applies.
-_ATTN_OUTPUT_TYPE = {F.MOSTLY_Q2_K: T.Q3_K, F.MOSTLY_IQ3_XXS: T.IQ3_S, F.MOSTLY_Q3_K_M: T.Q4_K,
-                     F.MOSTLY_Q3_K_L: T.Q5_K, F.MOSTLY_IQ3_M: T.Q4_K}
+_ATTN_OUTPUT_TYPE = {
+    F.MOSTLY_Q2_K: T.Q3_K,
+    F.MOSTLY_IQ3_XXS: T.IQ3_S,
+    F.MOSTLY_Q3_K_M: T.Q4_K,
+    F.MOSTLY_Q3_K_L: T.Q5_K,
+    F.MOSTLY_IQ3_M: T.Q4_K,
+}
 
 
 @dataclass(frozen=True)
 class RuleOutcome:
     type: GGMLType
     counters: Counters
-    rule: str           # which branch decided, for the plan's explanation
+    rule: str  # which branch decided, for the plan's explanation
 
 
-def preset_rule_type(name: str, shape: tuple[int, ...], default_type: GGMLType, category: Category,
-                     context: RuleContext, counters: Counters) -> RuleOutcome:
+def preset_rule_type(
+    name: str,
+    shape: tuple[int, ...],
+    default_type: GGMLType,
+    category: Category,
+    context: RuleContext,
+    counters: Counters,
+) -> RuleOutcome:
     """The type llama_tensor_get_type_impl picks for a quantizable tensor, and the counters after it."""
     ftype = context.ftype
 
     def decided(new_type: GGMLType, rule: str, after: Counters = counters) -> RuleOutcome:
         return RuleOutcome(new_type, after, rule)
 
-    if context.arch == "glm5-next" and default_type not in (T.F32, T.F16, T.BF16) and any(
-            part in name for part in ("attn_q_a", "attn_q_b", "nextn.eh_proj")):
+    if (
+        context.arch == "glm5-next"
+        and default_type not in (T.F32, T.F16, T.BF16)
+        and any(part in name for part in ("attn_q_a", "attn_q_b", "nextn.eh_proj"))
+    ):
         return decided(T.Q8_0, "glm5-next projections stay at Q8_0")
     if category is Category.OUTPUT or (context.has_tied_embeddings and category is Category.TOKEN_EMBD):
         # Tied embeddings: token_embd doubles as the output matrix, so it gets the output rule.
@@ -137,8 +179,9 @@ def _mxfp4_moe_rule(shape: tuple[int, ...], category: Category, context: RuleCon
     return T.Q8_0, "MXFP4_MOE non-expert"
 
 
-def _very_low_bit_rule(default_type: GGMLType, category: Category, context: RuleContext,
-                       counters: Counters) -> RuleOutcome:
+def _very_low_bit_rule(
+    default_type: GGMLType, category: Category, context: RuleContext, counters: Counters
+) -> RuleOutcome:
     ftype = context.ftype
     if category in ATTN_V_LIKE:
         if context.n_gqa >= 4 or context.n_expert >= 4:
@@ -208,8 +251,9 @@ def _layer_position(name: str, counter: int, context: RuleContext) -> tuple[int,
     return layer, context.n_layer
 
 
-def _ffn_down_rule(name: str, default_type: GGMLType, context: RuleContext,
-                   counters: Counters) -> RuleOutcome:
+def _ffn_down_rule(
+    name: str, default_type: GGMLType, context: RuleContext, counters: Counters
+) -> RuleOutcome:
     ftype, falcon, imatrix = context.ftype, context.arch == "falcon", context.has_imatrix
     layer, n_layer = _layer_position(name, counters.ffn_down, context)
     first_eighth, more_bits = layer < n_layer // 8, use_more_bits(layer, n_layer)
@@ -252,8 +296,9 @@ def _attn_output_type(default_type: GGMLType, context: RuleContext) -> GGMLType:
     return _ATTN_OUTPUT_TYPE.get(context.ftype, default_type)
 
 
-def _ffn_gate_up_rule(name: str, default_type: GGMLType, category: Category, context: RuleContext,
-                      counters: Counters) -> RuleOutcome:
+def _ffn_gate_up_rule(
+    name: str, default_type: GGMLType, category: Category, context: RuleContext, counters: Counters
+) -> RuleOutcome:
     counter = counters.ffn_gate if category is Category.FFN_GATE else counters.ffn_up
     layer, n_layer = _layer_position(name, counter, context)
     new_type = default_type

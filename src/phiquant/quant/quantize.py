@@ -27,19 +27,28 @@ MIN_CHUNK_VALUES = 32 * 512
 @dataclass(frozen=True)
 class RowChunk:
     expert: int
-    first_row: int      # within the expert
+    first_row: int  # within the expert
     n_rows: int
 
 
 def plan_row_chunks(n_experts: int, rows_per_expert: int, n_per_row: int) -> list[RowChunk]:
     """Split rows as llama.cpp does: whole rows, >= MIN_CHUNK_VALUES values, never across experts."""
     rows_per_chunk = -(-MIN_CHUNK_VALUES // n_per_row) if n_per_row > 0 else max(1, rows_per_expert)
-    return [RowChunk(expert, first, min(rows_per_chunk, rows_per_expert - first))
-            for expert in range(n_experts) for first in range(0, rows_per_expert, rows_per_chunk)]
+    return [
+        RowChunk(expert, first, min(rows_per_chunk, rows_per_expert - first))
+        for expert in range(n_experts)
+        for first in range(0, rows_per_expert, rows_per_chunk)
+    ]
 
 
-def quantize_rows(data: np.ndarray, ggml_type: int, imatrix: np.ndarray | None = None,
-                  n_threads: int | None = None, tensor_name: str | None = None) -> np.ndarray:
+def quantize_rows(
+    data: np.ndarray,
+    ggml_type: int,
+    imatrix: np.ndarray | None = None,
+    n_threads: int | None = None,
+    tensor_name: str | None = None,
+    allow_nonfinite: bool = False,
+) -> np.ndarray:
     """Quantize float32 rows to `ggml_type` (any quantization target, F32/F16/BF16 included).
 
     `data` is (rows, n_per_row) or, for stacked experts, (n_experts, rows_per_expert, n_per_row) in
@@ -47,22 +56,26 @@ def quantize_rows(data: np.ndarray, ggml_type: int, imatrix: np.ndarray | None =
     Returns uint8 of shape data.shape[:-1] + (row bytes,): the tensor's bytes as llama.cpp writes them.
     Rows are independent, so a caller short of memory may pass slabs of rows (whole experts for 3-D
     tensors, with their imatrix slices) and concatenate the results.  `tensor_name` prefixes errors.
+    `allow_nonfinite` lets NaN/Inf through to float targets (F32/F16/BF16), which can store them;
+    block-quantized types cannot, so it never applies to them.
     """
     try:
-        return _quantize_rows(data, ggml_type, imatrix, n_threads)
+        return _quantize_rows(data, ggml_type, imatrix, n_threads, allow_nonfinite)
     except PhiquantError as error:
         if tensor_name is None:
             raise
         raise PhiquantError(f"{tensor_name}: {error.message}", path=error.path) from None
 
 
-def _quantize_rows(data: np.ndarray, ggml_type: int, imatrix: np.ndarray | None,
-                   n_threads: int | None) -> np.ndarray:
+def _quantize_rows(
+    data: np.ndarray, ggml_type: int, imatrix: np.ndarray | None, n_threads: int | None, allow_nonfinite: bool
+) -> np.ndarray:
     info = type_info(ggml_type)
     experts = _as_experts(data)
     n_experts, rows_per_expert, n_per_row = experts.shape
     weights = _expert_weights(imatrix, n_experts, n_per_row)
-    if not np.isfinite(experts).all():
+    store_nonfinite = allow_nonfinite and not info.is_quantized
+    if not store_nonfinite and not np.isfinite(experts).all():
         # llama.cpp's loader refuses such input (check_tensors), and some kernels assert on NaN.
         raise PhiquantError("the tensor contains NaN or infinite values; it cannot be quantized")
     out = np.empty((n_experts, rows_per_expert, ggml.row_size(info.type, n_per_row)), dtype=np.uint8)
@@ -72,9 +85,11 @@ def _quantize_rows(data: np.ndarray, ggml_type: int, imatrix: np.ndarray | None,
         rows = slice(chunk.first_row, chunk.first_row + chunk.n_rows)
         expert_weights = None if weights is None else weights[chunk.expert]
         quantized = ggml.quantize_chunk(info.type, experts[chunk.expert, rows], expert_weights)
-        if not ggml.validate_row_data(info.type, quantized):
-            raise PhiquantError(f"ggml rejected the {info.name} data it produced (values out of range "
-                                f"for {info.name}, e.g. above 65504 for F16)")
+        if not store_nonfinite and not ggml.validate_row_data(info.type, quantized):
+            raise PhiquantError(
+                f"ggml rejected the {info.name} data it produced (values out of range "
+                f"for {info.name}, e.g. above 65504 for F16)"
+            )
         out[chunk.expert, rows] = quantized
 
     chunks = plan_row_chunks(n_experts, rows_per_expert, n_per_row)
@@ -102,13 +117,18 @@ def check_source_data(source_type: int, raw: np.ndarray, tensor_name: str) -> No
     if info.type in _FLOAT_VIEWS:
         # The same test as ggml's, in numpy: ggml's version prints its findings to stderr.
         values = raw_bytes.view(_FLOAT_VIEWS[info.type])
-        valid = bool(np.isfinite(values).all()) if info.type != GGMLType.BF16 else bool(
-            ((values & 0x7F80) != 0x7F80).all())
+        valid = (
+            bool(np.isfinite(values).all())
+            if info.type != GGMLType.BF16
+            else bool(((values & 0x7F80) != 0x7F80).all())
+        )
     else:
         valid = ggml.validate_row_data(source_type, raw_bytes)
     if not valid:
-        raise PhiquantError(f"{tensor_name}: the source data is invalid (NaN or infinite values, or "
-                            f"malformed {type_info(source_type).name} blocks)")
+        raise PhiquantError(
+            f"{tensor_name}: the source data is invalid (NaN or infinite values, or "
+            f"malformed {type_info(source_type).name} blocks)"
+        )
 
 
 def _as_experts(data: np.ndarray) -> np.ndarray:
@@ -127,8 +147,10 @@ def _expert_weights(imatrix: np.ndarray | None, n_experts: int, n_per_row: int) 
     if not isinstance(imatrix, np.ndarray) or imatrix.dtype != np.float32:
         raise PhiquantError("the imatrix must be a float32 numpy array")
     if imatrix.size != n_experts * n_per_row:
-        raise PhiquantError(f"imatrix has {imatrix.size} values; this tensor needs {n_per_row} per expert "
-                            f"x {n_experts} expert(s) = {n_experts * n_per_row}")
+        raise PhiquantError(
+            f"imatrix has {imatrix.size} values; this tensor needs {n_per_row} per expert "
+            f"x {n_experts} expert(s) = {n_experts * n_per_row}"
+        )
     return np.ascontiguousarray(imatrix).reshape(n_experts, n_per_row)
 
 
@@ -138,7 +160,7 @@ class KVOverride:
 
     key: str
     value: str | int
-    gguf_type: str      # "str" or "u32": llama.cpp writes INT overrides as u32 of |value|
+    gguf_type: str  # "str" or "u32": llama.cpp writes INT overrides as u32 of |value|
 
 
 # llama-quantize passes kv overrides as char[128], so strings keep at most 127 bytes.
@@ -151,8 +173,9 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
 
 
-def imatrix_kv_overrides(imatrix_path: str, datasets: Sequence[str], entries_count: int,
-                         chunks_count: int) -> list[KVOverride]:
+def imatrix_kv_overrides(
+    imatrix_path: str, datasets: Sequence[str], entries_count: int, chunks_count: int
+) -> list[KVOverride]:
     """The quantize.imatrix.* keys llama-quantize writes (tools/quantize/quantize.cpp), in its order.
 
     `imatrix_path` is the path as the user gave it; `entries_count` the number of imatrix entries passed
@@ -160,11 +183,15 @@ def imatrix_kv_overrides(imatrix_path: str, datasets: Sequence[str], entries_cou
     """
     if entries_count <= 0:
         return []
-    overrides = [KVOverride("quantize.imatrix.file", _truncate_utf8(imatrix_path, _MAX_OVERRIDE_STRING_BYTES),
-                            "str")]
+    overrides = [
+        KVOverride("quantize.imatrix.file", _truncate_utf8(imatrix_path, _MAX_OVERRIDE_STRING_BYTES), "str")
+    ]
     if datasets:
-        overrides.append(KVOverride("quantize.imatrix.dataset",
-                                    _truncate_utf8(datasets[0], _MAX_OVERRIDE_STRING_BYTES), "str"))
+        overrides.append(
+            KVOverride(
+                "quantize.imatrix.dataset", _truncate_utf8(datasets[0], _MAX_OVERRIDE_STRING_BYTES), "str"
+            )
+        )
     overrides.append(KVOverride("quantize.imatrix.entries_count", abs(entries_count), "u32"))
     if chunks_count > 0:
         overrides.append(KVOverride("quantize.imatrix.chunks_count", chunks_count, "u32"))

@@ -79,25 +79,58 @@ def ggml_n_dims(shape: tuple[int, ...]) -> int:
 # tensor_allows_quantization: names containing any of these are copied as they are.
 _NEVER_QUANTIZED_SUBSTRINGS = (
     "_norm.weight",
-    "ffn_gate_inp.weight",          # MoE router (Phi-3.5-MoE has one per layer)
+    "ffn_gate_inp.weight",  # MoE router (Phi-3.5-MoE has one per layer)
     "ffn_gate_tid2eid.weight",
-    "altup", "laurel", "per_layer_model_proj",
-    "ssm_conv1d", "shortconv.conv.weight",
-    "indexer.k_proj.weight", "indexer.q_proj.weight",
-    "time_mix_first.weight", "time_mix_w0.weight", "time_mix_w1.weight", "time_mix_w2.weight",
-    "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight", "time_mix_a0.weight",
-    "time_mix_a1.weight", "time_mix_a2.weight", "time_mix_g1.weight", "time_mix_g2.weight",
-    "time_mix_decay_w1.weight", "time_mix_decay_w2.weight", "time_mix_lerp_fused.weight",
+    "altup",
+    "laurel",
+    "per_layer_model_proj",
+    "ssm_conv1d",
+    "shortconv.conv.weight",
+    "indexer.k_proj.weight",
+    "indexer.q_proj.weight",
+    "time_mix_first.weight",
+    "time_mix_w0.weight",
+    "time_mix_w1.weight",
+    "time_mix_w2.weight",
+    "time_mix_v0.weight",
+    "time_mix_v1.weight",
+    "time_mix_v2.weight",
+    "time_mix_a0.weight",
+    "time_mix_a1.weight",
+    "time_mix_a2.weight",
+    "time_mix_g1.weight",
+    "time_mix_g2.weight",
+    "time_mix_decay_w1.weight",
+    "time_mix_decay_w2.weight",
+    "time_mix_lerp_fused.weight",
     "attn_rel_b.weight",
-    ".position_embd", "sam.pos_embd", "sam.neck.", "sam.net_", ".rel_pos", ".patch_embd", ".patch_merger",
-    "a.rvq.codebook", "mm.a.code_embd",
+    ".position_embd",
+    "sam.pos_embd",
+    "sam.neck.",
+    "sam.net_",
+    ".rel_pos",
+    ".patch_embd",
+    ".patch_merger",
+    "a.rvq.codebook",
+    "mm.a.code_embd",
 )
 _NEVER_QUANTIZED_NAMES = ("position_embd.weight", "token_types.weight")
 _NEVER_QUANTIZED_SUBSTRINGS_BY_ARCH = {
     "glm5-next": (
-        "hc_", "indexer.attn_q_b", "indexer.attn_k", "indexer.proj", "indexer_compressor_gate",
-        "indexer_compressor_ape", "ssm_f_a.weight", "ssm_f_b.weight", "ssm_g_a.weight", "ssm_g_b.weight",
-        "ssm_beta.weight", "attn_kv_a_mqa.weight", "attn_k_b.weight", "attn_v_b.weight",
+        "hc_",
+        "indexer.attn_q_b",
+        "indexer.attn_k",
+        "indexer.proj",
+        "indexer_compressor_gate",
+        "indexer_compressor_ape",
+        "ssm_f_a.weight",
+        "ssm_f_b.weight",
+        "ssm_g_a.weight",
+        "ssm_g_b.weight",
+        "ssm_beta.weight",
+        "attn_kv_a_mqa.weight",
+        "attn_k_b.weight",
+        "attn_v_b.weight",
     ),
 }
 
@@ -108,8 +141,9 @@ def _ends_with_weight(name: str) -> bool:
     return name.endswith("weight") or (len(name) < 6 and "weight" not in name)
 
 
-def quantization_blocker(name: str, shape: tuple[int, ...], arch: str,
-                         quantize_output_tensor: bool = True) -> str | None:
+def quantization_blocker(
+    name: str, shape: tuple[int, ...], arch: str, quantize_output_tensor: bool = True
+) -> str | None:
     """Why llama.cpp copies this tensor instead of quantizing it, or None if it quantizes it."""
     if ggml_n_dims(shape) < 2:
         return "1-D"
@@ -126,17 +160,28 @@ def quantization_blocker(name: str, shape: tuple[int, ...], arch: str,
     return None
 
 
-def tensor_allows_quantization(name: str, shape: tuple[int, ...], arch: str,
-                               quantize_output_tensor: bool = True) -> bool:
+def tensor_allows_quantization(
+    name: str, shape: tuple[int, ...], arch: str, quantize_output_tensor: bool = True
+) -> bool:
     """Whether llama.cpp would quantize this tensor at all (1-D tensors, norms, routers... are copied)."""
     return quantization_blocker(name, shape, arch, quantize_output_tensor) is None
 
 
 # tensor_type_fallback: where a row is not a whole number of blocks, demote to a smaller-block type.
 _FALLBACK_TYPE = {
-    T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ2_S: T.IQ4_NL,
-    T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL,
-    T.Q2_0: T.Q4_0, T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0,
+    T.IQ1_S: T.IQ4_NL,
+    T.IQ1_M: T.IQ4_NL,
+    T.IQ2_XXS: T.IQ4_NL,
+    T.IQ2_XS: T.IQ4_NL,
+    T.IQ2_S: T.IQ4_NL,
+    T.IQ3_XXS: T.IQ4_NL,
+    T.IQ3_S: T.IQ4_NL,
+    T.IQ4_XS: T.IQ4_NL,
+    T.Q2_0: T.Q4_0,
+    T.Q2_K: T.Q4_0,
+    T.Q3_K: T.Q4_0,
+    T.TQ1_0: T.Q4_0,
+    T.TQ2_0: T.Q4_0,
     T.Q4_K: T.Q5_0,
     T.Q5_K: T.Q5_1,
     T.Q6_K: T.Q8_0,
@@ -160,9 +205,11 @@ def tensor_type_fallback(name: str, n_per_row: int, target: GGMLType) -> GGMLTyp
     elif TYPE_INFO[target].block_size <= 32:
         substitute = target
     else:
-        raise PhiquantError(f"{name}: rows of {n_per_row} values are not a multiple of {target.name}'s "
-                            f"block of {TYPE_INFO[target].block_size}, and llama.cpp defines no fallback "
-                            f"type for {target.name}; choose another type for this tensor")
+        raise PhiquantError(
+            f"{name}: rows of {n_per_row} values are not a multiple of {target.name}'s "
+            f"block of {TYPE_INFO[target].block_size}, and llama.cpp defines no fallback "
+            f"type for {target.name}; choose another type for this tensor"
+        )
     return substitute if fits_rows(substitute, n_per_row) else T.F16
 
 

@@ -62,20 +62,20 @@ GGML_TYPE_COUNT = 43
 
 
 class TypeRole(enum.Enum):
-    FLOAT = "float"          # F32/F16/BF16: ggml_quantize_chunk converts to them
-    QUANT = "quant"          # block-quantized storage types ggml_quantize_chunk produces
-    INTEGER = "integer"      # I8..I64/F64: valid in GGUF files, never a quantization target
-    INTERNAL = "internal"    # Q8_1/Q8_K: dot-product scratch types; ggml_quantize_chunk aborts on them
+    FLOAT = "float"  # F32/F16/BF16: ggml_quantize_chunk converts to them
+    QUANT = "quant"  # block-quantized storage types ggml_quantize_chunk produces
+    INTEGER = "integer"  # I8..I64/F64: valid in GGUF files, never a quantization target
+    INTERNAL = "internal"  # Q8_1/Q8_K: dot-product scratch types; ggml_quantize_chunk aborts on them
 
 
 @dataclass(frozen=True)
 class TypeInfo:
     type: GGMLType
-    ggml_name: str          # what ggml_type_name() returns (mixed case, e.g. "q4_K")
-    block_size: int         # elements per block (ggml_blck_size)
-    block_bytes: int        # bytes per block (ggml_type_size)
+    ggml_name: str  # what ggml_type_name() returns (mixed case, e.g. "q4_K")
+    block_size: int  # elements per block (ggml_blck_size)
+    block_bytes: int  # bytes per block (ggml_type_size)
     role: TypeRole
-    ggml_requires_imatrix: bool = False   # ggml_quantize_chunk asserts imatrix != NULL
+    ggml_requires_imatrix: bool = False  # ggml_quantize_chunk asserts imatrix != NULL
 
     @property
     def name(self) -> str:
@@ -202,8 +202,8 @@ class Preset:
 
     name: str
     ftype: LlamaFtype
-    default_type: GGMLType          # llama-quant.cpp llama_ftype_get_default_type
-    in_llama_cpp: bool = True       # False: llama_model_quantize refuses this ftype (see NVFP4 below)
+    default_type: GGMLType  # llama-quant.cpp llama_ftype_get_default_type
+    in_llama_cpp: bool = True  # False: llama_model_quantize refuses this ftype (see NVFP4 below)
 
 
 F = LlamaFtype

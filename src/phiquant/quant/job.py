@@ -1,0 +1,150 @@
+"""A quantization run: from a source (Hugging Face directory or GGUF) and a list of presets to files.
+
+Planning is separate from writing, so `--dry-run` shows exactly what a run would write (types,
+sizes, bits per weight) without touching tensor data, and one pass over the source writes every
+file of a ladder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFValueType
+
+from phiquant.archs import load_model_source
+from phiquant.archs.common import provenance_metadata
+from phiquant.checkpoint.directory import open_checkpoint
+from phiquant.errors import PhiquantError
+from phiquant.gguf_io import Metadatum
+from phiquant.gguf_source import load_gguf_source
+from phiquant.model_source import ModelSource
+from phiquant.pipeline import OutputPlan, predicted_size, tensor_descs, write_gguf_files
+from phiquant.progress import SILENT, Reporter
+from phiquant.quant import ggml
+from phiquant.quant.imatrix import ImportanceMatrix, imatrix_weights_for_model, read_imatrix
+from phiquant.quant.plan import QuantOptions, QuantPlan, model_facts_from_metadata, plan_quantization
+from phiquant.quant.quantize import imatrix_kv_overrides, quantize_rows
+from phiquant.quant.types import Preset, parse_preset
+
+_FLOAT_NAME_SUFFIX = re.compile(r"-(F32|F16|BF16)$", re.IGNORECASE)
+
+
+@dataclass
+class PlannedFile:
+    preset: Preset
+    path: Path
+    plan: QuantPlan
+    predicted_size: int
+    output: OutputPlan
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.plan.bits_per_weight
+
+
+@dataclass
+class Source:
+    """An opened source: the model to write and the name its files are called after."""
+
+    model: ModelSource
+    name: str
+    imatrix: ImportanceMatrix | None = None
+    importance: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def open_source(path: str | Path, *, allow_requantize: bool = False) -> Source:
+    """A Hugging Face checkpoint directory, or an F32/F16/BF16 (or, if allowed, quantized) GGUF."""
+    path = Path(path)
+    if path.is_dir():
+        checkpoint = open_checkpoint(path)
+        from phiquant.archs.common import model_name
+
+        return Source(load_model_source(checkpoint), model_name(checkpoint))
+    if path.suffix.lower() == ".gguf" or path.is_file():
+        model = load_gguf_source(path, allow_requantize=allow_requantize, dequantize=_dequantize)
+        return Source(model, _FLOAT_NAME_SUFFIX.sub("", path.stem))
+    raise PhiquantError("no such file or directory", path=path)
+
+
+def _dequantize(raw: np.ndarray, ggml_type: int, n_elements: int) -> np.ndarray:
+    return ggml.dequantize(ggml_type, raw, n_elements)
+
+
+def attach_imatrix(source: Source, imatrix_path: str | Path) -> None:
+    """Read an importance matrix and check it belongs to this model (names and sizes)."""
+    source.imatrix = read_imatrix(imatrix_path)
+    source.importance = imatrix_weights_for_model(source.imatrix, tensor_descs(source.model))
+
+
+def model_metadata_map(model: ModelSource) -> dict[str, object]:
+    return {"general.architecture": model.arch, **{m.key: m.value for m in model.metadata}}
+
+
+def extra_metadata(source: Source, imatrix_path: str | Path | None) -> list[Metadatum]:
+    """Keys a quantized file carries beyond its source's: provenance (if the source lacks it) and
+    the quantize.imatrix.* keys llama.cpp's quantize tool writes."""
+    present = {m.key for m in source.model.metadata}
+    items = [m for m in provenance_metadata() if m.key not in present]
+    if source.imatrix is not None and imatrix_path is not None:
+        for override in imatrix_kv_overrides(
+            str(imatrix_path),
+            list(source.imatrix.datasets),
+            len(source.importance),
+            source.imatrix.chunk_count,
+        ):
+            value_type = GGUFValueType.STRING if override.gguf_type == "str" else GGUFValueType.UINT32
+            items.append(Metadatum(override.key, override.value, value_type))
+    return items
+
+
+def plan_files(
+    source: Source,
+    presets: list[str],
+    output_paths: list[Path],
+    options: QuantOptions,
+    imatrix_path: str | Path | None = None,
+) -> list[PlannedFile]:
+    facts = model_facts_from_metadata(model_metadata_map(source.model))
+    descs = tensor_descs(source.model)
+    extra = extra_metadata(source, imatrix_path)
+    planned = []
+    for name, path in zip(presets, output_paths):
+        preset = parse_preset(name)
+        plan = plan_quantization(descs, facts, preset, options)
+        output = OutputPlan.from_quant_plan(path, plan, extra)
+        planned.append(
+            PlannedFile(preset, path, plan, predicted_size(source.model, output, ggml.row_size), output)
+        )
+    return planned
+
+
+def write_files(
+    source: Source,
+    planned: list[PlannedFile],
+    *,
+    threads: int | None = None,
+    allow_nonfinite: bool = False,
+    reporter: Reporter = SILENT,
+) -> None:
+    def encode(rows: np.ndarray, ggml_type: int, importance: np.ndarray | None, name: str) -> np.ndarray:
+        return quantize_rows(
+            rows, ggml_type, importance, n_threads=threads, tensor_name=name, allow_nonfinite=allow_nonfinite
+        )
+
+    write_gguf_files(
+        source.model,
+        [p.output for p in planned],
+        encode,
+        ggml.row_size,
+        importance=source.importance or None,
+        allow_nonfinite=allow_nonfinite,
+        reporter=reporter,
+    )
+
+
+def default_file_name(name: str, preset: Preset) -> str:
+    """Hugging Face's convention: <Model-Name>-<TYPE>.gguf."""
+    return f"{name}-{preset.name}.gguf"
