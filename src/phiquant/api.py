@@ -172,6 +172,7 @@ def quantize(
     for warning in warnings:
         reporter.warn(warning)
     if not dry_run:
+        _make_output_directory(directory)
         write_files(opened, planned, threads=threads, allow_nonfinite=allow_nonfinite, reporter=reporter)
     return QuantizeResult(
         source=str(source),
@@ -182,6 +183,13 @@ def quantize(
         warnings=warnings,
         plans={p.preset.name: list(p.plan.tensors) for p in planned},
     )
+
+
+def _make_output_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PhiquantError(f"cannot create the output directory: {error.strerror}", path=directory) from None
 
 
 def _is_quantized_source(source: Source) -> list[bool]:

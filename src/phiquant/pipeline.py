@@ -58,15 +58,16 @@ def tensor_descs(source: ModelSource) -> list[TensorDesc]:
 
 
 def output_metadata(source: ModelSource, plan: OutputPlan) -> list[Metadatum]:
-    """Source metadata, the plan's extras, then the two keys llama_model_quantize (re)writes last,
-    so a llama.cpp requantization of our file keeps the same key order."""
+    """The key order llama_model_quantize writes: the source's keys, then the two it always
+    rewrites (general.quantization_version, general.file_type), then its key overrides (the
+    quantize.imatrix.* keys), so our file equals llama.cpp's byte for byte."""
     return (
         list(source.metadata)
-        + list(plan.extra_metadata)
         + [
             Metadatum("general.quantization_version", GGML_QUANT_VERSION, GGUFValueType.UINT32),
             Metadatum("general.file_type", plan.file_type, GGUFValueType.UINT32),
         ]
+        + list(plan.extra_metadata)
     )
 
 

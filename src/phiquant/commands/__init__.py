@@ -21,9 +21,9 @@ class Command:
 
 
 def _all_commands() -> list[Command]:
-    from phiquant.commands import convert, inspect
+    from phiquant.commands import convert, inspect, quantize
 
-    return [convert.COMMAND, inspect.COMMAND]
+    return [convert.COMMAND, quantize.COMMAND, inspect.COMMAND]
 
 
 COMMANDS: list[Command] = _all_commands()

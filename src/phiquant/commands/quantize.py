@@ -1,0 +1,141 @@
+"""`phiquant quantize`: a checkpoint (or F32/F16/BF16 GGUF) to one or more llama.cpp types in one pass."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from phiquant import api
+from phiquant.commands import Command
+from phiquant.errors import PhiquantError
+from phiquant.gguf_io import format_bytes
+from phiquant.quant.types import parse_ggml_type
+
+
+def tensor_type_override(text: str) -> tuple[str, str]:
+    """REGEX=TYPE, split at the last '=' so patterns may contain '='."""
+    pattern, separator, type_name = text.rpartition("=")
+    if not separator or not pattern or not type_name:
+        raise PhiquantError(f"--tensor-type wants REGEX=TYPE, got {text!r}")
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise PhiquantError(
+            f"--tensor-type pattern {pattern!r} is not a valid regular expression: {error}"
+        ) from None
+    parse_ggml_type(type_name)  # unknown types fail here with the list of valid ones
+    return pattern, type_name
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="Hugging Face model directory, or an F32/F16/BF16 GGUF")
+    parser.add_argument(
+        "-t",
+        "--type",
+        dest="types",
+        action="append",
+        required=True,
+        metavar="TYPE",
+        help="llama.cpp file type (Q4_K_M, Q8_0, IQ4_XS, ...); repeat for a ladder written in one pass",
+    )
+    parser.add_argument(
+        "-o", "--output-dir", default=".", metavar="DIR", help="where to write (default: here)"
+    )
+    parser.add_argument("--imatrix", metavar="FILE", help="importance matrix (llama.cpp GGUF or legacy .dat)")
+    parser.add_argument("--threads", type=int, metavar="N", help="quantization threads (default: all cores)")
+    parser.add_argument(
+        "--tensor-type",
+        action="append",
+        default=[],
+        metavar="REGEX=TYPE",
+        help="force a type on tensors whose name matches REGEX (searched, not anchored); the first "
+        "matching pattern wins and takes precedence over the preset's rules, but not over "
+        "--output-type/--embedding-type; repeatable",
+    )
+    parser.add_argument("--output-type", metavar="TYPE", help="type for output.weight")
+    parser.add_argument("--embedding-type", metavar="TYPE", help="type for token_embd.weight")
+    parser.add_argument(
+        "--pure", action="store_true", help="the preset's default type everywhere, no mix rules"
+    )
+    parser.add_argument(
+        "--allow-fallback",
+        action="store_true",
+        help="where a type cannot apply (rows not a multiple of its block), use llama.cpp's substitute "
+        "and report it, instead of stopping",
+    )
+    parser.add_argument(
+        "--allow-requantize", action="store_true", help="accept an already quantized GGUF source"
+    )
+    parser.add_argument(
+        "--allow-nonfinite", action="store_true", help="write F32/F16/BF16 weights holding NaN/Inf"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the per-tensor plan and sizes; write nothing"
+    )
+
+
+def run(args: argparse.Namespace, output: Any) -> int:
+    overrides = [tensor_type_override(text) for text in args.tensor_type]
+    result = api.quantize(
+        args.source,
+        args.types,
+        args.output_dir,
+        imatrix=args.imatrix,
+        tensor_types=overrides,
+        output_type=args.output_type,
+        embedding_type=args.embedding_type,
+        pure=args.pure,
+        allow_fallback=args.allow_fallback,
+        allow_requantize=args.allow_requantize,
+        allow_nonfinite=args.allow_nonfinite,
+        threads=args.threads,
+        dry_run=args.dry_run,
+        reporter=output.reporter(),
+    )
+
+    def render(console: Any) -> None:
+        from rich.table import Table
+
+        if result.dry_run:
+            for type_name, tensors in result.plans.items():
+                plan_table = Table("tensor", "shape", "from", "to", "why", title=f"{type_name} plan")
+                for tensor in tensors:
+                    to = tensor.target_type.name + (
+                        f" (not {tensor.fallback_from.name})" if tensor.fallback_from else ""
+                    )
+                    plan_table.add_row(
+                        tensor.name, "x".join(map(str, tensor.shape)), tensor.source_type.name, to, tensor.why
+                    )
+                console.print(plan_table)
+        table = Table(
+            "type", "file", "size", "bits/weight", "seconds", title="predicted" if result.dry_run else None
+        )
+        for file in result.files:
+            seconds = "-" if result.dry_run else f"{file.seconds:.1f}"
+            table.add_row(
+                file.type,
+                str(file.path),
+                format_bytes(file.file_size),
+                f"{file.bits_per_weight:.3f}",
+                seconds,
+            )
+        console.print(table)
+        for note in result.notes:
+            console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+
+    output.result(result, render)
+    return 0
+
+
+COMMAND = Command(
+    name="quantize",
+    summary="quantize to one or more llama.cpp types in one pass",
+    description=(
+        "Quantize a Hugging Face Phi checkpoint, or an F32/F16/BF16 GGUF, to llama.cpp types with "
+        "llama.cpp's own per-tensor rules and ggml's kernels: the files are the ones llama-quantize "
+        "would write, without an F16 intermediate. Several -t write a ladder from one read of the source."
+    ),
+    add_arguments=add_arguments,
+    run=run,
+)
