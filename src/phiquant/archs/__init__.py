@@ -16,6 +16,8 @@ from phiquant.model_source import ModelSource
 # HF `architectures[0]` -> module in phiquant.archs
 FAMILIES: dict[str, str] = {
     "Phi3ForCausalLM": "phi3",
+    "PhiMoEForCausalLM": "phimoe",  # Microsoft's spelling (Phi-3.5-MoE-instruct's config.json)
+    "PhimoeForCausalLM": "phimoe",  # transformers' native class: what its save_pretrained writes
 }
 
 UNSUPPORTED: dict[str, str] = {
