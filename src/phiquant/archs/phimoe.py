@@ -109,7 +109,14 @@ class PhiMoeShape:
 
     def as_phi3(self) -> Phi3Shape:
         return Phi3Shape(
-            self.n_vocab, self.n_embd, self.n_ff, self.n_layer, self.n_head, self.n_head_kv, self.head_dim, False
+            self.n_vocab,
+            self.n_embd,
+            self.n_ff,
+            self.n_layer,
+            self.n_head,
+            self.n_head_kv,
+            self.head_dim,
+            False,
         )
 
 
@@ -225,11 +232,17 @@ def expert_tensor_names(shape: PhiMoeShape, stacked: bool) -> set[str]:
     for i in range(shape.n_layer):
         if stacked:
             prefix = f"model.layers.{i}.mlp"
-            names |= {f"{prefix}.router.weight", f"{prefix}.experts.gate_up_proj", f"{prefix}.experts.down_proj"}
+            names |= {
+                f"{prefix}.router.weight",
+                f"{prefix}.experts.gate_up_proj",
+                f"{prefix}.experts.down_proj",
+            }
             continue
         prefix = f"model.layers.{i}.block_sparse_moe"
         names.add(f"{prefix}.gate.weight")
-        names |= {f"{prefix}.experts.{e}.{w}.weight" for e in range(shape.n_expert) for w in ("w1", "w2", "w3")}
+        names |= {
+            f"{prefix}.experts.{e}.{w}.weight" for e in range(shape.n_expert) for w in ("w1", "w2", "w3")
+        }
     return names
 
 
@@ -256,7 +269,9 @@ def row_range(read: RowReader, offset: int) -> RowReader:
     return lambda start, stop: read(offset + start, offset + stop)
 
 
-def stacked_experts(name: str, experts: list[RowReader], rows_per_expert: int, row_length: int) -> SourceTensor:
+def stacked_experts(
+    name: str, experts: list[RowReader], rows_per_expert: int, row_length: int
+) -> SourceTensor:
     """A 3-D tensor {row_length, rows_per_expert, n_expert} whose rows come from each expert's reader."""
 
     def read_rows(start: int, stop: int) -> np.ndarray:
@@ -281,10 +296,16 @@ class LayerExperts:
     down: list[RowReader]  # w2: [n_embd, n_ff]
 
 
-def per_expert_layer(checkpoint: Checkpoint, shape: PhiMoeShape, layer: int, config_file: str) -> LayerExperts:
+def per_expert_layer(
+    checkpoint: Checkpoint, shape: PhiMoeShape, layer: int, config_file: str
+) -> LayerExperts:
     prefix = f"model.layers.{layer}.block_sparse_moe"
     readers: dict[str, list[RowReader]] = {"w1": [], "w2": [], "w3": []}
-    expected = {"w1": (shape.n_ff, shape.n_embd), "w2": (shape.n_embd, shape.n_ff), "w3": (shape.n_ff, shape.n_embd)}
+    expected = {
+        "w1": (shape.n_ff, shape.n_embd),
+        "w2": (shape.n_embd, shape.n_ff),
+        "w3": (shape.n_ff, shape.n_embd),
+    }
     for expert in range(shape.n_expert):
         for weight in ("w1", "w2", "w3"):
             entry = checkpoint.tensor(f"{prefix}.experts.{expert}.{weight}.weight")
@@ -352,7 +373,9 @@ def missing_bias_tensors(shape: PhiMoeShape) -> list[SourceTensor]:
     attn_output.bias and output.bias (src/models/phimoe.cpp), and a zero bias is what transformers adds."""
     zeros: list[SourceTensor] = []
     if not shape.attention_bias:
-        zeros += [float32_tensor(f"blk.{i}.attn_output.bias", [0.0] * shape.n_embd) for i in range(shape.n_layer)]
+        zeros += [
+            float32_tensor(f"blk.{i}.attn_output.bias", [0.0] * shape.n_embd) for i in range(shape.n_layer)
+        ]
     if not shape.lm_head_bias:
         zeros.append(float32_tensor("output.bias", [0.0] * shape.n_vocab))
     return zeros
@@ -391,7 +414,10 @@ def build(checkpoint: Checkpoint, *, centre_residual_writers: bool = True) -> Mo
     stacked = uses_stacked_experts(checkpoint)
     check_tensor_names(checkpoint, set(dense) | expert_tensor_names(shape, stacked))
 
-    tensors = [checkpoint_tensor(checkpoint.tensor(hf), gguf, expected, config_file) for hf, (gguf, expected) in dense.items()]
+    tensors = [
+        checkpoint_tensor(checkpoint.tensor(hf), gguf, expected, config_file)
+        for hf, (gguf, expected) in dense.items()
+    ]
     tensors += missing_bias_tensors(shape)
     if centre_residual_writers:
         tensors = [centring(t) for t in tensors]
@@ -408,7 +434,10 @@ def build(checkpoint: Checkpoint, *, centre_residual_writers: bool = True) -> Mo
     metadata: list[Metadatum] = (
         general_metadata(name, n_parameters)
         + hyperparameter_metadata(hp, shape.as_phi3(), rope, GGUF_ARCH)
-        + [u32(f"{GGUF_ARCH}.expert_used_count", shape.n_expert_used), u32(f"{GGUF_ARCH}.expert_count", shape.n_expert)]
+        + [
+            u32(f"{GGUF_ARCH}.expert_used_count", shape.n_expert_used),
+            u32(f"{GGUF_ARCH}.expert_count", shape.n_expert),
+        ]
         + vocabulary.metadata()
         + special.metadata()
         + chat_template_metadata(chat_template(checkpoint))
