@@ -31,13 +31,14 @@ UNSUPPORTED: dict[str, str] = {
     ),
     "Phi4MMForCausalLM": (
         "Phi-4-multimodal's vision and audio paths need LoRA adapters llama.cpp cannot run (llama.cpp "
-        "#12117); its language model is Phi-4-mini"
+        "#12117); its language model is Phi-4-mini: convert Phi-4-mini-instruct instead"
     ),
     "Phi4FlashForCausalLM": (
         "Phi-4-mini-flash-reasoning is a SambaY Mamba/attention hybrid that llama.cpp cannot run "
         "(PR #20880 was not merged); use Phi-4-mini-reasoning or run it with transformers or vLLM"
     ),
 }
+UNSUPPORTED["Phi4MultimodalForCausalLM"] = UNSUPPORTED["Phi4MMForCausalLM"]  # transformers' native port
 
 
 def architecture_of(checkpoint: Checkpoint) -> str:
@@ -47,11 +48,20 @@ def architecture_of(checkpoint: Checkpoint) -> str:
     return architectures[0]
 
 
+def registry_spelling(architecture: str) -> str:
+    """The registry's name for an architecture spelled with other capitals.  Fine-tunes re-saved by other
+    tools write e.g. PhiMoeForCausalLM or PhimoeForCausalLM for Microsoft's PhiMoEForCausalLM; class
+    names that differ only in case name the same model here, so they are matched case-insensitively."""
+    by_lowercase = {name.lower(): name for name in (*FAMILIES, *UNSUPPORTED)}
+    return by_lowercase.get(architecture.lower(), architecture)
+
+
 def family_module(architecture: str) -> ModuleType:
-    if architecture in FAMILIES:
-        return importlib.import_module(f"phiquant.archs.{FAMILIES[architecture]}")
-    if architecture in UNSUPPORTED:
-        raise UnsupportedModelError(f"{architecture}: {UNSUPPORTED[architecture]}")
+    known = registry_spelling(architecture)
+    if known in FAMILIES:
+        return importlib.import_module(f"phiquant.archs.{FAMILIES[known]}")
+    if known in UNSUPPORTED:
+        raise UnsupportedModelError(f"{architecture}: {UNSUPPORTED[known]}")
     raise UnsupportedModelError(
         f"architecture {architecture} is not a Phi model phiquant supports; supported: {', '.join(sorted(FAMILIES))}"
     )
