@@ -129,6 +129,7 @@ def find_special_tokens(checkpoint: Checkpoint, token_ids: dict[str, int], n_voc
         if text in token_ids:
             result.ids["eot"] = token_ids[text]
             break
+    result.add_bos, result.add_eos = _post_processor_additions(checkpoint)
     if isinstance(config.get("add_bos_token"), bool):
         result.add_bos = config["add_bos_token"]
     if isinstance(config.get("add_eos_token"), bool):
@@ -136,6 +137,25 @@ def find_special_tokens(checkpoint: Checkpoint, token_ids: dict[str, int], n_voc
     result.eog_ids = end_of_generation_ids(checkpoint, result.ids, n_vocab)
     _fill_eog_slots(result)
     return result
+
+
+def _post_processor_additions(checkpoint: Checkpoint) -> tuple[bool | None, bool | None]:
+    """Whether tokenizer.json's TemplateProcessing puts a special token before / after a single text.
+
+    transformers 5 saves tokenizer_config.json without add_bos_token/add_eos_token, and its tokenizer
+    then adds exactly what the post-processor says; without this, llama.cpp would fall back to its own
+    default (BOS on for SentencePiece models) where the original adds none."""
+    processor = (checkpoint.json_file("tokenizer.json") or {}).get("post_processor")
+    if not isinstance(processor, dict) or processor.get("type") != "TemplateProcessing":
+        return None, None
+    single = processor.get("single")
+    if not isinstance(single, list) or not single:
+        return None, None
+    return _is_special_item(single[0]), _is_special_item(single[-1])
+
+
+def _is_special_item(item: Any) -> bool:
+    return isinstance(item, dict) and "SpecialToken" in item
 
 
 def _resolve_role(value: Any, token_ids: dict[str, int]) -> int | None:

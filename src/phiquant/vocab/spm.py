@@ -65,28 +65,27 @@ class Vocabulary:
         ]
 
 
+@dataclass
+class BasePieces:
+    """A SentencePiece model's own pieces (before added tokens and padding), as llama.cpp stores them."""
+
+    tokens: list[str]
+    scores: list[float]
+    types: list[int]  # TokenType values
+    add_space_prefix: bool
+    warnings: list[str]
+
+
 def read_sentencepiece_vocabulary(checkpoint: Checkpoint, vocab_size: int) -> Vocabulary:
-    model_file = checkpoint.path / "tokenizer.model"
-    if not model_file.is_file():
+    base = read_base_pieces(checkpoint)
+    if len(base.tokens) > vocab_size:
         raise PhiquantError(
-            "no tokenizer.model: this model's tokenizer is SentencePiece (tokenizer_class "
-            f"{_tokenizer_class(checkpoint)!r}) and needs that file",
+            f"the tokenizer has {len(base.tokens)} pieces but config.json vocab_size is {vocab_size}",
             path=checkpoint.path,
         )
-    processor, normalizer = _load_sentencepiece(model_file)
-    n_pieces = processor.vocab_size()
-    if n_pieces > vocab_size:
-        raise PhiquantError(
-            f"tokenizer.model has {n_pieces} pieces but config.json vocab_size is {vocab_size}",
-            path=model_file,
-        )
-    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
-    scores = [PADDING_SCORE] * vocab_size
-    types = [int(TokenType.UNUSED)] * vocab_size
-    for i in range(n_pieces):
-        tokens[i] = processor.id_to_piece(i)
-        scores[i] = processor.get_score(i)
-        types[i] = int(_piece_type(processor, i))
+    tokens = base.tokens + [f"[PAD{i}]" for i in range(len(base.tokens), vocab_size)]
+    scores = base.scores + [PADDING_SCORE] * (vocab_size - len(base.tokens))
+    types = base.types + [int(TokenType.UNUSED)] * (vocab_size - len(base.tokens))
     added = added_tokens(checkpoint)
     for token in added:
         if token.id >= vocab_size:
@@ -98,9 +97,71 @@ def read_sentencepiece_vocabulary(checkpoint: Checkpoint, vocab_size: int) -> Vo
         tokens[token.id] = token.content
         scores[token.id] = ADDED_TOKEN_SCORE
         types[token.id] = int(TokenType.CONTROL if token.special else TokenType.USER_DEFINED)
-    return Vocabulary(
-        tokens, scores, types, added, normalizer.add_dummy_prefix, normalization_warnings(normalizer)
-    )
+    warnings = base.warnings + normalized_token_warnings(added) + mixed_strip_warnings(added)
+    return Vocabulary(tokens, scores, types, added, base.add_space_prefix, warnings)
+
+
+# Tokens llama.cpp's name-keyed Phi-3 rule leaves alone (llama-vocab.cpp clears RSTRIP on them).
+NEVER_RSTRIPPED = frozenset({"<unk>", "<s>", "<|endoftext|>"})
+
+
+def mixed_strip_warnings(added: list[AddedToken]) -> list[str]:
+    """llama.cpp has one whitespace rule for all added tokens of a Phi-3 vocabulary (RSTRIP on every
+    one, or on none, chosen by general.name); a fine-tune that adds tokens with the other flag than the
+    base tokens cannot be reproduced by llama.cpp's own tokenizer (phiquant's runtime uses the flags)."""
+    governed = [t for t in added if t.content not in NEVER_RSTRIPPED]
+    stripping = [t.content for t in governed if t.rstrip]
+    keeping = [t.content for t in governed if not t.rstrip]
+    if not stripping or not keeping:
+        return []
+    minority = keeping if len(keeping) <= len(stripping) else stripping
+    return [
+        f"added tokens {', '.join(minority[:3])}{' ...' if len(minority) > 3 else ''} "
+        f"{'keep' if minority is keeping else 'strip'} the whitespace after them unlike the other added "
+        "tokens; llama.cpp applies one rule to all, so its own tokenizer differs after them (phiquant's "
+        "chat and server follow each token's flag)"
+    ]
+
+
+def normalized_token_warnings(added: list[AddedToken]) -> list[str]:
+    """Hugging Face matches a `normalized` added token in the normalised text, where SentencePiece's
+    prepended "▁" has become part of it: it only matches at the start or after a space, and takes the
+    space with it.  llama.cpp matches added tokens in the raw text, anywhere (llama-vocab.cpp,
+    tokenizer_st_partition).  transformers' `add_tokens(["<x>"])` makes such tokens."""
+    texts = [t.content for t in added if t.normalized and not t.special]
+    if not texts:
+        return []
+    return [
+        f"added tokens {', '.join(texts[:3])}{' ...' if len(texts) > 3 else ''} are 'normalized': Hugging Face "
+        "matches them only at the start or after a space (and folds the space into them), llama.cpp "
+        "anywhere, so text around them tokenizes differently; save them with normalized=false to avoid this"
+    ]
+
+
+def read_base_pieces(checkpoint: Checkpoint) -> BasePieces:
+    """The pieces of tokenizer.model, or, when a fine-tune was saved without it (transformers 5 writes
+    only tokenizer.json), the same pieces rebuilt from tokenizer.json (vocab/spm_json.py)."""
+    model_file = checkpoint.path / "tokenizer.model"
+    if model_file.is_file():
+        processor, normalizer = _load_sentencepiece(model_file)
+        ids = range(processor.vocab_size())
+        return BasePieces(
+            tokens=[processor.id_to_piece(i) for i in ids],
+            scores=[processor.get_score(i) for i in ids],
+            types=[int(_piece_type(processor, i)) for i in ids],
+            add_space_prefix=normalizer.add_dummy_prefix,
+            warnings=normalization_warnings(normalizer),
+        )
+    tokenizer_json = checkpoint.json_file("tokenizer.json")
+    from phiquant.vocab import spm_json  # only for checkpoints without tokenizer.model
+
+    if tokenizer_json is None or not spm_json.is_sentencepiece_layout(tokenizer_json):
+        raise PhiquantError(
+            "no tokenizer.model: this model's tokenizer is SentencePiece (tokenizer_class "
+            f"{_tokenizer_class(checkpoint)!r}) and needs that file",
+            path=checkpoint.path,
+        )
+    return spm_json.pieces_from_tokenizer_json(tokenizer_json, checkpoint.path / "tokenizer.json")
 
 
 def normalization_warnings(normalizer: Any) -> list[str]:
