@@ -83,7 +83,9 @@ def test_phi3_small_is_refused_with_what_to_do_instead(broken, out_dir) -> None:
 
 
 def test_missing_tokenizer_model(broken, out_dir) -> None:
-    remove_tokenizer_files(broken, ("tokenizer.model",))
+    # tokenizer.json alone is enough (transformers 5 saves no tokenizer.model; tests/archs/
+    # test_finetune_variants.py), so both must be gone for the SentencePiece vocabulary to be missing.
+    remove_tokenizer_files(broken, ("tokenizer.model", "tokenizer.json"))
     assert_one_line_error(convert(broken, out_dir), "tokenizer.model")
     assert_nothing_written(out_dir)
 

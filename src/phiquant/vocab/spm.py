@@ -158,7 +158,7 @@ def read_base_pieces(checkpoint: Checkpoint) -> BasePieces:
     if tokenizer_json is None or not spm_json.is_sentencepiece_layout(tokenizer_json):
         raise PhiquantError(
             "no tokenizer.model: this model's tokenizer is SentencePiece (tokenizer_class "
-            f"{_tokenizer_class(checkpoint)!r}) and needs that file",
+            f"{_tokenizer_class(checkpoint)!r}) and needs that file, or a tokenizer.json holding the same pieces",
             path=checkpoint.path,
         )
     return spm_json.pieces_from_tokenizer_json(tokenizer_json, checkpoint.path / "tokenizer.json")
