@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from phiquant import api
-from phiquant.archs.phimoe import stacked_experts
+from phiquant.archs.lazy_tensors import stacked_experts
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import read_gguf
 from phiquant.gguf_io.reader import GGUFFile

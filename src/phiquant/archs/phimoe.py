@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from phiquant.archs.common import (
     HParams,
@@ -50,6 +47,14 @@ from phiquant.archs.common import (
     read_rope_settings,
     u32,
 )
+from phiquant.archs.lazy_tensors import (
+    RowReader,
+    centred_columns,
+    centred_rows,
+    row_range,
+    stacked_experts,
+    with_reader,
+)
 from phiquant.archs.phi3 import (
     Phi3Shape,
     hyperparameter_metadata,
@@ -61,7 +66,7 @@ from phiquant.archs.phi3 import (
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
-from phiquant.model_source import GGML_TYPE_F32, ModelSource, SourceTensor
+from phiquant.model_source import ModelSource, SourceTensor
 from phiquant.vocab.special import (
     chat_template,
     chat_template_metadata,
@@ -74,11 +79,6 @@ from phiquant.vocab.spm import read_sentencepiece_vocabulary
 GGUF_ARCH = "phimoe"
 
 IGNORED_TENSOR = re.compile(r".*\.rotary_emb\.inv_freq$")
-
-RowReader = Callable[[int, int], np.ndarray]
-
-# Column means are accumulated over slabs of about this many values.
-COLUMN_MEAN_SLAB_VALUES = 4 * 1024 * 1024
 
 ROUTING_WARNING = (
     "llama.cpp routes PhiMoE tokens with softmax top-2 weights that sum to 1, where the original "
@@ -153,45 +153,6 @@ def read_shape(hp: HParams) -> PhiMoeShape:
     )
 
 
-# ---- the residual-stream centring (point 1 of the module docstring) ---------------------------------
-
-
-def centred_rows(read: RowReader) -> RowReader:
-    """Each row minus its own mean: token-embedding rows, and a bias (one row)."""
-
-    def read_centred(start: int, stop: int) -> np.ndarray:
-        rows = read(start, stop).astype(np.float64)
-        return (rows - rows.mean(axis=1, keepdims=True)).astype(np.float32)
-
-    return read_centred
-
-
-def centred_columns(read: RowReader, n_rows: int) -> RowReader:
-    """Each column minus its mean over the matrix's rows, so every output of the projection has zero
-    mean across the output dimension whatever the input.  The column means take one extra pass over the
-    matrix, on first use, and are kept (one vector per matrix)."""
-    means: list[np.ndarray] = []
-
-    def column_means(row_length: int) -> np.ndarray:
-        if not means:
-            step = max(1, COLUMN_MEAN_SLAB_VALUES // max(1, row_length))
-            total = np.zeros(row_length, dtype=np.float64)
-            for start in range(0, n_rows, step):
-                total += read(start, min(start + step, n_rows)).sum(axis=0, dtype=np.float64)
-            means.append(total / n_rows)
-        return means[0]
-
-    def read_centred(start: int, stop: int) -> np.ndarray:
-        rows = read(start, stop)
-        return (rows - column_means(rows.shape[1])).astype(np.float32)
-
-    return read_centred
-
-
-def with_reader(tensor: SourceTensor, transform: Callable[[RowReader], RowReader]) -> SourceTensor:
-    return dataclasses.replace(tensor, read_rows=transform(tensor.read_rows))
-
-
 # ---- tensor names ------------------------------------------------------------------------------------
 
 
@@ -263,29 +224,6 @@ def check_tensor_names(checkpoint: Checkpoint, expected: set[str]) -> None:
 
 
 # ---- experts -----------------------------------------------------------------------------------------
-
-
-def row_range(read: RowReader, offset: int) -> RowReader:
-    return lambda start, stop: read(offset + start, offset + stop)
-
-
-def stacked_experts(
-    name: str, experts: list[RowReader], rows_per_expert: int, row_length: int
-) -> SourceTensor:
-    """A 3-D tensor {row_length, rows_per_expert, n_expert} whose rows come from each expert's reader."""
-
-    def read_rows(start: int, stop: int) -> np.ndarray:
-        parts = []
-        while start < stop:
-            expert, row = divmod(start, rows_per_expert)
-            count = min(stop - start, rows_per_expert - row)
-            parts.append(experts[expert](row, row + count))
-            start += count
-        if not parts:
-            return np.zeros((0, row_length), dtype=np.float32)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    return SourceTensor(name, (row_length, rows_per_expert, len(experts)), GGML_TYPE_F32, read_rows)
 
 
 @dataclass(frozen=True)
