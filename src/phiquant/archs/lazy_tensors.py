@@ -49,11 +49,12 @@ def stacked_experts(
 
 
 def centred_rows(read: RowReader) -> RowReader:
-    """Each row minus its own mean (computed in float64)."""
+    """Each row minus its own mean (accumulated in float64, subtracted in float32: no float64 copy of
+    the slab)."""
 
     def read_centred(start: int, stop: int) -> np.ndarray:
-        rows = read(start, stop).astype(np.float64)
-        return (rows - rows.mean(axis=1, keepdims=True)).astype(np.float32)
+        rows = read(start, stop)
+        return rows - rows.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
 
     return read_centred
 
@@ -70,12 +71,12 @@ def centred_columns(read: RowReader, n_rows: int) -> RowReader:
             total = np.zeros(row_length, dtype=np.float64)
             for start in range(0, n_rows, step):
                 total += read(start, min(start + step, n_rows)).sum(axis=0, dtype=np.float64)
-            means.append(total / n_rows)
+            means.append((total / n_rows).astype(np.float32))
         return means[0]
 
     def read_centred(start: int, stop: int) -> np.ndarray:
         rows = read(start, stop)
-        return (rows - column_means(rows.shape[1])).astype(np.float32)
+        return rows - column_means(rows.shape[1])
 
     return read_centred
 
