@@ -4,6 +4,7 @@ what the model computes (checked in transformers, whose PhiMoE uses real LayerNo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -239,3 +240,13 @@ def test_attention_wider_than_the_hidden_size_is_refused(make_phimoe_checkpoint)
     checkpoint = make_phimoe_checkpoint(PHI35_MOE, num_hidden_layers=1, config_overrides={"head_dim": 128})
     with pytest.raises(PhiquantError, match="head_dim 128 x 4 heads != hidden_size 256"):
         api.load_hf_model(checkpoint)
+
+
+def test_differing_mscales_use_the_long_one_and_say_so(make_phimoe_checkpoint) -> None:
+    """llama.cpp has one attention factor for both LongRoPE factor sets; the long mscale goes with the
+    long factors, which llama.cpp uses whenever its context exceeds the original length."""
+    scaling = dataclasses.replace(PHI35_MOE.rope_scaling, short_mscale=1.1)
+    checkpoint = make_phimoe_checkpoint(PHI35_MOE, num_hidden_layers=1, rope_scaling=scaling)
+    source = api.load_hf_model(checkpoint)
+    assert source.value("phimoe.rope.scaling.attn_factor") == pytest.approx(scaling.long_mscale)
+    assert any("short_mscale 1.1 differs from long_mscale" in w for w in source.warnings)

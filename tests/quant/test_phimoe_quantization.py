@@ -110,6 +110,18 @@ def test_phimoe_presets_equal_llama_cpp_byte_for_byte(
 
 
 @pytest.mark.slow
+def test_quantizing_our_f32_gguf_gives_the_same_files_as_the_checkpoint(
+    checkpoint, f32_gguf, imatrix, tmp_path
+) -> None:
+    """The GGUF source path reads 3-D expert tensors back expert by expert, with the same imatrix slices."""
+    ladder = ["Q4_K_M", "Q8_0", "Q2_K"]
+    from_checkpoint = api.quantize(checkpoint, ladder, tmp_path / "a", imatrix=imatrix[0])
+    from_gguf = api.quantize(f32_gguf, ladder, tmp_path / "b", imatrix=imatrix[0])
+    for a, b in zip(from_checkpoint.files, from_gguf.files):
+        assert a.path.name == b.path.name and a.path.read_bytes() == b.path.read_bytes(), a.type
+
+
+@pytest.mark.slow
 def test_expert_tensors_take_the_preset_types_and_the_router_stays_f32(checkpoint, tmp_path) -> None:
     """Q4_K_M on PhiMoE, as llama.cpp plans it: experts Q4_K, ffn_down_exps Q6_K in the layers
     use_more_bits picks (layer index read from the tensor name), the router F32."""
