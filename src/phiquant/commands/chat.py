@@ -123,7 +123,11 @@ def _answer(session: ChatSession, text: str, out: TextIO, *, json_lines: bool) -
     worker.join()
     last = session.last
     if json_lines and last is not None:
-        record: dict[str, Any] = {"role": "assistant", "content": last.text, "finish_reason": last.finish_reason}
+        record: dict[str, Any] = {
+            "role": "assistant",
+            "content": last.text,
+            "finish_reason": last.finish_reason,
+        }
         record |= {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens}
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
     else:

@@ -180,15 +180,15 @@ def _plan_max_tokens(state: ServerState, n_prompt: int, requested: int | None, w
             param="messages" if where == "messages" else "prompt",
             code="prompt_too_long",
         )
+    room = n_ctx - n_prompt
+    if requested is not None and requested > room:
+        raise context_length_exceeded(n_ctx, n_prompt, requested, where)
     if requested is not None and requested > state.max_tokens:
         raise bad_request(
             f"max_tokens {requested} is above this server's limit of {state.max_tokens} (--max-tokens)",
             param="max_tokens",
             code="max_tokens_too_large",
         )
-    room = n_ctx - n_prompt
-    if requested is not None and requested > room:
-        raise context_length_exceeded(n_ctx, n_prompt, requested, where)
     return requested if requested is not None else min(room, state.max_tokens)
 
 
@@ -204,9 +204,7 @@ async def _generate(
     job = GenerationJob(tokens, options, state.limits.request_timeout, asyncio.get_running_loop())
     slot.submit(job)  # from here on the worker frees the slot, however the response ends
     header = shapes.ResponseHeader.new(kind, state.model_id)
-    echo = ""
-    if kind == "text" and parsed.echo:
-        echo = state.runner.model.detokenize(tokens, special=False)
+    echo = _echo(state, parsed) if parsed.echo else ""
     if parsed.stream:
         events = _chat_events if kind == "chat" else _text_events
         return GenerationStream(events(header, job, parsed.include_usage, echo), job)
@@ -217,6 +215,18 @@ async def _generate(
         else shapes.text_response(header, completion, echo)
     )
     return JSONResponse(body)
+
+
+def _echo(state: ServerState, parsed: GenerationRequest) -> str:
+    if isinstance(parsed.prompt, str):
+        return parsed.prompt
+    text = state.runner.model.detokenize(parsed.prompt, special=True)
+    # SentencePiece vocabularies write the first word's space marker; HF's decode drops it.
+    return (
+        text[1:]
+        if text.startswith(" ") and state.runner.gguf.get("tokenizer.ggml.add_space_prefix")
+        else text
+    )
 
 
 async def _wait_for_disconnect(request: Request) -> None:
