@@ -1,9 +1,8 @@
 """`phiquant chat`: an interactive conversation in the terminal.
 
-The answer is generated in a worker thread while the main thread prints it, so Ctrl-C lands in the
-main thread at once, stops the answer (the worker notices at the next token) and leaves the session
-and its KV cache in a consistent state.  Ctrl-C at the prompt does not end the session either;
-/exit or Ctrl-D does.
+The answer is generated in a worker thread while the main thread prints it; during an answer Ctrl-C
+sets the worker's cancel flag (it stops at the next token) instead of raising, so the session and its
+KV cache stay consistent.  Ctrl-C at the prompt does not end the session either; /exit or Ctrl-D does.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import argparse
 import contextlib
 import json
 import queue
+import signal
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, TextIO
@@ -87,6 +87,8 @@ def _loop(session: ChatSession, *, json_lines: bool) -> None:
             _answer(session, line, sys.stdout, json_lines=json_lines)
         except PhiquantError as error:
             print(f"phiquant: error: {error}", file=sys.stderr)
+        except KeyboardInterrupt:  # Ctrl-C before the answer began: nothing to stop
+            print(" [stopped]", file=sys.stderr)
 
 
 def _answer(session: ChatSession, text: str, out: TextIO, *, json_lines: bool) -> None:
@@ -97,30 +99,29 @@ def _answer(session: ChatSession, text: str, out: TextIO, *, json_lines: bool) -
         try:
             for piece in session.reply(text, cancel=cancel):
                 pieces.put(piece)
-            pieces.put(_END)
         except PhiquantError as error:
             pieces.put(error)
+        finally:
+            pieces.put(_END)  # also after a bug, whose traceback the thread prints
 
-    worker = threading.Thread(target=work, name="phiquant-chat", daemon=True)
-    worker.start()
-    stopped = False
-    while True:
-        try:
-            item = pieces.get(timeout=0.1)
-            if item is _END:
-                break
+    # While the answer runs, Ctrl-C only asks the worker to stop (at the next token); it raises
+    # nothing, so it cannot land between two statements and leave the session half updated.
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: cancel.set())
+    try:
+        worker = threading.Thread(target=work, name="phiquant-chat", daemon=True)
+        worker.start()
+        failure = None
+        while (item := _next(pieces)) is not _END:
             if isinstance(item, PhiquantError):
-                worker.join()
-                raise item
-            if not json_lines:
+                failure = item
+            elif not json_lines:
                 out.write(item)
                 out.flush()
-        except queue.Empty:
-            continue
-        except KeyboardInterrupt:
-            cancel.set()  # the worker ends the answer at the next token, then sends _END
-            stopped = True
-    worker.join()
+        worker.join()
+        if failure is not None:
+            raise failure
+    finally:
+        signal.signal(signal.SIGINT, previous)
     last = session.last
     if json_lines and last is not None:
         record: dict[str, Any] = {
@@ -131,8 +132,16 @@ def _answer(session: ChatSession, text: str, out: TextIO, *, json_lines: bool) -
         record |= {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens}
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
     else:
-        out.write(" [stopped]\n" if stopped else "\n")
+        out.write(" [stopped]\n" if cancel.is_set() else "\n")
     out.flush()
+
+
+def _next(pieces: queue.Queue[Any]) -> Any:
+    while True:
+        try:
+            return pieces.get(timeout=0.1)  # a timeout keeps the main thread responsive to signals
+        except queue.Empty:
+            continue
 
 
 def _enable_line_editing() -> None:
