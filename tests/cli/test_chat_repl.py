@@ -101,7 +101,9 @@ def test_ctrl_c_at_the_prompt_keeps_the_session(converted_gguf, environment) -> 
     assert session.exitstatus == 0
 
 
-def test_history_reaches_the_prompt_like_apply_chat_template(converted_gguf, shared_phi3_checkpoint, tmp_path) -> None:
+def test_history_reaches_the_prompt_like_apply_chat_template(
+    converted_gguf, shared_phi3_checkpoint, tmp_path
+) -> None:
     """--json prints one line per turn with its token counts; the second turn's prompt must be the whole
     conversation as the Hugging Face template builds it."""
     model = converted_gguf(PHI35_MINI, "f16")
@@ -120,6 +122,8 @@ def test_history_reaches_the_prompt_like_apply_chat_template(converted_gguf, sha
         {"role": "user", "content": "What did I say?"},
     ]
     hf = load_transformers_tokenizer(shared_phi3_checkpoint(PHI35_MINI))
-    expected = hf.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
+    expected = hf.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     assert second["prompt_tokens"] == len(expected)
     assert first["completion_tokens"] == second["completion_tokens"] == 8

@@ -34,7 +34,18 @@ def test_seed_check_runs_the_phi35_prompt_with_10_gpu_layers(converted_gguf, sha
     f16 = converted_gguf(PHI35_MINI, "f16")
     q4 = api.quantize(f16, "Q4_K_M", f16.parent / "q4").files[0].path
     result = run_phiquant(
-        "generate", q4, "-p", SEED_PROMPT, "--gpu-layers", "10", "--max-tokens", "16", "--seed", "1", "--threads", "1"
+        "generate",
+        q4,
+        "-p",
+        SEED_PROMPT,
+        "--gpu-layers",
+        "10",
+        "--max-tokens",
+        "16",
+        "--seed",
+        "1",
+        "--threads",
+        "1",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() and not any(s in result.stdout for s in SPECIAL_TEXTS)
@@ -44,7 +55,10 @@ def test_seed_check_runs_the_phi35_prompt_with_10_gpu_layers(converted_gguf, sha
     hf_ids = load_transformers_tokenizer(shared_phi3_checkpoint(PHI35_MINI)).encode(SEED_PROMPT)
     assert f"{len(hf_ids)} prompt tokens" in summary
     if not devices.supports_gpu_offload():
-        assert "warning: --gpu-layers 10: all 4 layers on the CPU (this llama.cpp build has no GPU support)" in result.stderr
+        assert (
+            "warning: --gpu-layers 10: all 4 layers on the CPU (this llama.cpp build has no GPU support)"
+            in result.stderr
+        )
         assert f"all {PHI35_MINI.num_hidden_layers} layers on the CPU" in summary
 
 
@@ -59,8 +73,12 @@ def test_json_result_and_the_chat_flag_agree_with_the_raw_prompt(converted_gguf)
 
 
 def test_model_may_be_a_hugging_face_directory(converted_gguf, shared_phi3_checkpoint) -> None:
-    from_directory = generate_json(shared_phi3_checkpoint(PHI35_MINI), "-p", SEED_PROMPT, "--seed", "2", "--max-tokens", "8")
-    from_gguf = generate_json(converted_gguf(PHI35_MINI, "bf16"), "-p", SEED_PROMPT, "--seed", "2", "--max-tokens", "8")
+    from_directory = generate_json(
+        shared_phi3_checkpoint(PHI35_MINI), "-p", SEED_PROMPT, "--seed", "2", "--max-tokens", "8"
+    )
+    from_gguf = generate_json(
+        converted_gguf(PHI35_MINI, "bf16"), "-p", SEED_PROMPT, "--seed", "2", "--max-tokens", "8"
+    )
     assert from_directory["text"] == from_gguf["text"]
 
 
@@ -69,7 +87,9 @@ def test_prompt_from_a_file_and_plain_output(converted_gguf, tmp_path) -> None:
     prompt.write_text(SEED_PROMPT, encoding="utf-8")
     model = converted_gguf(PHI35_MINI, "f16")
     expected = generate_json(model, "-p", SEED_PROMPT, "--seed", "4", "--max-tokens", "6")["text"]
-    result = run_phiquant("generate", model, "-f", prompt, "--seed", "4", "--max-tokens", "6", "--threads", "1", "-q")
+    result = run_phiquant(
+        "generate", model, "-f", prompt, "--seed", "4", "--max-tokens", "6", "--threads", "1", "-q"
+    )
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout == expected + ("" if expected.endswith("\n") else "\n")
 

@@ -16,7 +16,9 @@ MAX_TOKENS = 24
 
 
 def generate(model, *args: str) -> str:
-    result = run_phiquant("generate", model, "--threads", "1", "--json", "--max-tokens", str(MAX_TOKENS), *args)
+    result = run_phiquant(
+        "generate", model, "--threads", "1", "--json", "--max-tokens", str(MAX_TOKENS), *args
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["text"]
 

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from phiquant.errors import PhiquantError
 from phiquant.runtime.generate import Completion, SamplingOptions, generate
@@ -27,6 +27,7 @@ from phiquant.runtime.runner import ModelRunner
 from phiquant.server.errors import server_busy
 
 log = logging.getLogger("phiquant.server")
+T = TypeVar("T")
 
 
 @dataclass
@@ -54,7 +55,6 @@ class Slot:
         self.context = context
         self.end_ids = end_ids
         self.on_free = on_free
-        self.busy = False
         self.current: GenerationJob | None = None
         self._jobs: queue.Queue[GenerationJob | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name=f"phiquant-slot-{index}", daemon=True)
@@ -103,16 +103,23 @@ class Slot:
             job.emit("error", error)
 
 
-class SlotPool:
-    """N slots and a FIFO of requests waiting for one; at most `max_queue` wait."""
+class QueueFull(Exception):
+    pass
 
-    def __init__(self, runner: ModelRunner, n_slots: int, threads_per_slot: int):
-        self.slots = [
-            Slot(i, runner.new_context(threads=threads_per_slot), runner.end_ids, self.release)
-            for i in range(n_slots)
-        ]
-        self._free: deque[Slot] = deque(self.slots)
-        self._waiters: deque[asyncio.Future[Slot]] = deque()
+
+class QueueTimeout(Exception):
+    pass
+
+
+class FirstComeFirstServed(Generic[T]):
+    """Items handed out strictly in the order requests arrived; at most `max_queue` wait.
+
+    A freed item goes straight to the longest waiter (not back to a pile a newcomer could grab
+    first, which is how asyncio.Queue lets late arrivals overtake).  Event-loop thread only."""
+
+    def __init__(self, items: list[T]):
+        self._free: deque[T] = deque(items)
+        self._waiters: deque[asyncio.Future[T]] = deque()
 
     @property
     def waiting(self) -> int:
@@ -122,53 +129,77 @@ class SlotPool:
     def idle(self) -> int:
         return len(self._free)
 
-    async def acquire(self, *, max_queue: int, timeout: float) -> Slot:
+    async def acquire(self, *, max_queue: int, timeout: float) -> T:
         if self._free and not self._waiters:
-            return self._take(self._free.popleft())
+            return self._free.popleft()
         if len(self._waiters) >= max_queue:
-            raise server_busy(
-                f"all {len(self.slots)} generation slots are busy and {len(self._waiters)} requests are "
-                "already waiting (--max-queue); retry later",
-                "queue_full",
-                retry_after=1,
-            )
-        waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+            raise QueueFull
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            return self._take(await asyncio.wait_for(asyncio.shield(waiter), timeout))
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except asyncio.TimeoutError:
+            self._give_up(waiter)
+            raise QueueTimeout from None
+        except BaseException:  # cancelled (the client left): leave the line, then let it propagate
+            self._give_up(waiter)
+            raise
+
+    def _give_up(self, waiter: asyncio.Future[T]) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        if waiter.done() and not waiter.cancelled():
+            self.release(waiter.result())  # handed over just as the waiter gave up: pass it on
+        else:
+            waiter.cancel()
+
+    def release(self, item: T) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return
+        self._free.append(item)
+
+
+class SlotPool:
+    """The server's slots behind a first-come-first-served line."""
+
+    def __init__(self, runner: ModelRunner, n_slots: int, threads_per_slot: int):
+        self.slots = [
+            Slot(i, runner.new_context(threads=threads_per_slot), runner.end_ids, self.release)
+            for i in range(n_slots)
+        ]
+        self._line = FirstComeFirstServed(list(self.slots))
+
+    @property
+    def waiting(self) -> int:
+        return self._line.waiting
+
+    @property
+    def idle(self) -> int:
+        return self._line.idle
+
+    async def acquire(self, *, max_queue: int, timeout: float) -> Slot:
+        try:
+            return await self._line.acquire(max_queue=max_queue, timeout=timeout)
+        except QueueFull:
+            raise server_busy(
+                f"all {len(self.slots)} generation slots are busy and {self.waiting} requests are already "
+                "waiting (--max-queue); retry later",
+                "queue_full",
+                retry_after=1,
+            ) from None
+        except QueueTimeout:
             raise server_busy(
                 f"no generation slot became free within {timeout:g} s (--queue-timeout); retry later",
                 "queue_timeout",
                 retry_after=timeout / 4,
             ) from None
-        finally:
-            self._forget(waiter)
-
-    def _take(self, slot: Slot) -> Slot:
-        slot.busy = True
-        return slot
-
-    def _forget(self, waiter: asyncio.Future[Slot]) -> None:
-        """A waiter that gave up (timeout, disconnect) leaves the line; a slot it was handed goes on."""
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-        if waiter.done() and not waiter.cancelled():
-            slot = waiter.result()
-            if not slot.busy:
-                self.release(slot)
-        elif not waiter.done():
-            waiter.cancel()
 
     def release(self, slot: Slot) -> None:
-        """Give the slot to the longest-waiting request, or put it back.  Event-loop thread only."""
-        slot.busy = False
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(slot)
-                return
-        self._free.append(slot)
+        """Event-loop thread only (workers call it through call_soon_threadsafe)."""
+        self._line.release(slot)
 
     def close(self) -> None:
         for slot in self.slots:
