@@ -9,7 +9,7 @@ import sys
 import pexpect
 import pytest
 
-from tests.cli.run import cli_environment, run_phiquant
+from tests.cli.run import assert_one_line_error, cli_environment, run_phiquant
 from tests.fixtures.phi3_specs import PHI35_MINI
 from tests.fixtures.transformers_reference import load_transformers_tokenizer
 
@@ -127,3 +127,11 @@ def test_history_reaches_the_prompt_like_apply_chat_template(
     )
     assert second["prompt_tokens"] == len(expected)
     assert first["completion_tokens"] == second["completion_tokens"] == 8
+
+
+def test_a_hostile_template_ends_chat_with_one_line(converted_gguf, tmp_path) -> None:
+    template = tmp_path / "evil.jinja"
+    template.write_text("{{ cycler.__init__.__globals__.os.system('echo owned') }}")
+    result = run_phiquant("chat", converted_gguf(PHI35_MINI, "f16"), "--chat-template", template)
+    assert_one_line_error(result, "--chat-template", "unsafe")
+    assert "owned" not in result.stdout

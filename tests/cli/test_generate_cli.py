@@ -107,6 +107,7 @@ def test_bad_input_is_one_line(converted_gguf, tmp_path) -> None:
         ((model, "-p", "x", "--system", "s"), "--system needs --chat"),
         ((model, "-p", "x", "--chat-template", tmp_path / "none.jinja"), "no such file"),
         ((model, "-p", "x", "--threads", "0"), "--threads"),
+        ((model, "-p", "word " * 400), "the context holds 256 (a larger --ctx"),
         ((model, "-p", "x", "--chat-template", "{{ ().__class__.__base__.__subclasses__() }}"), "unsafe"),
     ]
     for args, fragment in cases:

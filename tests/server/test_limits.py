@@ -71,7 +71,7 @@ def test_slow_bodies_take_connections_and_the_rest_get_429_then_408_frees_them(l
     try:
         for connection in slow:
             connection.sendall(head)
-        time.sleep(0.3)
+        wait_until(lambda: limited.health()["requests_in_progress"] == 3)
         with pytest.raises(openai.RateLimitError) as error:
             limited.client().chat.completions.create(model=limited.model, messages=QUESTION, max_tokens=3)
         assert error.value.body["code"] == "too_many_connections"

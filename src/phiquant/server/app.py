@@ -28,7 +28,7 @@ from phiquant.runtime.generate import Completion
 from phiquant.runtime.runner import ModelRunner
 from phiquant.server import responses as shapes
 from phiquant.server.errors import SERVER_ERROR, ApiError, bad_request, context_length_exceeded
-from phiquant.server.limits import LimitsMiddleware, ServerLimits
+from phiquant.server.limits import LimitsMiddleware, RequestCount, ServerLimits
 from phiquant.server.requests import (
     GenerationRequest,
     parse_chat_request,
@@ -45,6 +45,7 @@ class ServerState:
     limits: ServerLimits
     model_id: str
     created: int
+    in_progress: RequestCount = dataclasses.field(default_factory=RequestCount)
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -64,7 +65,9 @@ def build_app(state: ServerState, *, api_key: str | None = None) -> Starlette:
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", text_completions, methods=["POST"]),
         ],
-        middleware=[Middleware(LimitsMiddleware, limits=state.limits, api_key=api_key)],
+        middleware=[
+            Middleware(LimitsMiddleware, limits=state.limits, api_key=api_key, in_progress=state.in_progress)
+        ],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
     app.state.phiquant = state
@@ -95,7 +98,14 @@ async def _http_error(request: Request, error: Exception) -> Response:
 async def health(request: Request) -> Response:
     state = _state(request)
     slots = {"total": len(state.pool.slots), "idle": state.pool.idle, "waiting": state.pool.waiting}
-    return JSONResponse({"status": "ok", "model": state.model_id, "slots": slots})
+    return JSONResponse(
+        {
+            "status": "ok",
+            "model": state.model_id,
+            "slots": slots,
+            "requests_in_progress": state.in_progress.value,
+        }
+    )
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:

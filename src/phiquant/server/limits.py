@@ -40,33 +40,40 @@ class ServerLimits:
     client_timeout: float = 30.0
 
 
+@dataclass
+class RequestCount:
+    """Requests in progress (all but /health), shared by the middleware that counts them and /health."""
+
+    value: int = 0
+
+
 class LimitsMiddleware:
     """Pure ASGI: counts requests, checks the key, reads the body within its size and time bounds,
     then hands the app a body it can read again."""
 
-    def __init__(self, app: Any, limits: ServerLimits, api_key: str | None):
+    def __init__(self, app: Any, limits: ServerLimits, api_key: str | None, in_progress: RequestCount):
         self.app = app
         self.limits = limits
         self.api_key = api_key
-        self.in_flight = 0
+        self.in_progress = in_progress
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limits.max_connections:
+        if self.in_progress.value >= self.limits.max_connections:
             busy = server_busy(
-                f"the server is handling {self.in_flight} requests (--max-connections); retry later",
+                f"the server is handling {self.in_progress.value} requests (--max-connections); retry later",
                 "too_many_connections",
                 retry_after=1,
             )
             await send_error(send, busy)
             return
-        self.in_flight += 1
+        self.in_progress.value += 1
         try:
             await self._handle(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self.in_progress.value -= 1
 
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self.api_key is not None and not self._authorized(scope):
