@@ -15,6 +15,8 @@ from tests.server.server_process import RunningServer, running_server
 
 QUESTION = [{"role": "user", "content": "Tell me everything"}]
 LONG = 4000  # tokens: tens of seconds on one thread, so a request is still running when the test acts
+# Random-weight fixtures sample an end token now and then; long requests must really run long.
+NEVER_ENDS = {"2": -100, "32000": -100, "32001": -100, "32007": -100}
 LIMITS = (
     "--ctx", "8192", "--parallel", "1", "--max-body-bytes", "4096", "--max-queue", "1",
     "--max-connections", "3", "--client-timeout", "1.5",
@@ -88,7 +90,7 @@ def test_slow_bodies_take_connections_and_the_rest_get_429_then_408_frees_them(l
 def test_requests_queue_first_come_first_served_and_the_overflow_gets_429(limited) -> None:
     client = limited.client()
     running = client.chat.completions.create(
-        model=limited.model, messages=QUESTION, max_tokens=LONG, stream=True, seed=1
+        model=limited.model, messages=QUESTION, max_tokens=LONG, logit_bias=NEVER_ENDS, stream=True, seed=1
     )
     next(iter(running))  # the one slot is busy
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -108,7 +110,7 @@ def test_requests_queue_first_come_first_served_and_the_overflow_gets_429(limite
 def test_a_client_that_disconnects_frees_its_slot(limited) -> None:
     client = limited.client()
     stream = client.chat.completions.create(
-        model=limited.model, messages=QUESTION, max_tokens=LONG, stream=True
+        model=limited.model, messages=QUESTION, max_tokens=LONG, logit_bias=NEVER_ENDS, stream=True
     )
     next(iter(stream))
     stream.close()
@@ -116,7 +118,7 @@ def test_a_client_that_disconnects_frees_its_slot(limited) -> None:
     # The same for a non-streamed request whose client gives up.
     with pytest.raises(openai.APITimeoutError):
         limited.client(timeout=1).chat.completions.create(
-            model=limited.model, messages=QUESTION, max_tokens=LONG
+            model=limited.model, messages=QUESTION, max_tokens=LONG, logit_bias=NEVER_ENDS
         )
     assert limited.wait_idle(timeout=5)["slots"]["idle"] == 1
     assert answers_quickly(limited)
@@ -126,7 +128,7 @@ def test_generation_time_is_bounded_per_request(phi35_gguf, server_cache) -> Non
     with running_server(phi35_gguf, "--ctx", "8192", "--request-timeout", "1", cache=server_cache) as bounded:
         started = time.monotonic()
         reply = bounded.client().chat.completions.create(
-            model=bounded.model, messages=QUESTION, max_tokens=LONG
+            model=bounded.model, messages=QUESTION, max_tokens=LONG, logit_bias=NEVER_ENDS
         )
         assert time.monotonic() - started < 10
         assert reply.choices[0].finish_reason == "length" and 0 < reply.usage.completion_tokens < LONG

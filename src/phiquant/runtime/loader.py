@@ -92,9 +92,14 @@ def probe_file(types: set[int]) -> Path:
 
 def run_probe(path: Path) -> ProbeVerdict:
     command = [sys.executable, "-m", "phiquant.runtime.loader", str(path)]
+    # The child must import this very phiquant, installed or not (a source checkout on sys.path).
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    )
     try:
         completed = subprocess.run(
-            command, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, env=os.environ.copy(), check=False
+            command, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, env=env, check=False
         )
     except subprocess.TimeoutExpired:
         return ProbeVerdict(False, "probe with extra buffer types timed out")
