@@ -6,10 +6,13 @@ you pass one); none prints.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from phiquant.errors import PhiquantError
 from phiquant.inspection import GGUFReport, inspect_gguf
@@ -26,6 +29,10 @@ from phiquant.quant.job import (
 )
 from phiquant.quant.plan import QuantOptions, TensorPlan
 from phiquant.quant.types import parse_preset
+
+if TYPE_CHECKING:  # the runtime loads llama.cpp: imported only by the functions that run models
+    from phiquant.runtime.generate import Completion, SamplingOptions
+    from phiquant.runtime.runner import ModelRunner, RunnerOptions
 
 CONVERT_OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 
@@ -215,3 +222,51 @@ def _file_result(planned: PlannedFile, dry_run: bool) -> QuantizedFile:
 def inspect(path: str | Path) -> GGUFReport:
     """Describe a GGUF file: architecture, key metadata, tensors by type, bits per weight, EOG tokens."""
     return inspect_gguf(Path(path))
+
+
+def load(
+    model: str | Path, options: RunnerOptions | None = None, *, reporter: Reporter = SILENT
+) -> ModelRunner:
+    """Open a GGUF file or a Hugging Face directory (converted once into phiquant's cache) for
+    generation: context size checked against memory, layers placed on the GPU as `options` says.
+    Close it (or use `with`) to free the model."""
+    from phiquant.runtime.runner import RunnerOptions, open_runner
+
+    return open_runner(model, options or RunnerOptions(), reporter=reporter)
+
+
+def generate_tokens(
+    runner: ModelRunner,
+    prompt_tokens: Sequence[int],
+    sampling: SamplingOptions | None = None,
+    *,
+    completion: Completion | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[str]:
+    """Stream the text that follows `prompt_tokens` in a fresh context; stops on the model's
+    end-of-generation tokens, the stop strings, max_tokens or a full context."""
+    from phiquant.runtime.generate import SamplingOptions, generate
+
+    sampling = sampling or SamplingOptions()
+    context = runner.new_context()
+    try:
+        room = runner.n_ctx - len(prompt_tokens)
+        if room > 0 and sampling.max_tokens > room:
+            sampling = dataclasses.replace(sampling, max_tokens=room)
+        yield from generate(
+            context, prompt_tokens, sampling, runner.end_ids, completion=completion, cancel=cancel
+        )
+    finally:
+        context.close()
+
+
+def chat_completion(
+    runner: ModelRunner, messages: Sequence[Mapping[str, str]], sampling: SamplingOptions | None = None
+) -> Completion:
+    """Answer a conversation (OpenAI-style messages) with the model's own chat template."""
+    from phiquant.runtime.generate import Completion
+
+    completion = Completion()
+    for _ in generate_tokens(runner, runner.chat_tokens(messages), sampling, completion=completion):
+        pass
+    return completion

@@ -8,6 +8,7 @@ keeps its traceback (exit 1).
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import signal
 import sys
@@ -106,6 +107,8 @@ def to_jsonable(value: Any) -> Any:
         return [to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, enum.Enum):
+        return value.name
     return value
 
 

@@ -21,9 +21,9 @@ class Command:
 
 
 def _all_commands() -> list[Command]:
-    from phiquant.commands import convert, inspect, quantize
+    from phiquant.commands import chat, convert, generate, inspect, quantize, serve
 
-    return [convert.COMMAND, quantize.COMMAND, inspect.COMMAND]
+    return [convert.COMMAND, quantize.COMMAND, inspect.COMMAND, generate.COMMAND, chat.COMMAND, serve.COMMAND]
 
 
 COMMANDS: list[Command] = _all_commands()
