@@ -15,10 +15,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from phiquant import api
-from phiquant.gguf_io import read_gguf
-from phiquant.runtime.generate import Completion, SamplingOptions, generate
-from phiquant.runtime.llama import LoadedModel, LoadOptions
-from phiquant.runtime.prompt import PromptTokenizer
+from phiquant.runtime.chat import ChatSession
+from phiquant.runtime.generate import Completion, SamplingOptions
+from phiquant.runtime.llama import LoadedModel
+from phiquant.runtime.runner import RunnerOptions, open_runner
 from tests.fixtures.phimoe_reference import steer_to_end_of_turn
 from tests.fixtures.phimoe_specs import PHI35_MOE
 from tests.oracles import llama_cpp_logits
@@ -29,8 +29,6 @@ OTHER_END_IDS = frozenset({32000, 32001})  # <|endoftext|>, <|assistant|>
 # (no near ties on the way); with seed 0 that is the first one that works, always the same.
 QUESTIONS = ("Name three colours.", "Say hello.", "Hi!", "Count to five.", "Tell me a joke.")
 GREEDY = SamplingOptions(temperature=0.0, max_tokens=40)
-# A context no longer than the original 256 tokens, so llama.cpp uses the short LongRoPE factors, as
-# transformers does for a prompt this short (llama.cpp picks the factors by context size, not prompt length).
 N_CTX = PHI35_MOE.original_max_position_embeddings
 
 
@@ -60,18 +58,24 @@ def steered(tmp_path_factory, phi3_vocab) -> tuple[Path, list[dict[str, str]], l
     raise AssertionError("no question gives a steerable reply")
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHIQUANT_CACHE", str(tmp_path / "cache"))
+
+
 def chat(
     gguf: Path, conversation: list[dict[str, str]], expected_prompt: list[int]
 ) -> tuple[Completion, str]:
-    """A greedy chat turn through phiquant's runtime, in its default context (F16 KV cache)."""
-    with LoadedModel(gguf, LoadOptions(use_extra_bufts=False)) as model:
-        prompt = PromptTokenizer(model, read_gguf(gguf))
-        ids = prompt.chat_tokens(conversation)
-        assert ids == expected_prompt
-        completion = Completion()
-        with model.new_context(N_CTX) as context:
-            text = "".join(generate(context, ids, GREEDY, prompt.end_ids, completion=completion))
-    return completion, text
+    """One greedy turn of phiquant's chat (the runner and session behind `phiquant chat`), in its
+    default context: for a LongRoPE model that is the original context, 256 tokens here, so llama.cpp
+    uses the short factors as transformers does for a prompt this short."""
+    with open_runner(gguf, RunnerOptions(threads=1)) as runner:
+        assert runner.n_ctx == N_CTX
+        assert runner.chat_tokens(conversation) == expected_prompt
+        session = ChatSession(runner, GREEDY)
+        text = "".join(session.reply(conversation[-1]["content"]))
+        assert session.last is not None
+        return session.last, text
 
 
 @pytest.mark.slow
