@@ -21,9 +21,10 @@ class Command:
 
 
 def _all_commands() -> list[Command]:
-    from phiquant.commands import convert, inspect, quantize
+    from phiquant.commands import convert, demo, inspect, quantize, report
+    from phiquant.commands import eval as eval_command
 
-    return [convert.COMMAND, quantize.COMMAND, inspect.COMMAND]
+    return [convert.COMMAND, quantize.COMMAND, eval_command.COMMAND, report.COMMAND, inspect.COMMAND, demo.COMMAND]
 
 
 COMMANDS: list[Command] = _all_commands()
