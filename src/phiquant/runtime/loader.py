@@ -77,11 +77,20 @@ def decide_extra_bufts(path: Path) -> ProbeVerdict:
     return verdict
 
 
+def probe_environment() -> dict[str, str]:
+    """The child must import this phiquant even when it is not installed (a source checkout on sys.path,
+    as under pytest): otherwise it exits 1 and every quantized model loses the fast paths."""
+    env = os.environ.copy()
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def run_probe(path: Path) -> ProbeVerdict:
     command = [sys.executable, "-m", "phiquant.runtime.loader", str(path)]
     try:
         completed = subprocess.run(
-            command, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, env=os.environ.copy(), check=False
+            command, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, env=probe_environment(), check=False
         )
     except subprocess.TimeoutExpired:
         return ProbeVerdict(False, "probe with extra buffer types timed out")
