@@ -78,8 +78,8 @@ def plan_windows(
     max_windows: int | None = None,
     text_name: str = "the text",
 ) -> WindowPlan:
-    if ctx < MIN_CONTEXT or ctx % 2:
-        raise PhiquantError(f"--ctx must be an even number of at least {MIN_CONTEXT} tokens, not {ctx}")
+    if ctx < MIN_CONTEXT:
+        raise PhiquantError(f"--ctx must be at least {MIN_CONTEXT} tokens, not {ctx}")
     if max_windows is not None and max_windows < 1:
         raise PhiquantError(f"--chunks must be at least 1, not {max_windows}")
     available = len(tokens) // ctx
