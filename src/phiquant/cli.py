@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,8 @@ def to_jsonable(value: Any) -> Any:
         return [to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, Enum) and not isinstance(value, (int, str)):
+        return value.value  # e.g. quant.plan.Decision ("kept as is"); int enums stay numbers
     return value
 
 

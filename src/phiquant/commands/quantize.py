@@ -151,9 +151,10 @@ def run(args: argparse.Namespace, output: Any) -> int:
             render_report(console, report)
 
     if output.json and report is not None:
-        from phiquant.evaluate.report import plain, to_json
+        from phiquant.cli import to_jsonable
+        from phiquant.evaluate.report import to_json
 
-        print(json.dumps({"quantize": plain(result), "report": to_json(report)}, indent=2))
+        print(json.dumps({"quantize": to_jsonable(result), "report": to_json(report)}, indent=2))
         return 0
     output.result(result, render)
     return 0

@@ -80,7 +80,7 @@ def model_difference(reference: ModelFile, other: ModelFile) -> str | None:
         return None
     if reference.gguf.arch != other.gguf.arch:
         return f"architecture {other.gguf.arch}, not {reference.gguf.arch}"
-    ours, theirs = _vocabulary(other), _vocabulary(reference)
+    ours, theirs = _vocabulary(other.gguf), _vocabulary(reference.gguf)
     if ours != theirs:
         return f"a different vocabulary ({len(ours)} tokens vs {len(theirs)})"
     shapes = {t.name: t.shape for t in reference.gguf.tensors}
@@ -99,6 +99,13 @@ def require_same_model(reference: ModelFile, files: Sequence[ModelFile]) -> None
             )
 
 
+def same_release(a: ModelFile, b: ModelFile) -> bool:
+    """Same model and the same general.name: a base and an instruct model share every shape, so a
+    reference found by looking around must also carry the same name (an explicit --ref need not)."""
+    names = a.gguf.get("general.name"), b.gguf.get("general.name")
+    return a.identity == b.identity and (None in names or names[0] == names[1])
+
+
 def find_reference(files: Sequence[ModelFile]) -> ModelFile | None:
     """The unquantized file of the model among `files` or beside them, most faithful type first."""
     candidates = {file.path.resolve(): file for file in files if file.is_unquantized}
@@ -110,10 +117,10 @@ def find_reference(files: Sequence[ModelFile]) -> ModelFile | None:
                 sibling = describe(path)
             except PhiquantError:
                 continue  # an unrelated broken file next to the model is not the user's question
-            if sibling.is_unquantized and sibling.identity == files[0].identity:
+            if sibling.is_unquantized and same_release(sibling, files[0]):
                 candidates[path.resolve()] = sibling
     ranked = sorted(
-        (f for f in candidates.values() if f.identity == files[0].identity),
+        (f for f in candidates.values() if same_release(f, files[0])),
         key=lambda f: (UNQUANTIZED_FILE_TYPES.index(f.file_type), str(f.path)),
     )
     return ranked[0] if ranked else None

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 from phiquant.errors import PhiquantError
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from phiquant.evaluate.report import Report
 
-MIB = 1024 * 1024
+MB = 1_000_000  # decimal, as the table's sizes
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -29,13 +31,23 @@ def _pyplot():  # type: ignore[no-untyped-def]
 
 
 def plot_size_vs_kld(report: Report, path: Path) -> Path:
+    """Draw the report's picture and save it as a PNG at `path`."""
+    plt = _pyplot()
+    figure = draw_size_vs_kld(report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    plt.close(figure)
+    return path
+
+
+def draw_size_vs_kld(report: Report) -> Figure:
     plt = _pyplot()
     rows = [r for r in report.rows if r.file.divergence is not None]
     klds = [r.file.divergence.kld_mean for r in rows]  # type: ignore[union-attr]
     positive = [k for k in klds if k > 0]
     # A log axis cannot show 0: files identical to the reference sit on a floor below every other point.
     floor = min(positive + [report.max_kld]) / 10
-    xs = [r.file.file_size / MIB for r in rows]
+    xs = [r.file.file_size / MB for r in rows]
     ys = [max(k, floor) for k in klds]
 
     figure, axes = plt.subplots(figsize=(8, 5.5), dpi=120)
@@ -55,7 +67,7 @@ def plot_size_vs_kld(report: Report, path: Path) -> Path:
     axes.axhline(report.max_kld, color="tab:red", linestyle="--", linewidth=1,
                  label=f"--max-kld {report.max_kld:g}")
     axes.set_yscale("log")
-    axes.set_xlabel("file size (MiB)")
+    axes.set_xlabel("file size (MB)")
     reference = report.evaluation.reference.name if report.evaluation.reference else "reference"
     axes.set_ylabel(f"mean KL divergence from {reference} (nats/token, log)")
     axes.set_title(f"{report.model}: size against quality loss "
@@ -63,7 +75,4 @@ def plot_size_vs_kld(report: Report, path: Path) -> Path:
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    plt.close(figure)
-    return path
+    return figure
