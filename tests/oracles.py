@@ -30,6 +30,15 @@ def top1_flips_are_near_ties(values: np.ndarray, reference: np.ndarray, factor: 
     return True
 
 
+def mean_kl_divergence(reference_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean over positions of KL(reference || other), computed directly in float64."""
+    ref = reference_logits.astype(np.float64)
+    other = logits.astype(np.float64)
+    ref_logp = ref - np.logaddexp.reduce(ref, axis=-1, keepdims=True)
+    other_logp = other - np.logaddexp.reduce(other, axis=-1, keepdims=True)
+    return float((np.exp(ref_logp) * (ref_logp - other_logp)).sum(-1).mean())
+
+
 def llama_cpp_logits(gguf: Path, tokens: Sequence[int], n_ctx: int) -> np.ndarray:
     """Logits at every position from llama.cpp, in reference precision (F32 cache, no flash attention).
 

@@ -6,14 +6,16 @@ you pass one); none prints.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from phiquant.errors import PhiquantError
-from phiquant.evaluate.evaluation import EvalOptions, Evaluation, evaluate_files
-from phiquant.evaluate.report import DEFAULT_MAX_KLD, Report, build_report, write_report
+from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
 from phiquant.inspection import GGUFReport, inspect_gguf
 from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, ModelSource
 from phiquant.progress import SILENT, Reporter
@@ -28,6 +30,12 @@ from phiquant.quant.job import (
 )
 from phiquant.quant.plan import QuantOptions, TensorPlan
 from phiquant.quant.types import parse_preset
+
+if TYPE_CHECKING:  # the runtime loads llama.cpp: imported only by the functions that run models
+    from phiquant.evaluate.evaluation import Evaluation
+    from phiquant.evaluate.report import Report
+    from phiquant.runtime.generate import Completion, SamplingOptions
+    from phiquant.runtime.runner import ModelRunner, RunnerOptions
 
 CONVERT_OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 
@@ -231,12 +239,14 @@ def evaluate(
     *,
     reference: str | Path | None = None,
     text: str | Path | None = None,
-    options: EvalOptions = EvalOptions(),
+    options: EvalOptions = DEFAULT_OPTIONS,
     reporter: Reporter = SILENT,
 ) -> Evaluation:
     """Perplexity of each GGUF file over `text` (default: phiquant's held-out text) in windows of
     `options.ctx` tokens, KL divergence and top-token agreement against the reference (default: the
     F32/BF16/F16 file of the same model among or beside the files), speed, size and bits per weight."""
+    from phiquant.evaluate.evaluation import evaluate_files
+
     paths = [files] if isinstance(files, (str, Path)) else list(files)
     return evaluate_files(
         paths, reference=reference, text=text or default_text(), options=options, reporter=reporter
@@ -262,7 +272,7 @@ def report(
     *,
     reference: str | Path | None = None,
     text: str | Path | None = None,
-    options: EvalOptions = EvalOptions(),
+    options: EvalOptions = DEFAULT_OPTIONS,
     max_kld: float = DEFAULT_MAX_KLD,
     output_dir: str | Path | None = None,
     plot: bool = True,
@@ -272,6 +282,8 @@ def report(
     """Evaluate every file of a model (files, or directories of them) and write `<model>-report.md`,
     `.json` and `.png` (size against mean KL divergence, Pareto front marked) into `output_dir`
     (default: the first file's directory), recommending the smallest file under `max_kld`."""
+    from phiquant.evaluate.report import build_report, write_report
+
     if max_kld <= 0:
         raise PhiquantError(f"--max-kld must be positive, not {max_kld}")
     paths = gguf_files_in([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
@@ -294,7 +306,7 @@ def report_quantized(
     result: QuantizeResult,
     *,
     text: str | Path | None = None,
-    options: EvalOptions = EvalOptions(),
+    options: EvalOptions = DEFAULT_OPTIONS,
     max_kld: float = DEFAULT_MAX_KLD,
     plot: bool = True,
     reporter: Reporter = SILENT,
@@ -304,12 +316,16 @@ def report_quantized(
     directory), and write the report beside them."""
     import tempfile
 
+    from phiquant.evaluate.report import build_report, write_report
+
     written = [f.path for f in result.files]
     if not written:
         raise PhiquantError("nothing was written to evaluate")
     with tempfile.TemporaryDirectory(prefix="phiquant-reference-") as temporary:
         reference = _unquantized_reference(Path(source), result, Path(temporary), reporter)
-        files = written if reference in written or reference.parent == Path(temporary) else [reference, *written]
+        files = (
+            written if reference in written or reference.parent == Path(temporary) else [reference, *written]
+        )
         evaluation = evaluate(files, reference=reference, text=text, options=options, reporter=reporter)
         if reference.parent == Path(temporary):
             evaluation.notes.append(
@@ -328,3 +344,51 @@ def _unquantized_reference(source: Path, result: QuantizeResult, temporary: Path
         return source  # quantize reads only F32/BF16/F16 GGUF sources (or requantizes, at the user's word)
     reporter.note("converting the source to an unquantized reference for the evaluation")
     return convert(source, temporary / "reference.gguf", "auto", reporter=reporter).path
+
+
+def load(
+    model: str | Path, options: RunnerOptions | None = None, *, reporter: Reporter = SILENT
+) -> ModelRunner:
+    """Open a GGUF file or a Hugging Face directory (converted once into phiquant's cache) for
+    generation: context size checked against memory, layers placed on the GPU as `options` says.
+    Close it (or use `with`) to free the model."""
+    from phiquant.runtime.runner import RunnerOptions, open_runner
+
+    return open_runner(model, options or RunnerOptions(), reporter=reporter)
+
+
+def generate_tokens(
+    runner: ModelRunner,
+    prompt_tokens: Sequence[int],
+    sampling: SamplingOptions | None = None,
+    *,
+    completion: Completion | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[str]:
+    """Stream the text that follows `prompt_tokens` in a fresh context; stops on the model's
+    end-of-generation tokens, the stop strings, max_tokens or a full context."""
+    from phiquant.runtime.generate import SamplingOptions, generate
+
+    sampling = sampling or SamplingOptions()
+    context = runner.new_context()
+    try:
+        room = runner.n_ctx - len(prompt_tokens)
+        if room > 0 and sampling.max_tokens > room:
+            sampling = dataclasses.replace(sampling, max_tokens=room)
+        yield from generate(
+            context, prompt_tokens, sampling, runner.end_ids, completion=completion, cancel=cancel
+        )
+    finally:
+        context.close()
+
+
+def chat_completion(
+    runner: ModelRunner, messages: Sequence[Mapping[str, str]], sampling: SamplingOptions | None = None
+) -> Completion:
+    """Answer a conversation (OpenAI-style messages) with the model's own chat template."""
+    from phiquant.runtime.generate import Completion
+
+    completion = Completion()
+    for _ in generate_tokens(runner, runner.chat_tokens(messages), sampling, completion=completion):
+        pass
+    return completion

@@ -8,12 +8,12 @@ keeps its traceback (exit 1).
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,8 @@ def to_jsonable(value: Any) -> Any:
         return [to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, Enum) and not isinstance(value, (int, str)):
-        return value.value  # e.g. quant.plan.Decision ("kept as is"); int enums stay numbers
+    if isinstance(value, enum.Enum):
+        return value.name
     return value
 
 

@@ -8,10 +8,12 @@ thread through a short queue, so the disk works while the next slab is encoded.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,9 +166,13 @@ def write_gguf_files(
     *,
     importance: dict[str, np.ndarray] | None = None,
     allow_nonfinite: bool = False,
+    threads: int | None = None,
     reporter: Reporter = SILENT,
 ) -> list[Path]:
-    """Write every planned file in one pass over the source tensors; all appear or none do."""
+    """Write every planned file in one pass over the source tensors; all appear or none do.
+
+    Each slab of rows is split over `threads` workers (default: every core) that read, check and
+    encode their rows for every output; `encode_rows` is called single-threaded per worker."""
     outputs = [
         GGUFOutput(
             plan.path, source.arch, output_metadata(source, plan), tensor_infos(source, plan, row_size)
@@ -176,13 +182,20 @@ def write_gguf_files(
     tensors = ordered_tensors(source)
     total = sum(4 * t.n_elements for t in tensors)
     reporter.start("writing" if len(plans) == 1 else f"writing {len(plans)} files", total, "B")
-    with open_outputs(outputs):
+    workers = max(1, threads or os.cpu_count() or 1)
+    with open_outputs(outputs), ThreadPoolExecutor(workers, thread_name_prefix="phiquant-encode") as pool:
+        job = _TensorWriter(plans, outputs, encode_rows, importance, allow_nonfinite, source, pool, workers)
         writer = _BackgroundWriter()
         try:
             for tensor in tensors:
-                _write_tensor(
-                    tensor, plans, outputs, writer, encode_rows, importance, allow_nonfinite, source, reporter
+                reporter.note(
+                    f"{tensor.name} {list(tensor.shape)} -> "
+                    + ", ".join(GGMLType(plan.tensor_types[tensor.name]).name for plan in plans)
                 )
+                for parts in job.encoded_slabs(tensor):
+                    for output, part in parts:
+                        writer.submit(output, part)
+                    reporter.advance(4 * tensor.shape[0] * job.last_slab_rows)
             writer.close()
         except BaseException:
             writer.abandon()
@@ -191,36 +204,59 @@ def write_gguf_files(
     return [plan.path for plan in plans]
 
 
-def _write_tensor(
-    tensor: SourceTensor,
-    plans: Sequence[OutputPlan],
-    outputs: Sequence[GGUFOutput],
-    writer: _BackgroundWriter,
-    encode_rows: RowEncoder,
-    importance: dict[str, np.ndarray] | None,
-    allow_nonfinite: bool,
-    source: ModelSource,
-    reporter: Reporter,
-) -> None:
-    types = [plan.tensor_types[tensor.name] for plan in plans]
-    reporter.note(f"{tensor.name} {list(tensor.shape)} -> {', '.join(GGMLType(t).name for t in types)}")
-    weights = (importance or {}).get(tensor.name)
-    for start, stop in slab_bounds(tensor):
+@dataclass
+class _TensorWriter:
+    """Reads, checks and encodes one tensor's slabs for every output, splitting rows over a pool."""
+
+    plans: Sequence[OutputPlan]
+    outputs: Sequence[GGUFOutput]
+    encode_rows: RowEncoder
+    importance: dict[str, np.ndarray] | None
+    allow_nonfinite: bool
+    source: ModelSource
+    pool: ThreadPoolExecutor
+    workers: int
+    last_slab_rows: int = 0
+
+    def encoded_slabs(self, tensor: SourceTensor) -> Iterator[list[tuple[GGUFOutput, np.ndarray]]]:
+        """For each slab: (output, bytes) pairs in the order they must be written."""
+        types = [plan.tensor_types[tensor.name] for plan in self.plans]
+        weights = (self.importance or {}).get(tensor.name)
+        for start, stop in slab_bounds(tensor):
+            importance = importance_slice(weights, tensor, start)
+            futures = [
+                self.pool.submit(self._encode, tensor, a, b, types, importance)
+                for a, b in _split_rows(start, stop, self.workers)
+            ]
+            parts = [future.result() for future in futures]
+            # Workers run side by side: a type's share of the wall time is its summed time / workers.
+            for k, plan in enumerate(self.plans):
+                plan.seconds += sum(durations[k] for _, durations in parts) / self.workers
+            self.last_slab_rows = stop - start
+            yield [(output, encoded[k]) for k, output in enumerate(self.outputs) for encoded, _ in parts]
+
+    def _encode(
+        self, tensor: SourceTensor, start: int, stop: int, types: list[int], importance: np.ndarray | None
+    ) -> tuple[list[np.ndarray], list[float]]:
         rows = tensor.read_rows(start, stop)
-        if not allow_nonfinite and not np.isfinite(rows).all():
+        if not self.allow_nonfinite and not np.isfinite(rows).all():
             # llama.cpp refuses such files at load time (check_tensors); say so now, by name.
             raise PhiquantError(
                 f"tensor {tensor.name} holds NaN or Inf values; refusing to convert a broken "
                 "checkpoint (pass --allow-nonfinite to write it anyway)",
-                path=source.origin,
+                path=self.source.origin,
             )
-        slice_ = importance_slice(weights, tensor, start)
-        for plan, output, ggml_type in zip(plans, outputs, types):
+        encoded, durations = [], []
+        for ggml_type in types:
             started = time.perf_counter()
             if ggml_type == tensor.base_type and tensor.read_raw is not None:
-                data: np.ndarray = tensor.read_raw(start, stop)
+                encoded.append(tensor.read_raw(start, stop))
             else:
-                data = encode_rows(rows, ggml_type, slice_, tensor.name)
-            plan.seconds += time.perf_counter() - started
-            writer.submit(output, data)
-        reporter.advance(4 * rows.size)
+                encoded.append(self.encode_rows(rows, ggml_type, importance, tensor.name))
+            durations.append(time.perf_counter() - started)
+        return encoded, durations
+
+
+def _split_rows(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
+    step = max(1, -(-(stop - start) // parts))
+    return [(s, min(s + step, stop)) for s in range(start, stop, step)]

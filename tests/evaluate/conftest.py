@@ -37,7 +37,9 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def sharp_checkpoint(shared_phi3_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    checkpoint = copy_checkpoint(shared_phi3_checkpoint(PHI35_MINI), tmp_path_factory.mktemp("sharp") / "ckpt")
+    checkpoint = copy_checkpoint(
+        shared_phi3_checkpoint(PHI35_MINI), tmp_path_factory.mktemp("sharp") / "ckpt"
+    )
     head = load_file(str(safetensors_file_holding(checkpoint, "lm_head.weight")))["lm_head.weight"]
     rewrite_tensor(checkpoint, "lm_head.weight", (head.float() * SHARPEN).to(torch.bfloat16))
     return checkpoint
@@ -51,7 +53,9 @@ def sharp_gguf(sharp_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 
     def get(outtype: str) -> Path:
         if outtype not in made:
-            made[outtype] = api.convert(sharp_checkpoint, directory / f"sharp-{outtype.upper()}.gguf", outtype).path
+            made[outtype] = api.convert(
+                sharp_checkpoint, directory / f"sharp-{outtype.upper()}.gguf", outtype
+            ).path
         return made[outtype]
 
     return get

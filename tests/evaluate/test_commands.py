@@ -14,8 +14,18 @@ from tests.cli.run import run_phiquant
 
 @pytest.mark.slow
 def test_eval_json_lists_every_file_with_its_figures(ladder, eval_text) -> None:
-    result = run_phiquant("eval", ladder["Q4_K_M"], ladder["F16"], "--text", eval_text, "--chunks", "2",
-                          "--speed-runs", "1", "--json")
+    result = run_phiquant(
+        "eval",
+        ladder["Q4_K_M"],
+        ladder["F16"],
+        "--text",
+        eval_text,
+        "--chunks",
+        "2",
+        "--speed-runs",
+        "1",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["reference"] == str(ladder["F16"])
@@ -32,28 +42,55 @@ def test_report_on_a_directory_writes_markdown_json_and_png(ladder, eval_text, t
     directory.mkdir()
     for path in ladder.values():
         shutil.copy(path, directory / path.name)
-    result = run_phiquant("report", directory, "--text", eval_text, "--chunks", "2", "--speed-runs", "0",
-                          "--max-kld", "0.01")
+    result = run_phiquant(
+        "report", directory, "--text", eval_text, "--chunks", "2", "--speed-runs", "0", "--max-kld", "0.01"
+    )
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in directory.glob("*-report.*"))
     assert [name.rsplit(".", 1)[1] for name in written] == ["json", "md", "png"]
     document = json.loads(next(directory.glob("*-report.json")).read_text())
-    assert document["recommended"].endswith("-Q8_0.gguf")  # the sharpened fixture loses more than 0.01 below Q8_0
+    assert document["recommended"].endswith(
+        "-Q8_0.gguf"
+    )  # the sharpened fixture loses more than 0.01 below Q8_0
     assert "recommendation:" in result.stdout
 
 
 @pytest.mark.slow
-def test_quantize_eval_reports_beside_the_files_with_a_temporary_reference(sharp_checkpoint, eval_text, tmp_path) -> None:
+def test_quantize_eval_reports_beside_the_files_with_a_temporary_reference(
+    sharp_checkpoint, eval_text, tmp_path
+) -> None:
     out = tmp_path / "q"
-    result = run_phiquant("quantize", sharp_checkpoint, "-t", "Q8_0", "-t", "Q4_K_M", "-o", out, "--eval",
-                          "--eval-text", eval_text, "--eval-chunks", "2", "--eval-speed-runs", "0", "--json")
+    result = run_phiquant(
+        "quantize",
+        sharp_checkpoint,
+        "-t",
+        "Q8_0",
+        "-t",
+        "Q4_K_M",
+        "-o",
+        out,
+        "--eval",
+        "--eval-text",
+        eval_text,
+        "--eval-chunks",
+        "2",
+        "--eval-speed-runs",
+        "0",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     report = document["report"]
     assert [f["type"] for f in report["evaluation"]["files"]] == ["Q8_0", "Q4_K_M"]
     assert all(f["divergence"]["kld_mean"] > 0 for f in report["evaluation"]["files"])
     assert any("converted from" in note for note in report["evaluation"]["notes"])
-    assert sorted(p.suffix for p in out.iterdir()) == [".gguf", ".gguf", ".json", ".md", ".png"]  # no reference left
+    assert sorted(p.suffix for p in out.iterdir()) == [
+        ".gguf",
+        ".gguf",
+        ".json",
+        ".md",
+        ".png",
+    ]  # no reference left
 
 
 @pytest.mark.slow

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from phiquant import api
-from phiquant.evaluate.evaluation import EvalOptions, tokenize_text
+from phiquant.evaluate.evaluation import tokenize_text
 from phiquant.evaluate.files import describe
+from phiquant.evaluate.options import EvalOptions
 from phiquant.runtime.loader import load_model
 
 CTX = 512
@@ -44,9 +45,14 @@ def direct_statistics(reference: np.ndarray, candidate: np.ndarray, targets: np.
     dp_top = np.exp(pick(lq, top)) - np.exp(pick(lp, top))
     nll_p, nll_q = -pick(lp, targets), -pick(lq, targets)
     return {
-        "kld_mean": kld.mean(), "kld_median": np.median(kld), "kld_p99": np.percentile(kld, 99),
-        "kld_max": kld.max(), "same_top": same_top.mean(), "dp_top_mean": dp_top.mean(),
-        "dp_top_rms": np.sqrt((dp_top**2).mean()), "ppl_ratio": np.exp(nll_q.mean() - nll_p.mean()),
+        "kld_mean": kld.mean(),
+        "kld_median": np.median(kld),
+        "kld_p99": np.percentile(kld, 99),
+        "kld_max": kld.max(),
+        "same_top": same_top.mean(),
+        "dp_top_mean": dp_top.mean(),
+        "dp_top_rms": np.sqrt((dp_top**2).mean()),
+        "ppl_ratio": np.exp(nll_q.mean() - nll_p.mean()),
         "dp_target_mean": (np.exp(-nll_q) - np.exp(-nll_p)).mean(),
     }
 
@@ -54,7 +60,9 @@ def direct_statistics(reference: np.ndarray, candidate: np.ndarray, targets: np.
 @pytest.fixture(scope="module")
 def evaluation(ladder, eval_text):
     files = [ladder[t] for t in ("F16", "Q8_0", "Q4_K_M", "Q2_K")]
-    return api.evaluate(files, text=eval_text, options=EvalOptions(ctx=CTX, max_windows=WINDOWS, speed_runs=0))
+    return api.evaluate(
+        files, text=eval_text, options=EvalOptions(ctx=CTX, max_windows=WINDOWS, speed_runs=0)
+    )
 
 
 def by_type(evaluation):
@@ -85,9 +93,13 @@ def test_statistics_equal_a_direct_numpy_computation_from_logits(evaluation, lad
     tokens, adds_bos, _ = tokenize_text(describe(ladder["F16"]), text)
     assert not adds_bos
     targets = np.stack([tokens[i * CTX + CTX // 2 + 1 : (i + 1) * CTX] for i in range(WINDOWS)])
-    expected = direct_statistics(direct_logits(ladder["F16"], tokens), direct_logits(ladder[file_type], tokens), targets)
+    expected = direct_statistics(
+        direct_logits(ladder["F16"], tokens), direct_logits(ladder[file_type], tokens), targets
+    )
     measured = by_type(evaluation)[file_type].divergence
     worst = max(abs(getattr(measured, n) / v - 1) for n, v in expected.items() if v)
-    print(f"{file_type}: mean KLD {measured.kld_mean:.6g} (direct {expected['kld_mean']:.6g}), largest relative difference {worst:.2e}")
+    print(
+        f"{file_type}: mean KLD {measured.kld_mean:.6g} (direct {expected['kld_mean']:.6g}), largest relative difference {worst:.2e}"
+    )
     for name, value in expected.items():
         assert getattr(measured, name) == pytest.approx(value, rel=1e-5, abs=1e-9), name

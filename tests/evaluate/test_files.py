@@ -7,7 +7,13 @@ import shutil
 import pytest
 
 from phiquant.errors import PhiquantError
-from phiquant.evaluate.files import content_hash, describe, find_reference, model_difference, require_same_model
+from phiquant.evaluate.files import (
+    content_hash,
+    describe,
+    find_reference,
+    model_difference,
+    require_same_model,
+)
 from tests.cli.run import assert_one_line_error, run_phiquant
 from tests.evaluate.rewritten import with_other_architecture, with_other_vocabulary
 
@@ -106,7 +112,10 @@ def test_empty_model_file_is_refused(tmp_path, eval_text) -> None:
     ("make", "fragments"),
     [
         (lambda d: d / "missing.txt", ("missing.txt", "no such text file")),
-        (lambda d: (d / "latin1.txt", (d / "latin1.txt").write_bytes(b"caf\xe9 " * 500))[0], ("latin1.txt", "not UTF-8")),
+        (
+            lambda d: (d / "latin1.txt", (d / "latin1.txt").write_bytes(b"caf\xe9 " * 500))[0],
+            ("latin1.txt", "not UTF-8"),
+        ),
     ],
     ids=["missing", "not-utf8"],
 )

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from phiquant import api
-from phiquant.evaluate.evaluation import EvalOptions, tokenize_text
+from phiquant.evaluate.evaluation import tokenize_text
 from phiquant.evaluate.files import describe
+from phiquant.evaluate.options import EvalOptions
 from tests.fixtures.transformers_reference import load_transformers_model, load_transformers_tokenizer
 
 WINDOWS = 4
@@ -51,12 +52,16 @@ def test_perplexity_of_f32_gguf_matches_transformers_within_one_percent(
 
     losses = transformers_window_nll(load_transformers_model(sharp_checkpoint), hf_tokens, ctx, WINDOWS)
     expected = math.exp(sum(losses) / len(losses))
-    evaluation = api.evaluate(gguf, text=eval_text, options=EvalOptions(ctx=ctx, max_windows=WINDOWS, speed_runs=0))
+    evaluation = api.evaluate(
+        gguf, text=eval_text, options=EvalOptions(ctx=ctx, max_windows=WINDOWS, speed_runs=0)
+    )
     measured = evaluation.files[0].perplexity
 
     assert measured.n_tokens == len(losses) == WINDOWS * (ctx - 1 - ctx // 2)
     # Random weights with a sharpened head: peaked, token-dependent distributions, far from uniform in
     # either direction, so a wrong window, target or BOS would move the perplexity by orders of magnitude.
     assert abs(math.log(expected / evaluation.uniform_perplexity)) > 2
-    print(f"ctx {ctx}: transformers {expected:.6g}, phiquant {measured.value:.6g}, ratio {measured.value / expected:.6f}")
+    print(
+        f"ctx {ctx}: transformers {expected:.6g}, phiquant {measured.value:.6g}, ratio {measured.value / expected:.6f}"
+    )
     assert measured.value == pytest.approx(expected, rel=0.01)

@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 
 from phiquant import api
-from phiquant.evaluate.evaluation import EvalOptions, tokenize_text
+from phiquant.evaluate.evaluation import tokenize_text
 from phiquant.evaluate.files import describe
+from phiquant.evaluate.options import EvalOptions
 from phiquant.evaluate.output_layer import OutputLayer
-from phiquant.evaluate.reference import ReferenceKey, cache_file, from_storage, reference_states, to_storage, tokens_hash
+from phiquant.evaluate.reference import (
+    ReferenceKey,
+    cache_file,
+    from_storage,
+    reference_states,
+    to_storage,
+    tokens_hash,
+)
 from phiquant.evaluate.windows import plan_windows
 from phiquant.progress import SILENT
 from phiquant.quant import ggml
@@ -20,7 +28,9 @@ OPTIONS = EvalOptions(ctx=256, max_windows=3, speed_runs=0)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("file_type", ["F32", "F16", "BF16", "Q8_0", "Q2_K"])
-def test_output_layer_rebuilds_llama_cpp_logits_bit_for_bit(file_type, sharp_checkpoint, sharp_gguf, ladder) -> None:
+def test_output_layer_rebuilds_llama_cpp_logits_bit_for_bit(
+    file_type, sharp_checkpoint, sharp_gguf, ladder
+) -> None:
     """Whatever the output weight's type (F32, F16, BF16, Q8_0, Q6_K in Q2_K files), ggml's product of the
     stored hidden states equals the logits llama.cpp returned for the same positions."""
     path = ladder.get(file_type) or sharp_gguf(file_type.lower())
@@ -31,7 +41,10 @@ def test_output_layer_rebuilds_llama_cpp_logits_bit_for_bit(file_type, sharp_che
         model.new_context(512, n_batch=512, n_seq_max=2, embeddings=True) as context,
     ):
         out = context.decode_windows(tokens, 128)
-        hidden, logits = out.hidden.reshape(-1, model.n_embd_out), out.logits.reshape(-1, model.n_vocab).copy()
+        hidden, logits = (
+            out.hidden.reshape(-1, model.n_embd_out),
+            out.logits.reshape(-1, model.n_vocab).copy(),
+        )
     from phiquant.evaluate.reference import output_weight_type
 
     stored = to_storage(hidden, output_weight_type(file))
@@ -43,8 +56,13 @@ def test_hidden_states_are_stored_rounded_as_ggml_rounds_them() -> None:
     """F16 and BF16 storage equal ggml's own fp32 -> fp16/bf16 conversion (ggml_quantize_chunk's F16/BF16
     rows), including values that round up, halfway cases and subnormals."""
     rng = np.random.default_rng(1)
-    values = np.concatenate([rng.standard_normal(4096) * 10, rng.standard_normal(256) * 1e-6,
-                             np.array([1 + 2**-11, 1 + 3 * 2**-11, 65504.0, -0.0], dtype=np.float64)]).astype(np.float32)
+    values = np.concatenate(
+        [
+            rng.standard_normal(4096) * 10,
+            rng.standard_normal(256) * 1e-6,
+            np.array([1 + 2**-11, 1 + 3 * 2**-11, 65504.0, -0.0], dtype=np.float64),
+        ]
+    ).astype(np.float32)
     values = values[: len(values) // 256 * 256].reshape(-1, 256)
     f16 = ggml.quantize_chunk(1, values).view(np.uint16)
     bf16 = ggml.quantize_chunk(30, values).view(np.uint16)

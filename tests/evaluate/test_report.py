@@ -9,27 +9,59 @@ from pathlib import Path
 import pytest
 
 from phiquant.evaluate.evaluation import Evaluation, FileEvaluation, TextFacts
-from phiquant.evaluate.report import DEFAULT_MAX_KLD, build_report, pareto_front, recommend, to_markdown, write_report
+from phiquant.evaluate.options import DEFAULT_MAX_KLD
+from phiquant.evaluate.report import build_report, pareto_front, recommend, to_markdown, write_report
 from phiquant.evaluate.statistics import Divergence, Perplexity
 
 # (type, size in MB, mean KLD): a ladder where Q3_K_S is dominated (bigger and worse than Q3_K_M)
-LADDER = [("F16", 7600, 0.0), ("Q8_0", 4060, 0.0012), ("Q6_K", 3140, 0.005), ("Q5_K_M", 2820, 0.011),
-          ("Q4_K_M", 2390, 0.031), ("Q3_K_S", 2200, 0.25), ("Q3_K_M", 1960, 0.10), ("Q2_K", 1420, 0.33)]
+LADDER = [
+    ("F16", 7600, 0.0),
+    ("Q8_0", 4060, 0.0012),
+    ("Q6_K", 3140, 0.005),
+    ("Q5_K_M", 2820, 0.011),
+    ("Q4_K_M", 2390, 0.031),
+    ("Q3_K_S", 2200, 0.25),
+    ("Q3_K_M", 1960, 0.10),
+    ("Q2_K", 1420, 0.33),
+]
 
 
 def divergence(kld: float) -> Divergence:
-    return Divergence(kld, kld / 100, kld * 0.6, kld * 8, kld * 40, 1 - kld, -kld / 10, kld, 0.0, kld, math.exp(kld), kld)
+    return Divergence(
+        kld, kld / 100, kld * 0.6, kld * 8, kld * 40, 1 - kld, -kld / 10, kld, 0.0, kld, math.exp(kld), kld
+    )
 
 
 def evaluation(ladder=LADDER, with_reference: bool = True) -> Evaluation:
     files = [
-        FileEvaluation(Path(f"/m/model-{t}.gguf"), t, int(mb * 1e6), 3_800_000_000, mb * 8e6 / 3.8e9,
-                       Perplexity(6.2 * math.exp(k), 0.04, 1.8 + k, 1000), divergence(k) if with_reference else None,
-                       None, is_reference=(t == "F16"))
+        FileEvaluation(
+            Path(f"/m/model-{t}.gguf"),
+            t,
+            int(mb * 1e6),
+            3_800_000_000,
+            mb * 8e6 / 3.8e9,
+            Perplexity(6.2 * math.exp(k), 0.04, 1.8 + k, 1000),
+            divergence(k) if with_reference else None,
+            None,
+            is_reference=(t == "F16"),
+        )
         for t, mb, k in ladder
     ]
-    return Evaluation(TextFacts(Path("/t/heldout.txt"), "0" * 64, 1000, 300), 512, 2, 510, 32064, 32064.0,
-                      Path("/m/model-F16.gguf") if with_reference else None, None, False, None, files, 1.0, 1000.0)
+    return Evaluation(
+        TextFacts(Path("/t/heldout.txt"), "0" * 64, 1000, 300),
+        512,
+        2,
+        510,
+        32064,
+        32064.0,
+        Path("/m/model-F16.gguf") if with_reference else None,
+        None,
+        False,
+        None,
+        files,
+        1.0,
+        1000.0,
+    )
 
 
 def test_pareto_front_drops_files_bigger_and_worse_than_another() -> None:

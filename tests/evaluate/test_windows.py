@@ -57,7 +57,9 @@ def test_chunks_limit_the_windows() -> None:
 
 
 def test_a_text_shorter_than_one_window_is_refused_with_its_length() -> None:
-    with pytest.raises(PhiquantError, match=r"short.txt is 511 tokens long, shorter than one window of --ctx 512"):
+    with pytest.raises(
+        PhiquantError, match=r"short.txt is 511 tokens long, shorter than one window of --ctx 512"
+    ):
         plan_windows(np.arange(511, dtype=np.int32), 512, adds_bos=False, bos_id=BOS, text_name="short.txt")
 
 

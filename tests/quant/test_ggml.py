@@ -173,3 +173,32 @@ def test_quantize_chunk_releases_the_gil_so_threads_can_share_the_work() -> None
         iterations += 1
     worker.join()
     assert iterations > 10_000
+
+
+@pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.BF16], ids=["F16", "BF16"])
+def test_simd_float_conversion_gives_ggml_base_bytes(ggml_type) -> None:
+    """quantize_chunk converts F16/BF16 with the CPU backend's SIMD routine; its bytes must equal
+    ggml_quantize_chunk's portable conversion (what llama_model_quantize uses), edge values included."""
+    rng = np.random.default_rng(11)
+    values = (
+        np.concatenate(
+            [
+                rng.normal(0, 0.03, 40960),
+                rng.normal(0, 1e-6, 4096),
+                rng.normal(0, 3e4, 4096),
+                np.array(
+                    [0.0, -0.0, 65504.0, 65519.9, 65520.0, -70000.0, 1e-8, 6.1e-5, 5.96e-8] + [0.0] * 55
+                ),
+            ]
+        )
+        .astype(np.float32)
+        .reshape(-1, 64)
+    )
+    ours = ggml.quantize_chunk(ggml_type, values)
+    lib = ggml._library()
+    reference = np.empty_like(ours)
+    written = lib.ggml_quantize_chunk(
+        int(ggml_type), values.ctypes.data, reference.ctypes.data, 0, values.shape[0], values.shape[1], None
+    )
+    assert written == reference.nbytes and ggml._cpu_float_converters(), "SIMD converters not found"
+    assert ours.tobytes() == reference.tobytes()

@@ -58,14 +58,10 @@ def test_special_tokens_come_out_at_their_real_ids(phi35_mini_checkpoint, conver
     assert [i for i in ids if i >= 32000] == [32006, 32007, 32010, 32007, 32001]
 
 
-def test_whitespace_after_special_tokens_differs_without_the_name_rule(
-    make_phi3_checkpoint, tmp_path
-) -> None:
-    """Why general.name matters: with a name lacking "phi-3", llama.cpp keeps the newline that the
-    HF tokenizer's rstrip flag swallows.  This is the only whitespace difference, and phiquant's
-    naming removes it (test above)."""
+def test_fine_tune_names_get_the_marker_that_keeps_llama_cpp_like_hf(make_phi3_checkpoint, tmp_path) -> None:
+    """A fine-tune called "my-finetune" has Phi-3's rstrip flags but no "phi-3" in its name, so
+    phiquant adds the marker llama.cpp keys its whitespace rule on."""
     from phiquant import api
-    from phiquant.archs.common import model_name  # noqa: F401  (documents where the name comes from)
 
     checkpoint = make_phi3_checkpoint(PHI35_MINI, config_overrides={"_name_or_path": "my-finetune"})
     gguf = api.convert(checkpoint, tmp_path / "m.gguf", "f16").path
@@ -74,3 +70,37 @@ def test_whitespace_after_special_tokens_differs_without_the_name_rule(
     with LoadedModel(gguf) as model:
         assert "phi-3" in (model.metadata_value("general.name") or "").lower()
         assert model.tokenize(text, parse_special=True) == hf.encode(text, add_special_tokens=False)
+
+
+def test_without_the_name_rule_llama_cpp_keeps_whitespace_the_hf_tokenizer_strips(
+    converted_gguf, shared_phi3_checkpoint, tmp_path
+) -> None:
+    """Documents the one whitespace difference and why phiquant chooses general.name: when the
+    name lacks "phi-3"/"phi3" (a renamed file, or one phiquant did not make), llama.cpp keeps the
+    whitespace after chat tokens that current Phi-3 tokenizers strip (rstrip=true).  It then
+    tokenizes exactly like the HF tokenizer with rstrip off -- the April 2024 flags, same vocabulary."""
+    from gguf import GGUFValueType
+
+    from phiquant.gguf_io import Metadatum
+    from phiquant.gguf_source import load_gguf_source
+    from phiquant.pipeline import OutputPlan, write_gguf_files
+    from phiquant.quant import ggml
+    from phiquant.quant.quantize import quantize_rows
+
+    source = load_gguf_source(converted_gguf(PHI35_MINI, "f16"))
+    source.metadata = [
+        Metadatum("general.name", "Renamed Model", GGUFValueType.STRING) if m.key == "general.name" else m
+        for m in source.metadata
+    ]
+    renamed = tmp_path / "renamed.gguf"
+    plan = OutputPlan(renamed, 1, {t.name: t.base_type for t in source.tensors})
+    write_gguf_files(source, [plan], lambda r, t, i, n: quantize_rows(r, t, i), ggml.row_size)
+    current = load_transformers_tokenizer(shared_phi3_checkpoint(PHI35_MINI))
+    no_rstrip = load_transformers_tokenizer(shared_phi3_checkpoint(PHI3_MINI_128K_APRIL_2024))
+    with LoadedModel(renamed) as model:
+        ours = {text: model.tokenize(text, parse_special=True) for text in CHAT_TEXTS}
+    assert [t for t in CHAT_TEXTS if ours[t] != no_rstrip.encode(t, add_special_tokens=False)] == []
+    assert (
+        sum(ours[t] != current.encode(t, add_special_tokens=False) for t in CHAT_TEXTS)
+        >= len(CHAT_TEXTS) // 3
+    )

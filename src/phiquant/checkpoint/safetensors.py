@@ -79,8 +79,10 @@ class SafetensorsEntry:
 
 def _to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
-        # BF16 is the top half of an IEEE float32, so widening is an exact shift.
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        # BF16 is the top half of an IEEE float32, so widening is an exact shift (one pass).
+        widened = np.empty(raw.shape, dtype=np.uint32)
+        np.left_shift(raw, 16, out=widened, dtype=np.uint32)
+        return widened.view(np.float32)
     return raw.astype(np.float32)
 
 

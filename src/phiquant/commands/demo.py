@@ -19,16 +19,23 @@ from phiquant.evaluate.demo import (
     DemoResult,
     run_demo,
 )
-from phiquant.evaluate.report import DEFAULT_MAX_KLD, plain, to_json
+from phiquant.evaluate.options import DEFAULT_MAX_KLD
+from phiquant.evaluate.report import plain, to_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-o", "--output-dir", default=str(DEMO_OUTPUT_DIR), metavar="DIR",
+        "-o",
+        "--output-dir",
+        default=str(DEMO_OUTPUT_DIR),
+        metavar="DIR",
         help=f"where the files and the report go (default ./{DEMO_OUTPUT_DIR})",
     )
     parser.add_argument(
-        "--chunks", type=positive_int, default=DEMO_CHUNKS, metavar="N",
+        "--chunks",
+        type=positive_int,
+        default=DEMO_CHUNKS,
+        metavar="N",
         help=f"windows of the held-out text to evaluate (default {DEMO_CHUNKS})",
     )
     parser.add_argument("--prompt", default=DEMO_PROMPT, help="the chat prompt to answer")
@@ -42,8 +49,7 @@ def render(console: Any, result: DemoResult) -> None:
     render_report(console, result.report)
     console.print(f"\nprompt: {result.prompt}", highlight=False, markup=False)
     for answer in result.answers:
-        console.print(f"\n[{answer.type}] {answer.file.name}:",
-                      highlight=False, markup=False)
+        console.print(f"\n[{answer.type}] {answer.file.name}:", highlight=False, markup=False)
         console.print(answer.text, highlight=False, markup=False, soft_wrap=True)
     steps = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.step_seconds.items())
     console.print(f"\ndone in {result.seconds:.0f} s ({steps})", highlight=False, markup=False)

@@ -7,9 +7,9 @@ from typing import Any
 
 from phiquant import api
 from phiquant.commands import Command
-from phiquant.evaluate.evaluation import EvalOptions, Evaluation
+from phiquant.evaluate.evaluation import Evaluation
+from phiquant.evaluate.options import DEFAULT_CONTEXT, EvalOptions
 from phiquant.evaluate.report import COLUMNS, Report, ReportRow, table_row
-from phiquant.evaluate.windows import DEFAULT_CONTEXT
 
 
 def positive_int(text: str) -> int:
@@ -70,8 +70,20 @@ def evaluation_options(args: argparse.Namespace, *, prefix: str = "") -> EvalOpt
     )
 
 
-TERMINAL_COLUMNS = ("type", "size", "bpw", "PPL", "PPL ratio", "mean KLD", "99% KLD", "same top",
-                    "Δp top RMS", "pp t/s", "tg t/s", "")
+TERMINAL_COLUMNS = (
+    "type",
+    "size",
+    "bpw",
+    "PPL",
+    "PPL ratio",
+    "mean KLD",
+    "99% KLD",
+    "same top",
+    "Δp top RMS",
+    "pp t/s",
+    "tg t/s",
+    "",
+)
 PIPE_WIDTH = 160  # rich wraps at 80 columns when it cannot ask a terminal; the table needs more
 
 

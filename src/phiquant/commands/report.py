@@ -8,7 +8,8 @@ from typing import Any
 from phiquant import api
 from phiquant.commands import Command
 from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, render_report
-from phiquant.evaluate.report import DEFAULT_MAX_KLD, to_json
+from phiquant.evaluate.options import DEFAULT_MAX_KLD
+from phiquant.evaluate.report import to_json
 
 
 def positive_float(text: str) -> float:

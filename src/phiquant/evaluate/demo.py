@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phiquant.evaluate.evaluation import EvalOptions
-from phiquant.evaluate.report import DEFAULT_MAX_KLD, Report
+from phiquant.evaluate.options import DEFAULT_MAX_KLD, EvalOptions
+from phiquant.evaluate.report import Report
 from phiquant.gguf_io import read_gguf
 from phiquant.progress import SILENT, Reporter
 from phiquant.runtime.generate import Completion, SamplingOptions, generate
@@ -63,7 +63,9 @@ def answer_prompt(
             options = SamplingOptions(temperature=0.0, max_tokens=max_tokens)
             for _ in generate(context, tokens, options, tokenizer.end_ids, completion=completion):
                 pass
-    return Answer(path, file_type, completion.text.strip(), completion.completion_tokens, time.perf_counter() - began)
+    return Answer(
+        path, file_type, completion.text.strip(), completion.completion_tokens, time.perf_counter() - began
+    )
 
 
 def run_demo(
@@ -91,8 +93,13 @@ def run_demo(
     reference = paths[0]
     options = EvalOptions(max_windows=chunks, threads=threads, speed_runs=speed_runs)
     report = api.report(
-        paths, reference=reference, text=heldout_text_path(), options=options, max_kld=max_kld,
-        output_dir=directory, reporter=reporter,
+        paths,
+        reference=reference,
+        text=heldout_text_path(),
+        options=options,
+        max_kld=max_kld,
+        output_dir=directory,
+        reporter=reporter,
     )
     steps["evaluate"] = time.perf_counter() - began - steps["quantize"]
     chosen = [reference] + ([report.recommended] if report.recommended not in (None, reference) else [])

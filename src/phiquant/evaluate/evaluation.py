@@ -12,25 +12,14 @@ import numpy as np
 
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.files import ModelFile, describe, find_reference, require_same_model
+from phiquant.evaluate.options import DEFAULT_OPTIONS, EvalOptions
 from phiquant.evaluate.reference import reference_states
 from phiquant.evaluate.runner import evaluate_pass
-from phiquant.evaluate.speed import DEFAULT_PP_TOKENS, DEFAULT_TG_TOKENS, Speed, measure_speed
+from phiquant.evaluate.speed import Speed, measure_speed
 from phiquant.evaluate.statistics import Divergence, Perplexity, divergence, perplexity, uniform_perplexity
-from phiquant.evaluate.windows import DEFAULT_CONTEXT, WindowPlan, plan_windows
+from phiquant.evaluate.windows import WindowPlan, plan_windows
 from phiquant.progress import SILENT, Reporter
 from phiquant.runtime.llama import LoadedModel, LoadOptions
-
-DEFAULT_SPEED_RUNS = 3
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    ctx: int = DEFAULT_CONTEXT
-    max_windows: int | None = None  # llama-perplexity's --chunks; None: the whole text
-    threads: int | None = None  # llama.cpp's default when None
-    speed_runs: int = DEFAULT_SPEED_RUNS  # 0: do not measure speed
-    pp_tokens: int = DEFAULT_PP_TOKENS
-    tg_tokens: int = DEFAULT_TG_TOKENS
 
 
 @dataclass
@@ -96,7 +85,9 @@ def tokenize_text(file: ModelFile, text: str) -> tuple[np.ndarray, bool, int]:
         return np.asarray(tokens, dtype=np.int32), model.adds_bos, model.bos_id
 
 
-def _resolve(paths: Sequence[str | Path], reference: str | Path | None) -> tuple[list[ModelFile], ModelFile | None]:
+def _resolve(
+    paths: Sequence[str | Path], reference: str | Path | None
+) -> tuple[list[ModelFile], ModelFile | None]:
     if not paths:
         raise PhiquantError("give at least one GGUF file to evaluate")
     files = [describe(p) for p in paths]
@@ -115,7 +106,7 @@ def evaluate_files(
     *,
     reference: str | Path | None = None,
     text: str | Path,
-    options: EvalOptions = EvalOptions(),
+    options: EvalOptions = DEFAULT_OPTIONS,
     reporter: Reporter = SILENT,
 ) -> Evaluation:
     started = time.perf_counter()
@@ -123,12 +114,18 @@ def evaluate_files(
     content = read_text(text)
     tokens, adds_bos, bos_id = tokenize_text(chosen or files[0], content)
     plan = plan_windows(
-        tokens, options.ctx, adds_bos=adds_bos, bos_id=bos_id, max_windows=options.max_windows,
+        tokens,
+        options.ctx,
+        adds_bos=adds_bos,
+        bos_id=bos_id,
+        max_windows=options.max_windows,
         text_name=str(text),
     )
     notes = _context_notes(chosen or files[0], plan)
     if chosen is None:
-        notes.append("no F32/BF16/F16 file of this model found: perplexity only (give --ref for KL divergence)")
+        notes.append(
+            "no F32/BF16/F16 file of this model found: perplexity only (give --ref for KL divergence)"
+        )
     states = reference_states(chosen, plan, options.threads, reporter) if chosen else None
     result = evaluate_pass(files, plan, chosen, states, n_threads=options.threads, reporter=reporter)
     evaluations = []
@@ -137,8 +134,12 @@ def evaluate_files(
         if options.speed_runs > 0:
             reporter.note(f"measuring speed of {file.path.name}")
             speed = measure_speed(
-                file, plan.tokens, runs=options.speed_runs, n_threads=options.threads,
-                pp_tokens=options.pp_tokens, tg_tokens=options.tg_tokens,
+                file,
+                plan.tokens,
+                runs=options.speed_runs,
+                n_threads=options.threads,
+                pp_tokens=options.pp_tokens,
+                tg_tokens=options.tg_tokens,
             )
         evaluations.append(
             FileEvaluation(

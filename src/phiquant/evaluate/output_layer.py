@@ -166,7 +166,9 @@ class OutputLayer:
         lib = _libraries()
         overhead = 4 * lib.base.ggml_tensor_overhead()
         self._weights = _GgmlContext(weight.nbytes + (bias.nbytes if bias else 0) + overhead + 4096)
-        self._weight = self._weights.tensor(weight.ggml_type, weight.shape, np.asarray(gguf.raw_bytes(weight)))
+        self._weight = self._weights.tensor(
+            weight.ggml_type, weight.shape, np.asarray(gguf.raw_bytes(weight))
+        )
         self._bias = None
         if bias is not None:
             if bias.ggml_type != GGML_TYPE_F32 or bias.shape != (self.n_vocab,):
@@ -180,8 +182,13 @@ class OutputLayer:
             raise ValueError(f"hidden states of shape {hidden.shape}; the output layer takes {self.n_embd}")
         n = hidden.shape[0]
         lib = _libraries()
-        mem = (hidden.nbytes + 2 * n * self.n_vocab * 4 + 8 * lib.base.ggml_tensor_overhead()
-               + lib.base.ggml_graph_overhead() + 4096)
+        mem = (
+            hidden.nbytes
+            + 2 * n * self.n_vocab * 4
+            + 8 * lib.base.ggml_tensor_overhead()
+            + lib.base.ggml_graph_overhead()
+            + 4096
+        )
         context = _GgmlContext(mem)
         try:
             inputs = context.tensor(GGML_TYPE_F32, (self.n_embd, n), hidden)

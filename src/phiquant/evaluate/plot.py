@@ -53,8 +53,14 @@ def draw_size_vs_kld(report: Report) -> Figure:
     figure, axes = plt.subplots(figsize=(8, 5.5), dpi=120)
     front = sorted((x, y) for x, y, r in zip(xs, ys, rows) if r.on_pareto_front)
     if front:
-        axes.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:blue", alpha=0.5,
-                  label="Pareto front (nothing smaller is closer)")
+        axes.step(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            where="post",
+            color="tab:blue",
+            alpha=0.5,
+            label="Pareto front (nothing smaller is closer)",
+        )
     for x, y, row, kld in zip(xs, ys, rows, klds):
         colour = "tab:blue" if row.on_pareto_front else "tab:gray"
         marker = "s" if row.file.is_reference else "o"
@@ -62,16 +68,24 @@ def draw_size_vs_kld(report: Report) -> Figure:
         label = row.file.type + (" (reference, KLD 0)" if kld <= 0 else "")
         axes.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
         if row.recommended:
-            axes.scatter([x], [y], s=260, facecolors="none", edgecolors="tab:green", linewidths=2,
-                         zorder=4, label=f"recommended: {row.file.type}")
-    axes.axhline(report.max_kld, color="tab:red", linestyle="--", linewidth=1,
-                 label=f"--max-kld {report.max_kld:g}")
+            axes.scatter(
+                [x],
+                [y],
+                s=260,
+                facecolors="none",
+                edgecolors="tab:green",
+                linewidths=2,
+                zorder=4,
+                label=f"recommended: {row.file.type}",
+            )
+    axes.axhline(
+        report.max_kld, color="tab:red", linestyle="--", linewidth=1, label=f"--max-kld {report.max_kld:g}"
+    )
     axes.set_yscale("log")
     axes.set_xlabel("file size (MB)")
     reference = report.evaluation.reference.name if report.evaluation.reference else "reference"
     axes.set_ylabel(f"mean KL divergence from {reference} (nats/token, log)")
-    axes.set_title(f"{report.model}: size against quality loss "
-                   f"({report.evaluation.n_scored_tokens} tokens)")
+    axes.set_title(f"{report.model}: size against quality loss ({report.evaluation.n_scored_tokens} tokens)")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(loc="upper right", fontsize=8)
     figure.tight_layout()

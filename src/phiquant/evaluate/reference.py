@@ -121,9 +121,14 @@ def load_cached(key: ReferenceKey, plan: WindowPlan) -> ReferenceStates | None:
 
 
 def save(states: ReferenceStates, reference: ModelFile) -> None:
-    meta = {"key": states.key.digest, "reference": str(reference.path), "ctx": states.key.ctx,
-            "model_hash": states.key.model_hash, "tokens_hash": states.key.tokens_hash,
-            "llama_cpp": llama_cpp.__version__}
+    meta = {
+        "key": states.key.digest,
+        "reference": str(reference.path),
+        "ctx": states.key.ctx,
+        "model_hash": states.key.model_hash,
+        "tokens_hash": states.key.tokens_hash,
+        "llama_cpp": llama_cpp.__version__,
+    }
     path = states.path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

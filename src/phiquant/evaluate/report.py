@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from phiquant.evaluate.evaluation import Evaluation, FileEvaluation
+from phiquant.evaluate.options import DEFAULT_MAX_KLD
 from phiquant.gguf_io import format_bytes
-
-DEFAULT_MAX_KLD = 0.05
 
 
 @dataclass
@@ -90,31 +89,68 @@ def build_report(evaluation: Evaluation, *, max_kld: float = DEFAULT_MAX_KLD, mo
 # -- Markdown -------------------------------------------------------------------------------------------
 
 COLUMNS = (
-    "file", "type", "size", "bits/weight", "PPL", "PPL ratio", "mean KLD", "median KLD", "99% KLD",
-    "max KLD", "same top", "Δp top mean", "Δp top RMS", "pp t/s", "tg t/s", "",
+    "file",
+    "type",
+    "size",
+    "bits/weight",
+    "PPL",
+    "PPL ratio",
+    "mean KLD",
+    "median KLD",
+    "99% KLD",
+    "max KLD",
+    "same top",
+    "Δp top mean",
+    "Δp top RMS",
+    "pp t/s",
+    "tg t/s",
+    "",
 )
 
 
 def _number(value: float, digits: int = 4) -> str:
     if math.isnan(value):
         return "nan"
-    return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2e}"
+    return f"{value:.{digits}f}" if abs(value) >= 10**-digits or value == 0 else f"{value:.2e}"
 
 
 def table_row(row: ReportRow) -> list[str]:
     f, d, s = row.file, row.file.divergence, row.file.speed
-    marks = " ".join(m for m, on in (("recommended", row.recommended), ("Pareto", row.on_pareto_front),
-                                       ("reference", f.is_reference)) if on)
+    marks = " ".join(
+        m
+        for m, on in (
+            ("recommended", row.recommended),
+            ("Pareto", row.on_pareto_front),
+            ("reference", f.is_reference),
+        )
+        if on
+    )
     divergence_cells = (
-        [_number(d.ppl_ratio), _number(d.kld_mean), _number(d.kld_median), _number(d.kld_p99),
-         _number(d.kld_max), f"{100 * d.same_top:.2f}%", f"{100 * d.dp_top_mean:+.3f}%",
-         f"{100 * d.dp_top_rms:.3f}%"]
-        if d else ["-"] * 8
+        [
+            _number(d.ppl_ratio),
+            _number(d.kld_mean),
+            _number(d.kld_median),
+            _number(d.kld_p99),
+            _number(d.kld_max),
+            f"{100 * d.same_top:.2f}%",
+            f"{100 * d.dp_top_mean:+.3f}%",
+            f"{100 * d.dp_top_rms:.3f}%",
+        ]
+        if d
+        else ["-"] * 8
     )
     speed_cells = [f"{s.pp_tokens_per_second:.0f}", f"{s.tg_tokens_per_second:.1f}"] if s else ["-", "-"]
     ppl = f"{f.perplexity.value:.3f} ± {f.perplexity.uncertainty:.3f}"
-    return [f.path.name, f.type, format_bytes(f.file_size), f"{f.bits_per_weight:.2f}", ppl,
-            *divergence_cells, *speed_cells, marks]
+    return [
+        f.path.name,
+        f.type,
+        format_bytes(f.file_size),
+        f"{f.bits_per_weight:.2f}",
+        ppl,
+        *divergence_cells,
+        *speed_cells,
+        marks,
+    ]
 
 
 def to_markdown(report: Report) -> str:

@@ -108,7 +108,9 @@ def evaluate_pass(
                     outputs = []
                     for context in contexts:
                         began = time.perf_counter()
-                        outputs.append(context.decode_windows(plan.window_tokens(start, stop), plan.first_scored))
+                        outputs.append(
+                            context.decode_windows(plan.window_tokens(start, stop), plan.first_scored)
+                        )
                         decode_seconds += time.perf_counter() - began
                     targets = plan.targets(start, stop)
                     per_window = plan.scored_per_window
@@ -132,4 +134,3 @@ def _open_context(stack: ExitStack, file: ModelFile, plan: WindowPlan, n_threads
     return stack.enter_context(
         model.new_context(n_tokens, n_batch=n_tokens, n_threads=n_threads, n_seq_max=plan.windows_per_batch)
     )
-

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from phiquant.evaluate.files import ModelFile
+from phiquant.evaluate.options import DEFAULT_PP_TOKENS, DEFAULT_TG_TOKENS
 from phiquant.runtime.llama import Context
 from phiquant.runtime.loader import load_model
-
-DEFAULT_PP_TOKENS = 512  # llama-bench's pp512
-DEFAULT_TG_TOKENS = 128  # llama-bench's tg128
 
 
 @dataclass(frozen=True)
@@ -79,4 +77,3 @@ def measure_speed(
         runs=runs,
         threads=threads,
     )
-

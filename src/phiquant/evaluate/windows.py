@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from phiquant.errors import PhiquantError
+from phiquant.evaluate.options import DEFAULT_CONTEXT  # noqa: F401  (re-exported)
 
-DEFAULT_CONTEXT = 512  # llama-perplexity's default -c
 TOKENS_PER_BATCH = 2048  # llama-perplexity's default -b: windows per batch = 2048 // ctx
 MIN_CONTEXT = 16
 

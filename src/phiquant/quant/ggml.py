@@ -27,6 +27,7 @@ from phiquant.errors import PhiquantError
 from phiquant.quant.types import GGMLType, TypeInfo, TypeRole, type_info
 
 _LIBRARY_FILE_NAMES = {"linux": "libggml-base.so", "darwin": "libggml-base.dylib", "win32": "ggml-base.dll"}
+_CPU_LIBRARY_FILE_NAMES = {"linux": "libggml-cpu.so", "darwin": "libggml-cpu.dylib", "win32": "ggml-cpu.dll"}
 
 
 def ggml_base_library_path() -> Path:
@@ -53,6 +54,37 @@ def _library() -> ctypes.CDLL:
         raise PhiquantError(f"cannot load the ggml library: {error}", path=path) from None
     _declare(lib)
     return lib
+
+
+# void ggml_cpu_fp32_to_fp16(const float * x, ggml_fp16_t * y, int64_t n);
+# void ggml_cpu_fp32_to_bf16(const float * x, ggml_bf16_t * y, int64_t n);
+_FloatRowConverter = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+@functools.cache
+def _cpu_float_converters() -> dict[GGMLType, _FloatRowConverter]:
+    """The CPU backend's SIMD float32 -> F16/BF16 row conversions (libggml-cpu).
+
+    ggml_quantize_chunk converts F16/BF16 with ggml-base's portable code, which is several times
+    slower; the SIMD versions round the same way (round to nearest even), so the bytes are the same
+    (tests/quant/test_ggml.py checks it).  Missing symbols (other builds) fall back to ggml-base.
+    """
+    path = ggml_base_library_path().with_name(_CPU_LIBRARY_FILE_NAMES.get(sys.platform, "libggml-cpu.so"))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return {}
+    converters = {}
+    for ggml_type, symbol in (
+        (GGMLType.F16, "ggml_cpu_fp32_to_fp16"),
+        (GGMLType.BF16, "ggml_cpu_fp32_to_bf16"),
+    ):
+        address = (
+            ctypes.cast(getattr(lib, symbol, None), ctypes.c_void_p).value if hasattr(lib, symbol) else None
+        )
+        if address:
+            converters[ggml_type] = _FloatRowConverter(address)
+    return converters
 
 
 class _TypeTraits(ctypes.Structure):
@@ -167,10 +199,13 @@ def validate_row_data(ggml_type: int, data: np.ndarray) -> bool:
     return bool(_library().ggml_validate_row_data(info.type, buffer.ctypes.data, buffer.nbytes))
 
 
-def quantize_chunk(ggml_type: int, rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+def quantize_chunk(
+    ggml_type: int, rows: np.ndarray, imatrix: np.ndarray | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
     """Quantize a 2-D float32 array of rows with ggml_quantize_chunk; returns rows x row_bytes uint8.
 
-    `imatrix` is one weight per column (length n_per_row) or None.
+    `imatrix` is one weight per column (length n_per_row) or None.  `out`, if given, is a contiguous
+    uint8 array of that shape to write into (saves a copy when the caller assembles a tensor).
     """
     info = _require_quantize_target(ggml_type)
     source = _contiguous(rows, np.float32, "rows")
@@ -179,8 +214,16 @@ def quantize_chunk(ggml_type: int, rows: np.ndarray, imatrix: np.ndarray | None 
     n_rows, n_per_row = source.shape
     _require_whole_blocks(info, n_per_row)
     weights = _checked_imatrix(info, imatrix, n_per_row)
-    out = np.empty((n_rows, info.row_bytes(n_per_row)), dtype=np.uint8)
+    shape = (n_rows, info.row_bytes(n_per_row))
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous uint8 array of shape {shape}")
     if n_rows == 0:
+        return out
+    simd = _cpu_float_converters().get(info.type)
+    if simd is not None and weights is None:
+        simd(source.ctypes.data, out.ctypes.data, source.size)
         return out
     written = _library().ggml_quantize_chunk(
         info.type,

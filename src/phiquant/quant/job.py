@@ -141,6 +141,7 @@ def write_files(
         ggml.row_size,
         importance=source.importance or None,
         allow_nonfinite=allow_nonfinite,
+        threads=threads,
         reporter=reporter,
     )
 

@@ -281,7 +281,7 @@ def _choose_type(
         raise PhiquantError(
             f"{tensor.name}: rows of {tensor.shape[0]} values are not a multiple of {choice.target.name}'s "
             f"block of {block} (chosen by {choice.why}); llama.cpp would silently use {substitute.name} "
-            f"instead. Allow fallbacks to accept that, or choose another type for this tensor"
+            f"instead. Pass --allow-fallback (allow_fallback=True) to accept that, or choose another type for this tensor"
         )
     return _Choice(substitute, choice.decision, choice.why, choice.counters, fallback_from=choice.target)
 

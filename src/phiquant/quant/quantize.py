@@ -48,6 +48,7 @@ def quantize_rows(
     n_threads: int | None = None,
     tensor_name: str | None = None,
     allow_nonfinite: bool = False,
+    assume_finite: bool = False,
 ) -> np.ndarray:
     """Quantize float32 rows to `ggml_type` (any quantization target, F32/F16/BF16 included).
 
@@ -57,10 +58,11 @@ def quantize_rows(
     Rows are independent, so a caller short of memory may pass slabs of rows (whole experts for 3-D
     tensors, with their imatrix slices) and concatenate the results.  `tensor_name` prefixes errors.
     `allow_nonfinite` lets NaN/Inf through to float targets (F32/F16/BF16), which can store them;
-    block-quantized types cannot, so it never applies to them.
+    block-quantized types cannot, so it never applies to them.  `assume_finite` skips the NaN/Inf
+    scan of the input for callers that have already made it (the streaming pipeline does).
     """
     try:
-        return _quantize_rows(data, ggml_type, imatrix, n_threads, allow_nonfinite)
+        return _quantize_rows(data, ggml_type, imatrix, n_threads, allow_nonfinite, assume_finite)
     except PhiquantError as error:
         if tensor_name is None:
             raise
@@ -68,14 +70,22 @@ def quantize_rows(
 
 
 def _quantize_rows(
-    data: np.ndarray, ggml_type: int, imatrix: np.ndarray | None, n_threads: int | None, allow_nonfinite: bool
+    data: np.ndarray,
+    ggml_type: int,
+    imatrix: np.ndarray | None,
+    n_threads: int | None,
+    allow_nonfinite: bool,
+    assume_finite: bool,
 ) -> np.ndarray:
     info = type_info(ggml_type)
     experts = _as_experts(data)
     n_experts, rows_per_expert, n_per_row = experts.shape
     weights = _expert_weights(imatrix, n_experts, n_per_row)
     store_nonfinite = allow_nonfinite and not info.is_quantized
-    if not store_nonfinite and not np.isfinite(experts).all():
+    # F32 and BF16 hold any finite float32; F16 overflows past 65504 and block types can go wrong,
+    # so their output is validated as llama.cpp validates each chunk.
+    validate = not store_nonfinite and info.type not in (GGMLType.F32, GGMLType.BF16)
+    if not (store_nonfinite or assume_finite) and not np.isfinite(experts).all():
         # llama.cpp's loader refuses such input (check_tensors), and some kernels assert on NaN.
         raise PhiquantError("the tensor contains NaN or infinite values; it cannot be quantized")
     out = np.empty((n_experts, rows_per_expert, ggml.row_size(info.type, n_per_row)), dtype=np.uint8)
@@ -84,8 +94,10 @@ def _quantize_rows(
     def run(chunk: RowChunk) -> None:
         rows = slice(chunk.first_row, chunk.first_row + chunk.n_rows)
         expert_weights = None if weights is None else weights[chunk.expert]
-        quantized = ggml.quantize_chunk(info.type, experts[chunk.expert, rows], expert_weights)
-        if not store_nonfinite and not ggml.validate_row_data(info.type, quantized):
+        quantized = ggml.quantize_chunk(
+            info.type, experts[chunk.expert, rows], expert_weights, out=out[chunk.expert, rows]
+        )
+        if validate and not ggml.validate_row_data(info.type, quantized):
             raise PhiquantError(
                 f"ggml rejected the {info.name} data it produced (values out of range "
                 f"for {info.name}, e.g. above 65504 for F16)"

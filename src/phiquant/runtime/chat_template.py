@@ -4,21 +4,27 @@ A template is code that came with a downloaded file.  It is rendered in Jinja's 
 (no attribute access to Python internals, no mutation of passed-in objects, no file or network
 access) with the same environment settings transformers uses (trim_blocks, lstrip_blocks, loop
 controls, a JSON filter that does not escape HTML), so prompts match `apply_chat_template`.  Output
-size and rendering time are bounded, so a template cannot hang or exhaust memory.
+size and rendering time are bounded, so a template cannot hang or exhaust memory.  The time bound
+works line by line, so the operators and calls that build a huge value in a single step (`'x' *
+10**9`, `s ~ s` in a loop, `center(10**9)`, which Jinja would even fold at compile time) are bounded
+by size as well.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import FrameType
 from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -76,10 +82,84 @@ def _tojson(
     )
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+_MAX_POWER_BITS = 1 << 16  # `**` results above 65536 bits (about 20000 digits) are refused
+
+
+def _too_big(what: str, size: float, limit: int, unit: str = "items") -> jinja2.exceptions.SecurityError:
+    return jinja2.exceptions.SecurityError(f"{what} would hold about {size:.0f} {unit} (limit {limit})")
+
+
+def _check_binop(operator: str, left: Any, right: Any, limit: int) -> None:
+    sized = (str, list, tuple)
+    if operator == "*":
+        for value, times in ((left, right), (right, left)):
+            if isinstance(value, sized) and isinstance(times, int) and len(value) * times > limit:
+                raise _too_big("a repeated value", len(value) * times, limit)
+    elif operator == "+" and isinstance(left, sized) and isinstance(right, sized):
+        if len(left) + len(right) > limit:
+            raise _too_big("a concatenation", len(left) + len(right), limit)
+    elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
+        bits = right * math.log2(abs(left)) if abs(left) > 1 else 0
+        if bits > _MAX_POWER_BITS:
+            raise _too_big("a power", bits, _MAX_POWER_BITS, "bits")
+
+
+def _check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int) -> None:
+    """No call a chat template makes needs a count or width in the millions (center, indent, ljust...)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > limit:
+            raise jinja2.exceptions.SecurityError(f"an argument of {value} is too large (limit {limit})")
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles `a ~ b` to a size-checked join instead of Jinja's plain str_join."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for argument in node.nodes:
+            self.visit(argument, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**", "+"})
+    code_generator_class = _BoundedCodeGenerator
+    max_size = MAX_OUTPUT_CHARS
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        _check_binop(operator, left, right, self.max_size)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _check_arguments(args, kwargs, __self.max_size)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def bounded_concat(self, parts: tuple[Any, ...]) -> str:
+        texts = [str(part) for part in parts]
+        size = sum(len(t) for t in texts)
+        if size > self.max_size:
+            raise _too_big("a `~` concatenation", size, self.max_size)
+        return "".join(texts)
+
+
+def _bounded_filter(function: Callable[..., Any], limit: int) -> Callable[..., Any]:
+    """Filters are called directly by compiled templates, not through the sandbox's call()."""
+
+    @functools.wraps(function)  # keeps Jinja's pass_context/pass_eval_context markers
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _check_arguments(args[1:], kwargs, limit)
+        return function(*args, **kwargs)
+
+    return bounded
+
+
+def _environment(max_size: int = MAX_OUTPUT_CHARS) -> ImmutableSandboxedEnvironment:
+    env = _BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, loopcontrols], autoescape=False
     )
+    env.max_size = max_size
+    env.filters = {name: _bounded_filter(f, max_size) for name, f in env.filters.items()}
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -122,7 +202,7 @@ class ChatTemplate:
         self.max_output_chars = max_output_chars
         self.max_seconds = max_seconds
         try:
-            self._template = _environment().from_string(source)
+            self._template = _environment(max_output_chars).from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             raise PhiquantError(
                 f"chat template does not parse: {exc.message} (line {exc.lineno})", path=origin

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -16,28 +17,9 @@ import llama_cpp as lc
 
 from phiquant.errors import PhiquantError
 from phiquant.runtime.llama import Context
+from phiquant.runtime.sampling import MAX_SEED, SamplingOptions, random_seed
 
-DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    seed: int | None = None
-    max_tokens: int = 512
-    stop: tuple[str, ...] = ()
-
-    def validate(self) -> None:
-        if self.temperature < 0:
-            raise PhiquantError(f"temperature must be >= 0, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise PhiquantError(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.top_k < 0:
-            raise PhiquantError(f"top_k must be >= 0, not {self.top_k}")
-        if self.max_tokens < 1:
-            raise PhiquantError(f"max_tokens must be at least 1, not {self.max_tokens}")
+__all__ = ["MAX_SEED", "Completion", "Sampler", "SamplingOptions", "generate", "random_seed"]
 
 
 @dataclass
@@ -47,29 +29,55 @@ class Completion:
     text: str = ""
     tokens: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
-    finish_reason: str = ""  # "stop" (end token or stop string), "length", or "cancelled"
+    seed: int = 0  # the seed the sampler used (drawn at random when none was given)
+    # "stop" (end token or stop string), "length" (max_tokens or the context is full),
+    # "time" (the deadline passed) or "cancelled"
+    finish_reason: str = ""
+    end_token: int | None = None  # the end-of-generation id that ended it (never part of tokens or text)
+    prompt_seconds: float = 0.0  # evaluating the prompt
+    generation_seconds: float = 0.0  # sampling and evaluating the new tokens
 
     @property
     def completion_tokens(self) -> int:
         return len(self.tokens)
 
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
 
 class Sampler:
-    """A llama.cpp sampler chain: top-k, top-p, temperature, then a seeded draw (greedy at t=0)."""
+    """A llama.cpp sampler chain: logit bias, penalties, top-k, top-p, temperature, then a seeded draw
+    (greedy at t=0).  The same options and seed give the same tokens for the same logits."""
 
-    def __init__(self, options: SamplingOptions):
-        options.validate()
+    def __init__(self, options: SamplingOptions, n_vocab: int, seed: int):
+        options.validate(n_vocab)
         self._chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if options.logit_bias:
+            entries = (lc.llama_logit_bias * len(options.logit_bias))()
+            for entry, (token, bias) in zip(entries, options.logit_bias):
+                entry.token, entry.bias = token, bias
+            self._add(lc.llama_sampler_init_logit_bias(n_vocab, len(options.logit_bias), entries))
+        if options.frequency_penalty or options.presence_penalty:
+            # Only sampled tokens are accepted into the penalty window, so the prompt is not penalised
+            # (OpenAI's penalties count the generated text).
+            self._add(
+                lc.llama_sampler_init_penalties(
+                    n_vocab, options.max_tokens, 1.0, options.frequency_penalty, options.presence_penalty
+                )
+            )
         if options.temperature == 0:
-            lc.llama_sampler_chain_add(self._chain, lc.llama_sampler_init_greedy())
+            self._add(lc.llama_sampler_init_greedy())
             return
         if options.top_k > 0:
-            lc.llama_sampler_chain_add(self._chain, lc.llama_sampler_init_top_k(options.top_k))
+            self._add(lc.llama_sampler_init_top_k(options.top_k))
         if options.top_p < 1:
-            lc.llama_sampler_chain_add(self._chain, lc.llama_sampler_init_top_p(options.top_p, 1))
-        lc.llama_sampler_chain_add(self._chain, lc.llama_sampler_init_temp(options.temperature))
-        seed = DEFAULT_SEED if options.seed is None else options.seed & 0xFFFFFFFF
-        lc.llama_sampler_chain_add(self._chain, lc.llama_sampler_init_dist(seed))
+            self._add(lc.llama_sampler_init_top_p(options.top_p, 1))
+        self._add(lc.llama_sampler_init_temp(options.temperature))
+        self._add(lc.llama_sampler_init_dist(seed))
+
+    def _add(self, sampler: lc.llama_sampler_p) -> None:
+        lc.llama_sampler_chain_add(self._chain, sampler)
 
     def sample(self, context: Context) -> int:
         return int(lc.llama_sampler_sample(self._chain, context._ctx, -1))
@@ -122,45 +130,93 @@ def generate(
     *,
     cancel: threading.Event | None = None,
     completion: Completion | None = None,
+    reuse_prefix: bool = False,
+    deadline: float | None = None,
 ) -> Iterator[str]:
     """Evaluate the prompt, then yield text as it is generated.  `completion` (if given) is filled
-    in with the tokens, the full text and the finish reason."""
+    in with the tokens, the full text and the finish reason.
+
+    The context starts empty unless `reuse_prefix`: then the keys and values of the longest prefix
+    the context already holds (an earlier chat turn) are kept and only the rest is evaluated.
+    `deadline` (time.monotonic()) ends generation with finish_reason "time"."""
     result = completion if completion is not None else Completion()
     result.prompt_tokens = len(prompt_tokens)
     if not prompt_tokens:
         raise PhiquantError("the prompt is empty")
     if len(prompt_tokens) >= context.n_ctx:
-        raise PhiquantError(f"the prompt has {len(prompt_tokens)} tokens; the context holds {context.n_ctx}")
-    sampler = Sampler(options)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    stops = _StopStringFilter(options.stop)
+        raise PhiquantError(
+            f"the prompt has {len(prompt_tokens)} tokens; the context holds {context.n_ctx} "
+            "(a larger --ctx, or a shorter prompt)"
+        )
+    result.seed = random_seed() if options.seed is None else options.seed
     model = context.model
+    sampler = Sampler(options, model.n_vocab, result.seed)
     try:
-        context.decode(list(prompt_tokens))
-        while True:
-            if cancel is not None and cancel.is_set():
-                result.finish_reason = "cancelled"
-                break
-            token = sampler.sample(context)
-            if token in end_ids or model.is_end_of_generation(token):
-                result.finish_reason = "stop"
-                break
-            result.tokens.append(token)
-            text, hit_stop = stops.push(decoder.decode(model.token_piece(token)))
-            if text:
-                result.text += text
-                yield text
-            if hit_stop:
-                result.finish_reason = "stop"
-                return
-            if len(result.tokens) >= options.max_tokens or context.n_past + 1 >= context.n_ctx:
-                result.finish_reason = "length"
-                break
-            context.decode([token])
-        tail, _ = stops.push(decoder.decode(b"", final=True))
-        tail += stops.flush()
-        if tail:
-            result.text += tail
-            yield tail
+        started = time.perf_counter()
+        _evaluate_prompt(context, prompt_tokens, reuse_prefix)
+        result.prompt_seconds = time.perf_counter() - started
+        try:
+            yield from _sample_loop(context, sampler, options, end_ids, result, cancel, deadline)
+        finally:
+            result.generation_seconds = time.perf_counter() - started - result.prompt_seconds
     finally:
         sampler.close()
+
+
+def _evaluate_prompt(context: Context, prompt_tokens: Sequence[int], reuse_prefix: bool) -> None:
+    kept = common_prefix_length(context.tokens, prompt_tokens) if reuse_prefix else 0
+    # At least the last prompt token is evaluated again: its logits pick the first new token.
+    context.keep_prefix(min(kept, len(prompt_tokens) - 1))
+    context.decode(list(prompt_tokens[context.n_past :]))
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _sample_loop(
+    context: Context,
+    sampler: Sampler,
+    options: SamplingOptions,
+    end_ids: frozenset[int],
+    result: Completion,
+    cancel: threading.Event | None,
+    deadline: float | None,
+) -> Iterator[str]:
+    model = context.model
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = _StopStringFilter(options.stop)
+    while True:
+        if cancel is not None and cancel.is_set():
+            result.finish_reason = "cancelled"
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            result.finish_reason = "time"
+            break
+        token = sampler.sample(context)
+        if token in end_ids or model.is_end_of_generation(token):
+            result.finish_reason = "stop"
+            result.end_token = token
+            break
+        result.tokens.append(token)
+        text, hit_stop = stops.push(decoder.decode(model.token_piece(token)))
+        if text:
+            result.text += text
+            yield text
+        if hit_stop:
+            result.finish_reason = "stop"
+            return
+        if len(result.tokens) >= options.max_tokens or context.n_past + 1 >= context.n_ctx:
+            result.finish_reason = "length"
+            break
+        context.decode([token])
+    tail, _ = stops.push(decoder.decode(b"", final=True))
+    tail += stops.flush()
+    if tail:
+        result.text += tail
+        yield tail

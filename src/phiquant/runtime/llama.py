@@ -8,8 +8,11 @@ contexts sharing one model (server slots), and logits for every position of a ba
 from __future__ import annotations
 
 import ctypes
+import os
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,26 +23,46 @@ from phiquant.errors import PhiquantError
 
 GGML_TYPE_F32 = 0
 
+LOG_ENV = "PHIQUANT_LLAMA_LOG"  # =1 copies llama.cpp's log to stderr
+
 _backend_lock = threading.Lock()
 _backend_ready = False
 _log_callback = None  # kept alive: llama.cpp holds the pointer
+_log_listeners: list[Callable[[str], None]] = []
 
 
-def ensure_backend(verbose: bool = False) -> None:
-    """Initialise llama.cpp once, and keep its logging quiet unless asked for."""
+def _forward_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    line = text.decode("utf-8", errors="replace")
+    for listener in list(_log_listeners):
+        listener(line)
+    if os.environ.get(LOG_ENV) == "1":
+        sys.stderr.write(line)
+
+
+def ensure_backend() -> None:
+    """Initialise llama.cpp once; its log goes to listeners (capture_llama_log), and to stderr only
+    with PHIQUANT_LLAMA_LOG=1."""
     global _backend_ready, _log_callback
     with _backend_lock:
         if _backend_ready:
             return
-        if not verbose:
-
-            def _drop(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-                return None
-
-            _log_callback = lc.llama_log_callback(_drop)
-            lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        _log_callback = lc.llama_log_callback(_forward_log)
+        lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
         lc.llama_backend_init()
         _backend_ready = True
+
+
+@contextmanager
+def capture_llama_log() -> Iterator[list[str]]:
+    """Collect llama.cpp's log lines while the block runs (what it allocated, which buffers)."""
+    ensure_backend()
+    lines: list[str] = []
+    listener = lines.append
+    _log_listeners.append(listener)
+    try:
+        yield lines
+    finally:
+        _log_listeners.remove(listener)
 
 
 @dataclass(frozen=True)
@@ -193,9 +216,13 @@ class Context:
             )
         self.n_ctx = lc.llama_n_ctx(self._ctx)
         self.n_batch = params.n_batch
-        self.n_past = 0
+        self.tokens: list[int] = []  # what the KV cache holds, position by position
         self.embeddings = embeddings
         self._window_batch: _TokenBatch | None = None
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
 
     def close(self) -> None:
         if self._ctx:
@@ -214,7 +241,16 @@ class Context:
 
     def clear(self) -> None:
         lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
-        self.n_past = 0
+        self.tokens = []
+
+    def keep_prefix(self, n: int) -> None:
+        """Forget every position from `n` on, keeping the first `n` tokens' keys and values."""
+        if n >= self.n_past:
+            return
+        if n <= 0 or not lc.llama_memory_seq_rm(lc.llama_get_memory(self._ctx), 0, n, -1):
+            self.clear()
+            return
+        del self.tokens[n:]
 
     def decode(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
         """Feed tokens after what the context already holds; return logits (n x vocab) for every
@@ -244,7 +280,7 @@ class Context:
                 raise PhiquantError(
                     f"llama.cpp failed to evaluate {n} tokens (llama_decode returned {status})"
                 )
-            self.n_past += n
+            self.tokens.extend(tokens)
             n_vocab = self.model.n_vocab
             if all_logits:
                 pointer = lc.llama_get_logits(self._ctx)
@@ -274,6 +310,7 @@ class Context:
             raise PhiquantError(
                 f"llama.cpp failed to evaluate {windows.size} tokens (llama_decode returned {status})"
             )
+        self.tokens = windows[0].tolist()  # sequence 0 (the others live in their own KV streams)
         n_vocab = self.model.n_vocab
         n_outputs = windows.size if self.embeddings else n_seq * (length - output_from)
         logits = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(n_outputs * n_vocab,))

@@ -4,9 +4,10 @@ llama.cpp moves quantized weights into "extra" CPU buffer types (AMX tiles, repa
 layouts) for faster matrix products.  On some CPUs the AMX kernels crash with SIGSEGV on every
 quantized model; loading with `use_extra_bufts = false` avoids them, at the cost of the faster
 paths everywhere.  So phiquant asks the machine: the first time a kind of model is loaded, a
-child process loads it with extra buffers and evaluates a few tokens.  If the child dies, extra
+child process loads a model with extra buffers and evaluates a few tokens.  If the child dies, extra
 buffers stay off; if it lives, they stay on.  The verdict is cached per CPU, llama.cpp version and
-set of tensor types.  PHIQUANT_EXTRA_BUFTS=0 or 1 overrides the probe.
+set of tensor types.  The child evaluates a tiny model with the same tensor types, not the user's
+model, so probing costs a second even for a 14B file.  PHIQUANT_EXTRA_BUFTS=0 or 1 overrides it.
 """
 
 from __future__ import annotations
@@ -71,26 +72,34 @@ def decide_extra_bufts(path: Path) -> ProbeVerdict:
     cached = _read_cache(cache_file)
     if key in cached:
         return ProbeVerdict(bool(cached[key]), "cached probe")
-    verdict = run_probe(path)
+    verdict = run_probe(probe_file(types))
     cached[key] = verdict.use_extra_bufts
     _write_cache(cache_file, cached)
     return verdict
 
 
-def probe_environment() -> dict[str, str]:
-    """The child must import this phiquant even when it is not installed (a source checkout on sys.path,
-    as under pytest): otherwise it exits 1 and every quantized model loses the fast paths."""
-    env = os.environ.copy()
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-    return env
+def probe_file(types: set[int]) -> Path:
+    """A tiny model with the same tensor types (runtime.probe_model), made once per type set."""
+    from phiquant.runtime.probe_model import write_probe_model
+
+    name = "probe-" + "-".join(str(t) for t in sorted(types)) + ".gguf"
+    path = cache_dir() / name
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_probe_model(path, types)
+    return path
 
 
 def run_probe(path: Path) -> ProbeVerdict:
     command = [sys.executable, "-m", "phiquant.runtime.loader", str(path)]
+    # The child must import this very phiquant, installed or not (a source checkout on sys.path).
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    )
     try:
         completed = subprocess.run(
-            command, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, env=probe_environment(), check=False
+            command, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, env=env, check=False
         )
     except subprocess.TimeoutExpired:
         return ProbeVerdict(False, "probe with extra buffer types timed out")

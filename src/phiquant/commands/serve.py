@@ -1,0 +1,150 @@
+"""`phiquant serve`: an OpenAI-compatible HTTP server for one model."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from typing import Any
+
+from phiquant import api
+from phiquant.commands import Command
+from phiquant.commands.runtime_flags import add_model_arguments, runner_options
+from phiquant.errors import PhiquantError
+from phiquant.server.limits import ServerLimits
+
+API_KEY_ENV = "PHIQUANT_API_KEY"
+DEFAULT_LIMITS = ServerLimits()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    group = parser.add_argument_group("server")
+    group.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    group.add_argument(
+        "--port", type=int, default=8080, help="port (default %(default)s; 0 picks a free one)"
+    )
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set)",
+    )
+    group.add_argument(
+        "--parallel", type=int, default=1, metavar="N",
+        help="generation slots: requests that run at once, each in its own context (default %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--model-alias", metavar="NAME", help="the model id clients use (default: the file name)"
+    )
+    limits = parser.add_argument_group(
+        "limits",
+        "Requests beyond --parallel wait in a first-come-first-served queue of --max-queue; beyond that, "
+        "and beyond --max-connections requests in progress, the server answers 429 with Retry-After.",
+    )
+    _limit(
+        limits,
+        "--max-body-bytes",
+        int,
+        DEFAULT_LIMITS.max_body_bytes,
+        "largest request body; larger gets 413",
+    )
+    _limit(limits, "--max-prompt-tokens", int, None, "longest prompt (default: the context size)")
+    _limit(
+        limits, "--max-tokens", int, None, "largest max_tokens a request may ask (default: the context size)"
+    )
+    _limit(limits, "--max-connections", int, DEFAULT_LIMITS.max_connections, "requests in progress at once")
+    _limit(limits, "--max-queue", int, DEFAULT_LIMITS.max_queue, "requests waiting for a slot")
+    _limit(
+        limits,
+        "--queue-timeout",
+        float,
+        DEFAULT_LIMITS.queue_timeout,
+        "seconds a request may wait for a slot",
+    )
+    _limit(
+        limits, "--request-timeout", float, DEFAULT_LIMITS.request_timeout,
+        "seconds of generation per request; then it ends with finish_reason 'length'",
+    )  # fmt: skip
+    _limit(
+        limits, "--client-timeout", float, DEFAULT_LIMITS.client_timeout,
+        "seconds a client has to send its request (head and body); slower ones get 408",
+    )  # fmt: skip
+    parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
+
+
+def _limit(group: Any, flag: str, kind: type, default: Any, text: str) -> None:
+    shown = "" if default is None else " (default %(default)s)"
+    group.add_argument(flag, type=kind, default=default, metavar="N", help=text + shown)
+
+
+def limits_from(args: argparse.Namespace) -> ServerLimits:
+    values = {
+        "max_body_bytes": args.max_body_bytes,
+        "max_prompt_tokens": args.max_prompt_tokens,
+        "max_tokens": args.max_tokens,
+        "max_connections": args.max_connections,
+        "max_queue": args.max_queue,
+        "queue_timeout": args.queue_timeout,
+        "request_timeout": args.request_timeout,
+        "client_timeout": args.client_timeout,
+    }
+    for name, value in values.items():
+        minimum = 0 if name == "max_queue" else 1
+        if value is not None and value < minimum:
+            raise PhiquantError(f"--{name.replace('_', '-')} must be at least {minimum}, not {value}")
+    return ServerLimits(**values)
+
+
+def run(args: argparse.Namespace, output: Any) -> int:
+    from phiquant.server.run import ServeOptions, serve
+
+    if args.parallel < 1:
+        raise PhiquantError(f"--parallel must be at least 1, not {args.parallel}")
+    if not 0 <= args.port <= 65535:
+        raise PhiquantError(f"--port must be in 0-65535, not {args.port}")
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        parallel=args.parallel,
+        model_alias=args.model_alias,
+        limits=limits_from(args),
+        access_log=args.access_log,
+    )
+    with api.load(
+        args.model, runner_options(args, n_contexts=args.parallel), reporter=output.reporter()
+    ) as runner:
+        model_id = options.model_alias or runner.name
+
+        def announce(url: str) -> None:
+            if output.json:
+                record = {"event": "listening", "url": url, "base_url": f"{url}/v1", "model": model_id}
+                print(json.dumps(record), flush=True)
+            elif not output.quiet:
+                print(
+                    f"phiquant: serving {model_id} at {url}/v1 ({args.parallel} slot(s) of {runner.n_ctx} "
+                    f"tokens; {runner.placement.describe()}). Ctrl-C stops.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C and SIGTERM are how a server stops
+            serve(runner, options, announce)
+    if not output.quiet and not output.json:
+        print("phiquant: server stopped", file=sys.stderr)
+    return 0
+
+
+COMMAND = Command(
+    name="serve",
+    summary="serve a model over an OpenAI-compatible HTTP API",
+    description=(
+        "Serve one model at /v1/models, /v1/chat/completions and /v1/completions (streamed or not), plus "
+        "/health. Prompts use the model's own chat template; every end-of-generation token ends an answer "
+        "and none is ever sent. Invalid requests get OpenAI-style JSON errors with a 4xx status."
+    ),
+    add_arguments=add_arguments,
+    run=run,
+)

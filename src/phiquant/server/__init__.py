@@ -1,0 +1,1 @@
+"""phiquant's OpenAI-compatible server (Starlette on uvicorn; `pip install phiquant[serve]`)."""
