@@ -1,8 +1,9 @@
 """Per-token scores from logits: what each scored token costs a file, and how far it is from the reference.
 
 Everything is exact over the whole vocabulary (no top-k, no truncated tail).  Rows are processed a few at
-a time so the vocabulary-wide temporaries stay in the CPU cache, and the reference's softmax of a chunk
-is computed once for every file compared against it.
+a time so the vocabulary-wide temporaries stay in the CPU cache.  The reference's side of a batch
+(`reference_rows`: its probabilities, log-sum-exp and top token) is computed once and shared by every
+file compared against it.
 
 For one position with reference logits r and candidate logits c (log-sum-exp L(.), p = softmax(r)):
     nll       = L(c) - c[target]                   (natural log; perplexity = exp(mean nll))
@@ -19,18 +20,16 @@ precision relative to d; B is small (the shift makes it so even when p sits on o
 log1p(B) - B is about -B^2/2.  The textbook form, E_p[d] - (L(r) - L(c)) from two log-sum-exps, loses
 about 1e-9 nats a token to exp's float32 rounding: all of the divergence of an F16 file from F32 on some
 tokens, but nothing that matters once the divergence is large, so rows with |B| > PRECISE_UP_TO, or whose
-candidate logits exceed the reference's by more than EXP_LIMIT (a broken file), use it.
+expm1 overflows float32 (a candidate logit ~88 nats above the reference's: a broken file), use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 ROWS_PER_CHUNK = 16  # 16 rows x 32064 x 4 bytes = 2 MB of temporaries: about an L2/L3 slice
-EXP_LIMIT = 80.0  # e^80 fits float32 (e^88.7 does not)
 # Past |B| = 0.5 the divergence is large (above ~0.1 nats) and the textbook form is exact enough, while
 # E_p[d + expm1(-d)] and log1p(B) - B grow and start to cancel.
 PRECISE_UP_TO = 0.5
@@ -53,92 +52,94 @@ class TokenScores:
 
 
 @dataclass(frozen=True)
-class _Softmax:
-    """One chunk's softmax pieces: log-sum-exp (float64), argmax, and optionally p."""
+class ReferenceRows:
+    """The reference's side of a batch of rows, computed once for every file scored against it."""
 
-    lse: np.ndarray
-    top: np.ndarray
-    probabilities: np.ndarray | None  # float32, summing to `total` (1 up to rounding)
-    total: np.ndarray
+    logits: np.ndarray  # (n, vocab) float32
+    probabilities: np.ndarray  # (n, vocab) float32 softmax, rows summing to `total` (1 up to rounding)
+    total: np.ndarray  # float64
+    lse: np.ndarray  # float64 log-sum-exp
+    top: np.ndarray  # int32 argmax
+    nll: np.ndarray  # float64, of the target tokens
 
 
-def _softmax(logits: np.ndarray, scratch: np.ndarray, *, keep_probabilities: bool) -> _Softmax:
+def _log_sum_exp(logits: np.ndarray, shifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log-sum-exp float64, argmax); leaves exp(logits - max) in `shifted`."""
     top = logits.argmax(axis=1).astype(np.int32)
     peak = logits[np.arange(len(logits)), top][:, None]
-    shifted = scratch[: len(logits)]
     np.subtract(logits, peak, out=shifted)
     np.exp(shifted, out=shifted)
     sums = shifted.sum(axis=1, dtype=np.float64)
-    lse = peak[:, 0].astype(np.float64) + np.log(sums)
-    probabilities, total = None, np.ones(len(logits))
-    if keep_probabilities:
-        probabilities = shifted / sums[:, None].astype(np.float32)
-        total = probabilities.sum(axis=1, dtype=np.float64)
-    return _Softmax(lse, top, probabilities, total)
-
-
-def _divergence(
-    r: np.ndarray, c: np.ndarray, base: _Softmax, own: _Softmax, d: np.ndarray, e: np.ndarray
-) -> np.ndarray:
-    """KL(softmax(r) || softmax(c)) per row, float64 (module docstring)."""
-    n = len(r)
-    d, e = d[:n], e[:n]
-    p = base.probabilities
-    assert p is not None
-    np.subtract(r, c, out=d)
-    shift = d[np.arange(n), base.top].astype(np.float64)
-    d -= shift.astype(np.float32)[:, None]
-    mean_d = np.einsum("ij,ij->i", p, d).astype(np.float64) / base.total
-    textbook = mean_d + shift - (base.lse - own.lse)
-    np.negative(d, out=e)
-    overflow = e.max(axis=1) > EXP_LIMIT
-    np.minimum(e, EXP_LIMIT, out=e)
-    np.expm1(e, out=e)
-    b = np.einsum("ij,ij->i", p, e).astype(np.float64) / base.total
-    np.add(d, e, out=d)
-    precise = np.einsum("ij,ij->i", p, d).astype(np.float64) / base.total + (np.log1p(b) - b)
-    return np.where(overflow | (np.abs(b) > PRECISE_UP_TO), textbook, precise)
+    return peak[:, 0].astype(np.float64) + np.log(sums), top
 
 
 def _picked(logits: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return logits[np.arange(len(logits)), columns].astype(np.float64)
 
 
-def score_batch(
-    candidates: Sequence[np.ndarray],
-    targets: np.ndarray,
-    reference: np.ndarray | None,
-    scores: Sequence[TokenScores],
-    reference_scores: TokenScores | None = None,
+def reference_rows(logits: np.ndarray, targets: np.ndarray) -> ReferenceRows:
+    """The reference's softmax of (n, vocab) logits, and its own scores of the `targets`."""
+    n = len(logits)
+    probabilities = np.empty_like(logits)
+    lse, top = np.empty(n), np.empty(n, dtype=np.int32)
+    for start in range(0, n, ROWS_PER_CHUNK):
+        rows = slice(start, min(start + ROWS_PER_CHUNK, n))
+        lse[rows], top[rows] = _log_sum_exp(logits[rows], probabilities[rows])
+        probabilities[rows] /= np.exp(lse[rows] - _picked(logits[rows], top[rows])).astype(np.float32)[
+            :, None
+        ]
+    total = probabilities.sum(axis=1, dtype=np.float64)
+    return ReferenceRows(logits, probabilities, total, lse, top, lse - _picked(logits, targets))
+
+
+def _divergence(
+    c: np.ndarray, reference: ReferenceRows, rows: slice, own_lse: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    """KL(reference || candidate) per row, float64 (module docstring), in six passes over the row."""
+    n = len(c)
+    minus_d, t = a[:n], b[:n]
+    p, total = reference.probabilities[rows], reference.total[rows]
+    np.subtract(c, reference.logits[rows], out=minus_d)
+    shift = -minus_d[np.arange(n), reference.top[rows]].astype(np.float64)
+    minus_d += shift.astype(np.float32)[:, None]
+    # An overflow (inf, then inf - inf) only happens on the rows the fallback below recomputes.
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.expm1(minus_d, out=t)
+        expm1_mean = np.einsum("ij,ij->i", p, t).astype(np.float64) / total
+        np.subtract(t, minus_d, out=t)  # d + expm1(-d), >= 0
+        t_mean = np.einsum("ij,ij->i", p, t).astype(np.float64) / total
+        precise = t_mean + (np.log1p(expm1_mean) - expm1_mean)
+        textbook = (t_mean - expm1_mean) + shift - (reference.lse[rows] - own_lse)
+    fallback = ~np.isfinite(precise) | (np.abs(expm1_mean) > PRECISE_UP_TO)
+    if fallback.any():
+        # A candidate logit far above the reference's overflowed expm1: recompute E_p[d] directly there.
+        np.subtract(reference.logits[rows][fallback], c[fallback], out=minus_d[: fallback.sum()])
+        mean_d = np.einsum("ij,ij->i", p[fallback], minus_d[: fallback.sum()]).astype(np.float64)
+        textbook[fallback] = mean_d / total[fallback] - (reference.lse[rows][fallback] - own_lse[fallback])
+    return np.where(fallback, textbook, precise)
+
+
+def score_rows(
+    logits: np.ndarray, targets: np.ndarray, reference: ReferenceRows | None, scores: TokenScores
 ) -> None:
-    """Score rows of logits ((n, vocab) float32 each) for the tokens `targets` (n,), appending to
-    `scores` (one per candidate) and, when given, the reference's own scores to `reference_scores`."""
-    n_rows, n_vocab = candidates[0].shape if candidates else reference.shape  # type: ignore[union-attr]
-    scratch = np.empty((ROWS_PER_CHUNK, n_vocab), dtype=np.float32)
+    """Score (n, vocab) float32 logits for the next tokens `targets` (n,), against the reference's rows
+    when given, appending to `scores`."""
+    n, n_vocab = logits.shape
+    shifted = np.empty((ROWS_PER_CHUNK, n_vocab), dtype=np.float32)
     difference = np.empty((ROWS_PER_CHUNK, n_vocab), dtype=np.float32)
-    for start in range(0, n_rows, ROWS_PER_CHUNK):
-        rows = slice(start, min(start + ROWS_PER_CHUNK, n_rows))
-        wanted = targets[rows]
-        base = None
-        if reference is not None:
-            r = reference[rows]
-            base = _softmax(r, scratch, keep_probabilities=True)
-            base_nll = base.lse - _picked(r, wanted)
-            if reference_scores is not None:
-                reference_scores.nll.append(base_nll)
-                reference_scores.top.append(base.top)
-        for logits, into in zip(candidates, scores):
-            c = logits[rows]
-            own = _softmax(c, scratch, keep_probabilities=False)
-            nll = own.lse - _picked(c, wanted)
-            into.nll.append(nll)
-            into.top.append(own.top)
-            if base is None:
-                continue
-            assert base.probabilities is not None and reference is not None
-            into.kld.append(_divergence(reference[rows], c, base, own, difference, scratch))
-            into.same_top.append(own.top == base.top)
-            p_top_candidate = np.exp(_picked(c, base.top) - own.lse)
-            p_top_reference = np.exp(_picked(reference[rows], base.top) - base.lse)
-            into.dp_top.append(p_top_candidate - p_top_reference)
-            into.dp_target.append(np.exp(-nll) - np.exp(-base_nll))
+    for start in range(0, n, ROWS_PER_CHUNK):
+        rows = slice(start, min(start + ROWS_PER_CHUNK, n))
+        c = logits[rows]
+        lse, top = _log_sum_exp(c, shifted[: len(c)])
+        nll = lse - _picked(c, targets[rows])
+        scores.nll.append(nll)
+        scores.top.append(top)
+        if reference is None:
+            continue
+        reference_top = reference.top[rows]
+        scores.kld.append(_divergence(c, reference, rows, lse, difference, shifted))
+        scores.same_top.append(top == reference_top)
+        p_top = np.exp(_picked(c, reference_top) - lse)
+        p_top_reference = np.exp(_picked(reference.logits[rows], reference_top) - reference.lse[rows])
+        scores.dp_top.append(p_top - p_top_reference)
+        scores.dp_target.append(np.exp(-nll) - np.exp(-reference.nll[rows]))
