@@ -175,7 +175,17 @@ def evaluate_files(
 
 def _context_notes(file: ModelFile, plan: WindowPlan) -> list[str]:
     arch = file.gguf.arch
+    notes = []
     trained = file.gguf.get(f"{arch}.context_length")
     if isinstance(trained, int) and plan.ctx > trained:
-        return [f"--ctx {plan.ctx} is longer than the {trained} tokens this model was trained for"]
-    return []
+        notes.append(f"--ctx {plan.ctx} is longer than the {trained} tokens this model was trained for")
+    original = file.gguf.get(f"{arch}.rope.scaling.original_context_length")
+    if isinstance(original, int) and any(t.name == "rope_factors_long.weight" for t in file.gguf.tensors):
+        # llama-model.cpp get_rope_factors: long factors once the per-sequence context exceeds the original
+        # (llama.cpp rounds the context up to a multiple of 256 first).
+        padded = -(-plan.ctx // 256) * 256
+        factors = "long" if padded > original else "short"
+        notes.append(
+            f"windows of {plan.ctx} tokens run LongRoPE's {factors} factors (original context {original})"
+        )
+    return notes

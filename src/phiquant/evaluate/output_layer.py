@@ -151,6 +151,13 @@ def _tensor_bytes(ggml_type: int, shape: tuple[int, ...]) -> int:
     return type_info(ggml_type).row_bytes(shape[0]) * rows
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may use, not the host's count
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 class OutputLayer:
     """`logits(hidden)` = hidden x output.weight (+ output.bias), computed by ggml as llama.cpp does."""
 
@@ -162,7 +169,7 @@ class OutputLayer:
             raise PhiquantError(f"{weight.name} has an unexpected shape {weight.shape}", path=gguf.path)
         self.n_embd, self.n_vocab = weight.shape
         self.weight_type = weight.ggml_type
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or _usable_cpus()
         lib = _libraries()
         overhead = 4 * lib.base.ggml_tensor_overhead()
         self._weights = _GgmlContext(weight.nbytes + (bias.nbytes if bias else 0) + overhead + 4096)

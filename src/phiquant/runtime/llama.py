@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as lc
 import numpy as np
@@ -348,15 +349,17 @@ class _TokenBatch:
         self.seq_id_pointers = (self.seq_id.ctypes.data + 4 * np.arange(capacity, dtype=np.uint64)).astype(
             np.uint64
         )
-        self.struct = lc.llama_batch()
-        self.struct.token = self.token.ctypes.data_as(ctypes.POINTER(lc.llama_token))
-        self.struct.embd = ctypes.POINTER(ctypes.c_float)()
-        self.struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(lc.llama_pos))
-        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
-        self.struct.seq_id = ctypes.cast(
+        # Built field by field (llama-cpp-python annotates these pointers as arrays, hence the Any).
+        struct: Any = lc.llama_batch()
+        struct.token = self.token.ctypes.data_as(ctypes.POINTER(lc.llama_token))
+        struct.embd = ctypes.POINTER(ctypes.c_float)()
+        struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(lc.llama_pos))
+        struct.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        struct.seq_id = ctypes.cast(
             self.seq_id_pointers.ctypes.data, ctypes.POINTER(ctypes.POINTER(lc.llama_seq_id))
         )
-        self.struct.logits = self.output.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        struct.logits = self.output.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.struct = struct
 
     def fill(self, windows: np.ndarray, output_from: int, *, all_outputs: bool) -> None:
         n_seq, length = windows.shape
