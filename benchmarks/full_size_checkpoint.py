@@ -15,7 +15,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-
 from tests.fixtures.hf_json_files import write_hf_json
 from tests.fixtures.phi3_config_files import config_json, generation_config_json
 from tests.fixtures.phi3_rope_factors import phi35_long_factors, phi35_short_factors

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phiquant.errors import PhiquantError
+from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
 from phiquant.inspection import GGUFReport, inspect_gguf
 from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, ModelSource
 from phiquant.progress import SILENT, Reporter
@@ -31,6 +32,8 @@ from phiquant.quant.plan import QuantOptions, TensorPlan
 from phiquant.quant.types import parse_preset
 
 if TYPE_CHECKING:  # the runtime loads llama.cpp: imported only by the functions that run models
+    from phiquant.evaluate.evaluation import Evaluation
+    from phiquant.evaluate.report import Report
     from phiquant.runtime.generate import Completion, SamplingOptions
     from phiquant.runtime.runner import ModelRunner, RunnerOptions
 
@@ -222,6 +225,125 @@ def _file_result(planned: PlannedFile, dry_run: bool) -> QuantizedFile:
 def inspect(path: str | Path) -> GGUFReport:
     """Describe a GGUF file: architecture, key metadata, tensors by type, bits per weight, EOG tokens."""
     return inspect_gguf(Path(path))
+
+
+def default_text() -> Path:
+    """The held-out text phiquant evaluates on unless told otherwise."""
+    from phiquant.bundled import heldout_text_path
+
+    return heldout_text_path()
+
+
+def evaluate(
+    files: str | Path | Sequence[str | Path],
+    *,
+    reference: str | Path | None = None,
+    text: str | Path | None = None,
+    options: EvalOptions = DEFAULT_OPTIONS,
+    reporter: Reporter = SILENT,
+) -> Evaluation:
+    """Perplexity of each GGUF file over `text` (default: phiquant's held-out text) in windows of
+    `options.ctx` tokens, KL divergence and top-token agreement against the reference (default: the
+    F32/BF16/F16 file of the same model among or beside the files), speed, size and bits per weight."""
+    from phiquant.evaluate.evaluation import evaluate_files
+
+    paths = [files] if isinstance(files, (str, Path)) else list(files)
+    return evaluate_files(
+        paths, reference=reference, text=text or default_text(), options=options, reporter=reporter
+    )
+
+
+def gguf_files_in(inputs: Sequence[str | Path]) -> list[Path]:
+    """The GGUF files named, with directories standing for every *.gguf file inside them."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(item.glob("*.gguf"))
+            if not found:
+                raise PhiquantError("no .gguf files in this directory", path=item)
+            paths += found
+        else:
+            paths.append(item)
+    return paths
+
+
+def report(
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    reference: str | Path | None = None,
+    text: str | Path | None = None,
+    options: EvalOptions = DEFAULT_OPTIONS,
+    max_kld: float = DEFAULT_MAX_KLD,
+    output_dir: str | Path | None = None,
+    plot: bool = True,
+    model_name: str = "",
+    reporter: Reporter = SILENT,
+) -> Report:
+    """Evaluate every file of a model (files, or directories of them) and write `<model>-report.md`,
+    `.json` and `.png` (size against mean KL divergence, Pareto front marked) into `output_dir`
+    (default: the first file's directory), recommending the smallest file under `max_kld`."""
+    from phiquant.evaluate.report import build_report, write_report
+
+    if max_kld <= 0:
+        raise PhiquantError(f"--max-kld must be positive, not {max_kld}")
+    paths = gguf_files_in([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
+    evaluation = evaluate(paths, reference=reference, text=text, options=options, reporter=reporter)
+    name = model_name or _model_name(paths)
+    built = build_report(evaluation, max_kld=max_kld, model=name)
+    directory = Path(output_dir) if output_dir is not None else paths[0].parent
+    return write_report(built, directory, plot=plot)
+
+
+def _model_name(paths: Sequence[Path]) -> str:
+    from phiquant.gguf_io import read_gguf
+
+    name = read_gguf(paths[0]).get("general.name")
+    return str(name).replace(" ", "-") if isinstance(name, str) and name else paths[0].stem
+
+
+def report_quantized(
+    source: str | Path,
+    result: QuantizeResult,
+    *,
+    text: str | Path | None = None,
+    options: EvalOptions = DEFAULT_OPTIONS,
+    max_kld: float = DEFAULT_MAX_KLD,
+    plot: bool = True,
+    reporter: Reporter = SILENT,
+) -> Report:
+    """`quantize --eval`: evaluate the files `quantize` wrote against an unquantized file of the same
+    source (the source GGUF itself, a written F32/BF16/F16 file, or a conversion made in a temporary
+    directory), and write the report beside them."""
+    import tempfile
+
+    from phiquant.evaluate.report import build_report, write_report
+
+    written = [f.path for f in result.files]
+    if not written:
+        raise PhiquantError("nothing was written to evaluate")
+    with tempfile.TemporaryDirectory(prefix="phiquant-reference-") as temporary:
+        reference = _unquantized_reference(Path(source), result, Path(temporary), reporter)
+        files = (
+            written if reference in written or reference.parent == Path(temporary) else [reference, *written]
+        )
+        evaluation = evaluate(files, reference=reference, text=text, options=options, reporter=reporter)
+        if reference.parent == Path(temporary):
+            evaluation.notes.append(
+                f"reference: {reference.name}, converted from {source} for this evaluation and then removed"
+            )
+    built = build_report(evaluation, max_kld=max_kld, model=_model_name(written))
+    return write_report(built, written[0].parent, plot=plot)
+
+
+def _unquantized_reference(source: Path, result: QuantizeResult, temporary: Path, reporter: Reporter) -> Path:
+    for type_name in ("F32", "BF16", "F16"):  # the most faithful written file first
+        for file in result.files:
+            if file.type.upper() == type_name:
+                return file.path
+    if source.is_file():
+        return source  # quantize reads only F32/BF16/F16 GGUF sources (or requantizes, at the user's word)
+    reporter.note("converting the source to an unquantized reference for the evaluation")
+    return convert(source, temporary / "reference.gguf", "auto", reporter=reporter).path
 
 
 def load(

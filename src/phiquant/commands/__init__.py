@@ -21,9 +21,20 @@ class Command:
 
 
 def _all_commands() -> list[Command]:
-    from phiquant.commands import chat, convert, generate, inspect, quantize, serve
+    from phiquant.commands import chat, convert, demo, generate, inspect, quantize, report, serve
+    from phiquant.commands import eval as eval_command
 
-    return [convert.COMMAND, quantize.COMMAND, inspect.COMMAND, generate.COMMAND, chat.COMMAND, serve.COMMAND]
+    return [
+        convert.COMMAND,
+        quantize.COMMAND,
+        eval_command.COMMAND,
+        report.COMMAND,
+        inspect.COMMAND,
+        generate.COMMAND,
+        chat.COMMAND,
+        serve.COMMAND,
+        demo.COMMAND,
+    ]
 
 
 COMMANDS: list[Command] = _all_commands()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from typing import Any
 
 from phiquant import api
 from phiquant.commands import Command
+from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, render_report
+from phiquant.commands.report import add_report_arguments
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes
 from phiquant.quant.types import parse_ggml_type
@@ -73,6 +76,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the per-tensor plan and sizes; write nothing"
     )
+    evaluation = parser.add_argument_group(
+        "evaluation (--eval)", "measure the written files against an unquantized copy of the source"
+    )
+    evaluation.add_argument(
+        "--eval",
+        action="store_true",
+        help="after writing, evaluate every file (as `phiquant report`) and write the report beside them",
+    )
+    add_evaluation_arguments(evaluation, prefix="eval-")
+    add_report_arguments(evaluation)
 
 
 def run(args: argparse.Namespace, output: Any) -> int:
@@ -93,6 +106,17 @@ def run(args: argparse.Namespace, output: Any) -> int:
         dry_run=args.dry_run,
         reporter=output.reporter(),
     )
+    report = None
+    if args.eval and not result.dry_run:
+        report = api.report_quantized(
+            args.source,
+            result,
+            text=args.eval_text,
+            options=evaluation_options(args, prefix="eval-"),
+            max_kld=args.max_kld,
+            plot=not args.no_plot,
+            reporter=output.reporter(),
+        )
 
     def render(console: Any) -> None:
         from rich.table import Table
@@ -123,7 +147,15 @@ def run(args: argparse.Namespace, output: Any) -> int:
         console.print(table)
         for note in result.notes:
             console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+        if report is not None:
+            render_report(console, report)
 
+    if output.json and report is not None:
+        from phiquant.cli import to_jsonable
+        from phiquant.evaluate.report import to_json
+
+        print(json.dumps({"quantize": to_jsonable(result), "report": to_json(report)}, indent=2))
+        return 0
     output.result(result, render)
     return 0
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as lc
 import numpy as np
@@ -70,6 +71,7 @@ class LoadOptions:
     n_gpu_layers: int = 0
     use_extra_bufts: bool = True
     use_mmap: bool = True
+    vocab_only: bool = False  # the tokenizer without the weights
 
 
 class LoadedModel:
@@ -82,6 +84,7 @@ class LoadedModel:
         params = lc.llama_model_default_params()
         params.n_gpu_layers = options.n_gpu_layers
         params.use_extra_bufts = options.use_extra_bufts
+        params.vocab_only = options.vocab_only
         if not options.use_mmap:
             params.load_mode = lc.LLAMA_LOAD_MODE_NONE
         self._model = lc.llama_model_load_from_file(str(self.path).encode(), params)
@@ -142,6 +145,20 @@ class LoadedModel:
     def is_end_of_generation(self, token: int) -> bool:
         return bool(lc.llama_vocab_is_eog(self._vocab, token))
 
+    @property
+    def n_embd_out(self) -> int:
+        """Width of the hidden state llama.cpp returns as embeddings (the output layer's input)."""
+        return int(lc.llama_model_n_embd_out(self._model))
+
+    @property
+    def adds_bos(self) -> bool:
+        """Whether llama.cpp puts BOS before tokenized text (tokenizer.ggml.add_bos_token)."""
+        return bool(lc.llama_vocab_get_add_bos(self._vocab))
+
+    @property
+    def bos_id(self) -> int:
+        return int(lc.llama_vocab_bos(self._vocab))
+
     def new_context(
         self,
         n_ctx: int,
@@ -149,9 +166,17 @@ class LoadedModel:
         n_batch: int | None = None,
         n_threads: int | None = None,
         reference_precision: bool = False,
+        n_seq_max: int = 1,
+        embeddings: bool = False,
     ) -> Context:
         return Context(
-            self, n_ctx, n_batch=n_batch, n_threads=n_threads, reference_precision=reference_precision
+            self,
+            n_ctx,
+            n_batch=n_batch,
+            n_threads=n_threads,
+            reference_precision=reference_precision,
+            n_seq_max=n_seq_max,
+            embeddings=embeddings,
         )
 
 
@@ -166,6 +191,8 @@ class Context:
         n_batch: int | None = None,
         n_threads: int | None = None,
         reference_precision: bool = False,
+        n_seq_max: int = 1,
+        embeddings: bool = False,
     ):
         self.model = model
         params = lc.llama_context_default_params()
@@ -176,7 +203,10 @@ class Context:
             params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_ctx = n_ctx
         params.n_batch = n_batch or min(n_ctx, 512)
-        params.n_ubatch = params.n_batch
+        params.n_ubatch = min(params.n_batch, 512)  # llama.cpp's default micro-batch
+        # One KV stream per sequence (kv_unified off), as llama.cpp's perplexity tool runs its windows.
+        params.n_seq_max = n_seq_max
+        params.embeddings = embeddings
         if n_threads:
             params.n_threads = n_threads
             params.n_threads_batch = n_threads
@@ -188,6 +218,8 @@ class Context:
         self.n_ctx = lc.llama_n_ctx(self._ctx)
         self.n_batch = params.n_batch
         self.tokens: list[int] = []  # what the KV cache holds, position by position
+        self.embeddings = embeddings
+        self._window_batch: _TokenBatch | None = None
 
     @property
     def n_past(self) -> int:
@@ -203,6 +235,10 @@ class Context:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def n_threads(self) -> int:
+        return int(lc.llama_n_threads(self._ctx))
 
     def clear(self) -> None:
         lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
@@ -256,3 +292,81 @@ class Context:
             return None
         finally:
             lc.llama_batch_free(batch)
+
+    def decode_windows(self, windows: np.ndarray, output_from: int) -> WindowOutput:
+        """Evaluate independent token windows in one batch, window i as sequence i at positions
+        0..n-1, after clearing the cache; return the outputs of positions >= `output_from`.
+
+        The arrays are views of llama.cpp's buffers, valid until this context decodes again."""
+        n_seq, length = windows.shape
+        if windows.size > self.n_batch or length > self.n_ctx // max(n_seq, 1) + 1:
+            raise ValueError(f"{n_seq} windows of {length} tokens do not fit this context")
+        if self._window_batch is None or self._window_batch.capacity < windows.size:
+            self._window_batch = _TokenBatch(self.n_batch)
+        batch = self._window_batch
+        batch.fill(windows, output_from, all_outputs=self.embeddings)
+        self.clear()
+        status = lc.llama_decode(self._ctx, batch.struct)
+        if status != 0:
+            raise PhiquantError(
+                f"llama.cpp failed to evaluate {windows.size} tokens (llama_decode returned {status})"
+            )
+        self.tokens = windows[0].tolist()  # sequence 0 (the others live in their own KV streams)
+        n_vocab = self.model.n_vocab
+        n_outputs = windows.size if self.embeddings else n_seq * (length - output_from)
+        logits = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(n_outputs * n_vocab,))
+        if not self.embeddings:
+            return WindowOutput(logits.reshape(n_seq, length - output_from, n_vocab), None)
+        # Embedding contexts output every position; keep the scored ones.
+        n_embd = self.model.n_embd_out
+        hidden = np.ctypeslib.as_array(lc.llama_get_embeddings(self._ctx), shape=(n_outputs * n_embd,))
+        return WindowOutput(
+            logits.reshape(n_seq, length, n_vocab)[:, output_from:],
+            hidden.reshape(n_seq, length, n_embd)[:, output_from:],
+        )
+
+
+@dataclass(frozen=True)
+class WindowOutput:
+    """What `Context.decode_windows` returns: (windows, positions, ...) views of llama.cpp's buffers."""
+
+    logits: np.ndarray  # (n_seq, n_positions, n_vocab) float32
+    hidden: np.ndarray | None  # (n_seq, n_positions, n_embd) float32: the output layer's input
+
+
+class _TokenBatch:
+    """A llama_batch whose arrays are numpy arrays, so that thousands of tokens are placed without a
+    Python loop (llama_batch_init's per-token seq_id arrays would need one)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.seq_id = np.zeros(capacity, dtype=np.int32)
+        self.output = np.zeros(capacity, dtype=np.int8)
+        # llama_seq_id ** : one pointer per token, each into self.seq_id
+        self.seq_id_pointers = (self.seq_id.ctypes.data + 4 * np.arange(capacity, dtype=np.uint64)).astype(
+            np.uint64
+        )
+        # Built field by field (llama-cpp-python annotates these pointers as arrays, hence the Any).
+        struct: Any = lc.llama_batch()
+        struct.token = self.token.ctypes.data_as(ctypes.POINTER(lc.llama_token))
+        struct.embd = ctypes.POINTER(ctypes.c_float)()
+        struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(lc.llama_pos))
+        struct.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        struct.seq_id = ctypes.cast(
+            self.seq_id_pointers.ctypes.data, ctypes.POINTER(ctypes.POINTER(lc.llama_seq_id))
+        )
+        struct.logits = self.output.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.struct = struct
+
+    def fill(self, windows: np.ndarray, output_from: int, *, all_outputs: bool) -> None:
+        n_seq, length = windows.shape
+        n = n_seq * length
+        positions = np.arange(length, dtype=np.int32)
+        self.token[:n] = windows.reshape(-1)
+        self.pos[:n] = np.tile(positions, n_seq)
+        self.seq_id[:n] = np.repeat(np.arange(n_seq, dtype=np.int32), length)
+        self.output[:n] = 1 if all_outputs else np.tile(positions >= output_from, n_seq)
+        self.struct.n_tokens = n

@@ -1,0 +1,191 @@
+"""`evaluate_files`: perplexity, divergence from the reference, speed and size of every file of a model."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from phiquant.errors import PhiquantError
+from phiquant.evaluate.files import ModelFile, describe, find_reference, require_same_model
+from phiquant.evaluate.options import DEFAULT_OPTIONS, EvalOptions
+from phiquant.evaluate.reference import reference_states
+from phiquant.evaluate.runner import evaluate_pass
+from phiquant.evaluate.speed import Speed, measure_speed
+from phiquant.evaluate.statistics import Divergence, Perplexity, divergence, perplexity, uniform_perplexity
+from phiquant.evaluate.windows import WindowPlan, plan_windows
+from phiquant.progress import SILENT, Reporter
+from phiquant.runtime.llama import LoadedModel, LoadOptions
+
+
+@dataclass
+class FileEvaluation:
+    path: Path
+    type: str  # file type (Q4_K_M, F16, ...)
+    file_size: int
+    n_parameters: int
+    bits_per_weight: float
+    perplexity: Perplexity
+    divergence: Divergence | None  # None without a reference
+    speed: Speed | None
+    is_reference: bool = False
+
+
+@dataclass
+class TextFacts:
+    path: Path
+    sha256: str
+    n_characters: int
+    n_tokens: int
+
+
+@dataclass
+class Evaluation:
+    text: TextFacts
+    ctx: int
+    n_windows: int
+    n_scored_tokens: int  # per file
+    n_vocab: int
+    uniform_perplexity: float  # a model that learned nothing, for scale
+    reference: Path | None
+    reference_perplexity: Perplexity | None
+    reference_from_cache: bool
+    reference_cache: Path | None
+    files: list[FileEvaluation]
+    seconds: float
+    evaluation_tokens_per_second: float  # tokens run through llama.cpp per second of the scoring pass
+    notes: list[str] = field(default_factory=list)
+
+
+def read_text(path: str | Path) -> str:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PhiquantError("no such text file", path=path) from None
+    except IsADirectoryError:
+        raise PhiquantError("is a directory, not a text file", path=path) from None
+    except OSError as error:
+        raise PhiquantError(f"cannot read: {error.strerror}", path=path) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise PhiquantError(f"not UTF-8 text (byte {error.start})", path=path) from None
+
+
+def tokenize_text(file: ModelFile, text: str) -> tuple[np.ndarray, bool, int]:
+    """The text as llama.cpp's perplexity tool tokenizes it (BOS if the vocabulary adds it, special
+    tokens read as plain text); returns (tokens, adds_bos, bos_id)."""
+    with LoadedModel(file.path, LoadOptions(vocab_only=True)) as model:
+        tokens = model.tokenize(text, add_special=True, parse_special=False)
+        return np.asarray(tokens, dtype=np.int32), model.adds_bos, model.bos_id
+
+
+def _resolve(
+    paths: Sequence[str | Path], reference: str | Path | None
+) -> tuple[list[ModelFile], ModelFile | None]:
+    if not paths:
+        raise PhiquantError("give at least one GGUF file to evaluate")
+    files = [describe(p) for p in paths]
+    seen: set[Path] = set()
+    for file in files:
+        if file.path.resolve() in seen:
+            raise PhiquantError("given twice", path=file.path)
+        seen.add(file.path.resolve())
+    chosen = describe(reference) if reference is not None else find_reference(files)
+    require_same_model(chosen or files[0], files)
+    return files, chosen
+
+
+def evaluate_files(
+    paths: Sequence[str | Path],
+    *,
+    reference: str | Path | None = None,
+    text: str | Path,
+    options: EvalOptions = DEFAULT_OPTIONS,
+    reporter: Reporter = SILENT,
+) -> Evaluation:
+    started = time.perf_counter()
+    files, chosen = _resolve(paths, reference)
+    content = read_text(text)
+    tokens, adds_bos, bos_id = tokenize_text(chosen or files[0], content)
+    plan = plan_windows(
+        tokens,
+        options.ctx,
+        adds_bos=adds_bos,
+        bos_id=bos_id,
+        max_windows=options.max_windows,
+        text_name=str(text),
+    )
+    notes = _context_notes(chosen or files[0], plan)
+    if chosen is None:
+        notes.append(
+            "no F32/BF16/F16 file of this model found: perplexity only (give --ref for KL divergence)"
+        )
+    states = reference_states(chosen, plan, options.threads, reporter) if chosen else None
+    result = evaluate_pass(files, plan, chosen, states, n_threads=options.threads, reporter=reporter)
+    evaluations = []
+    for file, scores in zip(files, result.scores):
+        speed = None
+        if options.speed_runs > 0:
+            reporter.note(f"measuring speed of {file.path.name}")
+            speed = measure_speed(
+                file,
+                plan.tokens,
+                runs=options.speed_runs,
+                n_threads=options.threads,
+                pp_tokens=options.pp_tokens,
+                tg_tokens=options.tg_tokens,
+            )
+        evaluations.append(
+            FileEvaluation(
+                path=file.path,
+                type=file.file_type,
+                file_size=file.file_size,
+                n_parameters=file.n_parameters,
+                bits_per_weight=file.bits_per_weight,
+                perplexity=perplexity(scores),
+                divergence=divergence(scores, result.reference_scores) if result.reference_scores else None,
+                speed=speed,
+                is_reference=chosen is not None and file.path.resolve() == chosen.path.resolve(),
+            )
+        )
+    n_vocab = len(files[0].gguf.get("tokenizer.ggml.tokens") or [])
+    return Evaluation(
+        text=TextFacts(Path(text), hashlib.sha256(content.encode()).hexdigest(), len(content), len(tokens)),
+        ctx=plan.ctx,
+        n_windows=plan.n_windows,
+        n_scored_tokens=plan.n_scored,
+        n_vocab=n_vocab,
+        uniform_perplexity=uniform_perplexity(n_vocab),
+        reference=chosen.path if chosen else None,
+        reference_perplexity=perplexity(result.reference_scores) if result.reference_scores else None,
+        reference_from_cache=bool(states and states.from_cache),
+        reference_cache=states.path if states else None,
+        files=evaluations,
+        seconds=time.perf_counter() - started,
+        evaluation_tokens_per_second=plan.n_evaluated * len(files) / max(result.seconds, 1e-9),
+        notes=notes,
+    )
+
+
+def _context_notes(file: ModelFile, plan: WindowPlan) -> list[str]:
+    arch = file.gguf.arch
+    notes = []
+    trained = file.gguf.get(f"{arch}.context_length")
+    if isinstance(trained, int) and plan.ctx > trained:
+        notes.append(f"--ctx {plan.ctx} is longer than the {trained} tokens this model was trained for")
+    original = file.gguf.get(f"{arch}.rope.scaling.original_context_length")
+    if isinstance(original, int) and any(t.name == "rope_factors_long.weight" for t in file.gguf.tensors):
+        # llama-model.cpp get_rope_factors: long factors once the per-sequence context exceeds the original
+        # (llama.cpp rounds the context up to a multiple of 256 first).
+        padded = -(-plan.ctx // 256) * 256
+        factors = "long" if padded > original else "short"
+        notes.append(
+            f"windows of {plan.ctx} tokens run LongRoPE's {factors} factors (original context {original})"
+        )
+    return notes

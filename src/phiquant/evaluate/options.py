@@ -1,0 +1,24 @@
+"""What an evaluation can be asked to do, and the defaults (imported without loading llama.cpp)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_CONTEXT = 512  # llama-perplexity's default -c
+DEFAULT_SPEED_RUNS = 3
+DEFAULT_PP_TOKENS = 512  # llama-bench's pp512
+DEFAULT_TG_TOKENS = 128  # llama-bench's tg128
+DEFAULT_MAX_KLD = 0.05  # nats per token; the rationale is in evaluate/report.py
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    ctx: int = DEFAULT_CONTEXT
+    max_windows: int | None = None  # llama-perplexity's --chunks; None: the whole text
+    threads: int | None = None  # llama.cpp's default when None
+    speed_runs: int = DEFAULT_SPEED_RUNS  # 0: do not measure speed
+    pp_tokens: int = DEFAULT_PP_TOKENS
+    tg_tokens: int = DEFAULT_TG_TOKENS
+
+
+DEFAULT_OPTIONS = EvalOptions()

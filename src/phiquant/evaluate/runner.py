@@ -1,0 +1,211 @@
+"""The evaluation pass: every file over the same windows, scored against the reference's rebuilt logits.
+
+Files are loaded together in groups that fit in memory, and every batch of windows is decoded by every
+file of the group: the reference's logits of the batch, and their softmax, are rebuilt once for the whole
+group (for a small model the output layer is a large share of the work).  Rebuilding, decoding and
+scoring overlap on three threads.  Decoding goes through phiquant's runtime (runtime.loader's AMX-safe
+loading, llama.cpp contexts with one KV stream per window, as llama-perplexity).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+
+from phiquant.evaluate.files import ModelFile
+from phiquant.evaluate.output_layer import OutputLayer
+from phiquant.evaluate.reference import ReferenceStates
+from phiquant.evaluate.scoring import ReferenceRows, TokenScores, reference_rows, score_rows
+from phiquant.evaluate.windows import WindowPlan
+from phiquant.progress import Reporter
+from phiquant.runtime.llama import Context, LoadedModel
+from phiquant.runtime.loader import load_model
+
+MEMORY_SHARE = 0.4  # of available memory for the files of one group (mapped weights, KV caches, logits)
+
+
+@dataclass
+class PassResult:
+    scores: list[TokenScores]  # one per file, in the order given
+    reference_scores: TokenScores | None  # the reference's own, from its rebuilt logits
+    decode_seconds: float  # time spent inside llama.cpp's decode, all files together
+    seconds: float  # the batch loops: decoding, rebuilding reference logits, scoring (not loading)
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def memory_estimate(file: ModelFile, plan: WindowPlan) -> int:
+    """Mapped weights + F16 KV cache + the logits buffer of one batch."""
+    gguf, arch = file.gguf, file.gguf.arch
+    n_layer = int(gguf.get(f"{arch}.block_count", 0) or 0)
+    n_embd = int(gguf.get(f"{arch}.embedding_length", 0) or 0)
+    n_head = int(gguf.get(f"{arch}.attention.head_count", 1) or 1)
+    n_head_kv = int(gguf.get(f"{arch}.attention.head_count_kv", n_head) or n_head)
+    n_tokens = plan.windows_per_batch * plan.ctx
+    kv = 2 * 2 * n_layer * n_tokens * (n_embd // n_head * n_head_kv)
+    n_vocab = len(gguf.get("tokenizer.ggml.tokens") or [])
+    logits = 4 * n_vocab * plan.windows_per_batch * (plan.ctx - plan.first_scored)
+    return file.file_size + kv + logits
+
+
+def group_files(files: Sequence[ModelFile], plan: WindowPlan, budget: int) -> list[list[int]]:
+    """Indices of files to evaluate together, in order, each group within `budget` (at least one file)."""
+    groups: list[list[int]] = []
+    used = 0
+    for index, file in enumerate(files):
+        need = memory_estimate(file, plan)
+        if groups and used + need <= budget:
+            groups[-1].append(index)
+            used += need
+        else:
+            groups.append([index])
+            used = need
+    return groups
+
+
+@dataclass
+class _FileSlot:
+    """One file of a group: its contexts (two when memory allows, used in turn, so one can decode while
+    the other's logits are still being scored) and the scoring in flight on each."""
+
+    contexts: list[Context]
+    scores: TokenScores
+    in_flight: list[Future[None] | None]
+
+    def free_context(self, batch_number: int) -> Context:
+        index = batch_number % len(self.contexts)
+        pending = self.in_flight[index]
+        if pending is not None:
+            pending.result()  # its logits are scored: llama.cpp may overwrite them
+        return self.contexts[index]
+
+    def scoring(self, batch_number: int, future: Future[None]) -> None:
+        self.in_flight[batch_number % len(self.contexts)] = future
+
+    def wait(self) -> None:
+        for pending in self.in_flight:
+            if pending is not None:
+                pending.result()
+
+
+def evaluate_pass(
+    files: Sequence[ModelFile],
+    plan: WindowPlan,
+    reference: ModelFile | None,
+    states: ReferenceStates | None,
+    *,
+    n_threads: int | None,
+    reporter: Reporter,
+    memory_budget: int | None = None,
+) -> PassResult:
+    """Decode every window with every file and score it.  Three threads share the work, each mostly
+    outside the GIL: this one runs llama.cpp's decode, one rebuilds the reference's logits of the next
+    batch (ggml), one scores the batch before (numpy)."""
+    budget = memory_budget if memory_budget is not None else int(MEMORY_SHARE * available_memory())
+    result = PassResult([TokenScores() for _ in files], TokenScores() if states else None, 0.0, 0.0)
+    reporter.start("evaluating", plan.n_windows * len(files), "windows")
+    with ExitStack() as outer:
+        output_layer = None
+        if reference is not None and states is not None:
+            output_layer = outer.enter_context(OutputLayer(reference.gguf, n_threads))
+        rebuilder = outer.enter_context(ThreadPoolExecutor(1, thread_name_prefix="phiquant-reference"))
+        scorer = outer.enter_context(ThreadPoolExecutor(1, thread_name_prefix="phiquant-scores"))
+        for group_number, group in enumerate(group_files(files, plan, budget)):
+            with ExitStack() as stack:
+                spare = budget - sum(memory_estimate(files[i], plan) for i in group)
+                slots = [_open_slot(stack, files[i], plan, n_threads, spare, result.scores[i]) for i in group]
+                began = time.perf_counter()
+                for batch_number, (start, stop) in enumerate(plan.batches()):
+                    targets = plan.targets(start, stop).reshape(-1)
+                    rows: Future[ReferenceRows] | None = None
+                    if output_layer is not None and states is not None:
+                        own = result.reference_scores if group_number == 0 else None
+                        rows = rebuilder.submit(
+                            _rebuild, output_layer, states.batch(start, stop), targets, own
+                        )
+                    windows = plan.window_tokens(start, stop)
+                    for slot in slots:
+                        context = slot.free_context(batch_number)
+                        decode_began = time.perf_counter()
+                        out = context.decode_windows(windows, plan.first_scored)
+                        result.decode_seconds += time.perf_counter() - decode_began
+                        logits = out.logits[:, : plan.scored_per_window]
+                        slot.scoring(batch_number, scorer.submit(_score, logits, targets, rows, slot.scores))
+                    reporter.advance((stop - start) * len(group))
+                for slot in slots:
+                    slot.wait()
+                result.seconds += time.perf_counter() - began
+    reporter.finish()
+    return result
+
+
+def _rebuild(
+    output_layer: OutputLayer, hidden: np.ndarray, targets: np.ndarray, own: TokenScores | None
+) -> ReferenceRows:
+    rows = reference_rows(output_layer.logits(hidden), targets)
+    if own is not None:
+        own.nll.append(rows.nll)
+        own.top.append(rows.top)
+    return rows
+
+
+def _score(
+    logits: np.ndarray, targets: np.ndarray, rows: Future[ReferenceRows] | None, scores: TokenScores
+) -> None:
+    """Score one file's batch: (windows, scored positions, vocab) logits, window after window."""
+    reference = rows.result() if rows is not None else None
+    per_window = logits.shape[1]
+    for window in range(logits.shape[0]):
+        span = slice(window * per_window, (window + 1) * per_window)
+        part = _rows_of(reference, span) if reference is not None else None
+        score_rows(logits[window], targets[span], part, scores)
+
+
+def _rows_of(reference: ReferenceRows, span: slice) -> ReferenceRows:
+    return ReferenceRows(
+        reference.logits[span],
+        reference.probabilities[span],
+        reference.total[span],
+        reference.lse[span],
+        reference.top[span],
+        reference.nll[span],
+    )
+
+
+def _open_slot(
+    stack: ExitStack,
+    file: ModelFile,
+    plan: WindowPlan,
+    n_threads: int | None,
+    spare: int,
+    scores: TokenScores,
+) -> _FileSlot:
+    model = stack.enter_context(load_model(file.path))
+    second = spare > memory_estimate(file, plan) - file.file_size  # room for another KV cache and logits
+    contexts = [_open_context(stack, model, plan, n_threads) for _ in range(2 if second else 1)]
+    return _FileSlot(contexts, scores, [None] * len(contexts))
+
+
+def _open_context(stack: ExitStack, model: LoadedModel, plan: WindowPlan, n_threads: int | None) -> Context:
+    n_tokens = plan.windows_per_batch * plan.ctx
+    return stack.enter_context(
+        model.new_context(n_tokens, n_batch=n_tokens, n_threads=n_threads, n_seq_max=plan.windows_per_batch)
+    )
