@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-nonfinite", action="store_true", help="write F32/F16/BF16 weights holding NaN/Inf"
     )
     parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a checkpoint that has only PyTorch pickles (pytorch_model.bin) with torch's weights-only "
+        "loader, which never runs code from the file (needs torch: pip install 'phiquant[pickle]')",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="print the per-tensor plan and sizes; write nothing"
     )
 
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         allow_fallback=args.allow_fallback,
         allow_requantize=args.allow_requantize,
         allow_nonfinite=args.allow_nonfinite,
+        allow_pickle=args.allow_pickle,
         threads=args.threads,
         dry_run=args.dry_run,
         reporter=output.reporter(),

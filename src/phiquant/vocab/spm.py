@@ -15,6 +15,7 @@ from typing import Any
 from gguf import GGUFValueType
 
 from phiquant.checkpoint.directory import Checkpoint
+from phiquant.checkpoint.files import MAX_JSON_BYTES
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 from phiquant.vocab.special import AddedToken, added_tokens
@@ -66,8 +67,8 @@ class Vocabulary:
 
 
 def read_sentencepiece_vocabulary(checkpoint: Checkpoint, vocab_size: int) -> Vocabulary:
-    model_file = checkpoint.path / "tokenizer.model"
-    if not model_file.is_file():
+    model_file = checkpoint.file("tokenizer.model")
+    if model_file is None:
         raise PhiquantError(
             "no tokenizer.model: this model's tokenizer is SentencePiece (tokenizer_class "
             f"{_tokenizer_class(checkpoint)!r}) and needs that file",
@@ -129,6 +130,10 @@ def _load_sentencepiece(model_file: Path) -> tuple[Any, Any]:
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2
 
+    if model_file.stat().st_size > MAX_JSON_BYTES:
+        raise PhiquantError(
+            f"is larger than {MAX_JSON_BYTES >> 20} MiB; not a SentencePiece model", path=model_file
+        )
     data = model_file.read_bytes()
     proto = sentencepiece_model_pb2.ModelProto()
     try:
