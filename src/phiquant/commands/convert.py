@@ -47,6 +47,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
             f"wrote {result.path} ({result.outtype.upper()}, {format_bytes(result.file_size)}, "
             f"{result.n_tensors} tensors) in {result.seconds:.1f} s",
             highlight=False,
+            markup=False,  # a path like "[/x].gguf" is text, not rich markup
         )
 
     output.result(result, render)

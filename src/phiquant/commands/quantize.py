@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from phiquant import api
+from phiquant.cli import terminal_text
 from phiquant.commands import Command
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
 
     def render(console: Any) -> None:
         from rich.table import Table
+        from rich.text import Text
 
         if result.dry_run:
             for type_name, tensors in result.plans.items():
@@ -111,8 +113,12 @@ def run(args: argparse.Namespace, output: Any) -> int:
                     to = tensor.target_type.name + (
                         f" (not {tensor.fallback_from.name})" if tensor.fallback_from else ""
                     )
-                    plan_table.add_row(
-                        tensor.name, "x".join(map(str, tensor.shape)), tensor.source_type.name, to, tensor.why
+                    plan_table.add_row(  # Text: tensor names come from the source file, not rich markup
+                        Text(terminal_text(tensor.name)),
+                        "x".join(map(str, tensor.shape)),
+                        tensor.source_type.name,
+                        to,
+                        Text(tensor.why),
                     )
                 console.print(plan_table)
         table = Table(
@@ -122,7 +128,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
             seconds = "-" if result.dry_run else f"{file.seconds:.1f}"
             table.add_row(
                 file.type,
-                str(file.path),
+                Text(terminal_text(file.path)),
                 format_bytes(file.file_size),
                 f"{file.bits_per_weight:.3f}",
                 seconds,
