@@ -95,13 +95,16 @@ def convert(
     outtype: str = "auto",
     *,
     allow_nonfinite: bool = False,
+    allow_pickle: bool = False,
     threads: int | None = None,
     reporter: Reporter = SILENT,
 ) -> ConvertResult:
     """Convert a Hugging Face Phi checkpoint directory to one GGUF file (f32, f16, bf16 or q8_0).
 
     `auto` keeps the checkpoint's own precision (BF16 stays BF16).  Q8_0 output is byte-identical
-    to llama.cpp's `llama_model_quantize` Q8_0 made from the F32 file.
+    to llama.cpp's `llama_model_quantize` Q8_0 made from the F32 file.  `allow_pickle` reads a
+    checkpoint that has only PyTorch pickles (pytorch_model.bin) through torch's weights-only
+    loader, which never runs code from the file; without it such checkpoints are refused.
     """
     started = time.perf_counter()
     if not Path(source).is_dir():
@@ -111,7 +114,7 @@ def convert(
             else "not a Hugging Face model directory",
             path=source,
         )
-    opened = open_source(source)
+    opened = open_source(source, allow_pickle=allow_pickle)
     type_name = resolve_outtype(outtype, opened.model)
     preset = parse_preset(type_name)
     path = Path(output) if output is not None else Path.cwd() / default_file_name(opened.name, preset)
@@ -143,6 +146,7 @@ def quantize(
     allow_fallback: bool = False,
     allow_requantize: bool = False,
     allow_nonfinite: bool = False,
+    allow_pickle: bool = False,
     threads: int | None = None,
     dry_run: bool = False,
     reporter: Reporter = SILENT,
@@ -153,13 +157,14 @@ def quantize(
 
     `tensor_types` are (regex, type) pairs; the first pattern found in a tensor's name wins, before
     the preset's own rules.  `dry_run` plans and predicts sizes without reading tensor data.
+    `allow_pickle` accepts a pickle-only checkpoint, read as `convert` reads it.
     """
     started = time.perf_counter()
     names = [types] if isinstance(types, str) else list(types)
     if not names:
         raise PhiquantError("give at least one quantization type")
     presets = [parse_preset(name) for name in names]
-    opened = open_source(source, allow_requantize=allow_requantize)
+    opened = open_source(source, allow_requantize=allow_requantize, allow_pickle=allow_pickle)
     if imatrix is not None:
         attach_imatrix(opened, imatrix)
     directory = Path(output_dir)

@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def terminal_text(value: object) -> str:
+    """`value` as text a terminal shows literally: the control characters a crafted file may carry
+    (ANSI escapes, newlines, bidi overrides) are escaped, not obeyed, and an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
@@ -159,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PhiquantError as exc:
         if args.debug:
             raise
-        print(f"phiquant: error: {exc}", file=sys.stderr)
+        print(f"phiquant: error: {terminal_text(exc)}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         # The reader went away (`phiquant inspect x --json | head`): not an error worth a traceback.

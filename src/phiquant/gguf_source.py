@@ -23,6 +23,9 @@ FLOAT_TYPES = (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16)
 REWRITTEN_KEYS = ("general.quantization_version", "general.file_type")
 # Keys of split files that never carry over (llama-quant.cpp removes them too).
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
+# phiquant writes with GGUF's default alignment; carrying a source's own general.alignment over
+# would describe padding the output does not have (a corrupt file).
+LAYOUT_KEYS = ("general.alignment",)
 
 Dequantizer = Callable[[np.ndarray, int, int], np.ndarray]  # (raw bytes, ggml type, n elements) -> f32
 
@@ -84,7 +87,7 @@ def load_gguf_source(
         )
     if quantized and dequantize is None:
         raise PhiquantError("requantizing needs ggml's dequantizers", path=gguf.path)
-    metadata = [m for m in gguf.metadata if m.key not in REWRITTEN_KEYS + SPLIT_KEYS]
+    metadata = [m for m in gguf.metadata if m.key not in REWRITTEN_KEYS + SPLIT_KEYS + LAYOUT_KEYS]
     tensors = [gguf_tensor_source(gguf, t, dequantize) for t in gguf.tensors]
     by_bytes: dict[int, int] = {}
     for t in gguf.tensors:

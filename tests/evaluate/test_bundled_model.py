@@ -30,7 +30,23 @@ pytestmark = pytest.mark.skipif(MODEL is None, reason="the bundled model is not 
 
 WINDOWS = 8
 CTX = 512  # the bundled model's original context: LongRoPE short factors, in both implementations
-COMMON_WORDS = {"the", "a", "an", "is", "are", "to", "of", "and", "in", "you", "it", "for", "with", "file", "can"}
+COMMON_WORDS = {
+    "the",
+    "a",
+    "an",
+    "is",
+    "are",
+    "to",
+    "of",
+    "and",
+    "in",
+    "you",
+    "it",
+    "for",
+    "with",
+    "file",
+    "can",
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +59,15 @@ def bundled_gguf(tmp_path_factory):
 def test_heldout_perplexity_matches_transformers_and_is_far_below_uniform(bundled_gguf) -> None:
     text = heldout_text_path().read_text(encoding="utf-8")
     evaluation = api.evaluate(
-        bundled_gguf["f32"], text=heldout_text_path(), options=EvalOptions(ctx=CTX, max_windows=WINDOWS, speed_runs=0)
+        bundled_gguf["f32"],
+        text=heldout_text_path(),
+        options=EvalOptions(ctx=CTX, max_windows=WINDOWS, speed_runs=0),
     )
     tokens, adds_bos, _ = tokenize_text(describe(bundled_gguf["f32"]), text)
     assert not adds_bos
-    losses = transformers_window_nll(load_transformers_model(MODEL, torch.float32), tokens.tolist(), CTX, WINDOWS)
+    losses = transformers_window_nll(
+        load_transformers_model(MODEL, torch.float32), tokens.tolist(), CTX, WINDOWS
+    )
     expected = math.exp(sum(losses) / len(losses))
     measured = evaluation.files[0].perplexity.value
     print(

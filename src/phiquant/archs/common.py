@@ -14,7 +14,7 @@ import numpy as np
 from gguf import GGUFValueType
 
 from phiquant.checkpoint.directory import Checkpoint
-from phiquant.checkpoint.safetensors import SafetensorsEntry
+from phiquant.checkpoint.tensor_entry import TensorEntry
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, GGML_TYPE_F32, SourceTensor
@@ -164,7 +164,7 @@ def provenance_metadata() -> list[Metadatum]:
 
 
 def checkpoint_tensor(
-    entry: SafetensorsEntry, gguf_name: str, expected_torch_shape: Sequence[int], config_file: str
+    entry: TensorEntry, gguf_name: str, expected_torch_shape: Sequence[int], config_file: str
 ) -> SourceTensor:
     """Map one checkpoint tensor unchanged to a GGUF tensor, after checking its shape."""
     check_shape(entry, expected_torch_shape, config_file)
@@ -176,7 +176,7 @@ def checkpoint_tensor(
     )
 
 
-def check_shape(entry: SafetensorsEntry, expected: Sequence[int], config_file: str) -> None:
+def check_shape(entry: TensorEntry, expected: Sequence[int], config_file: str) -> None:
     if tuple(entry.shape) != tuple(expected):
         raise PhiquantError(
             f"tensor {entry.name!r} has shape {list(entry.shape)} but {config_file} implies {list(expected)}",

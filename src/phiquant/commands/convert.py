@@ -24,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-nonfinite", action="store_true", help="write weights holding NaN/Inf instead of refusing"
     )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a checkpoint that has only PyTorch pickles (pytorch_model.bin) with torch's weights-only "
+        "loader, which never runs code from the file (needs torch: pip install 'phiquant[pickle]')",
+    )
 
 
 def run(args: argparse.Namespace, output: Any) -> int:
@@ -32,6 +38,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         args.output,
         args.outtype,
         allow_nonfinite=args.allow_nonfinite,
+        allow_pickle=args.allow_pickle,
         reporter=output.reporter(),
     )
 
@@ -40,6 +47,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
             f"wrote {result.path} ({result.outtype.upper()}, {format_bytes(result.file_size)}, "
             f"{result.n_tensors} tensors) in {result.seconds:.1f} s",
             highlight=False,
+            markup=False,  # a path like "[/x].gguf" is text, not rich markup
         )
 
     output.result(result, render)
@@ -50,7 +58,7 @@ COMMAND = Command(
     name="convert",
     summary="convert a Hugging Face Phi checkpoint to GGUF",
     description=(
-        "Convert a Hugging Face Phi checkpoint directory (safetensors, sharded or not) to a GGUF file "
+        "Convert a Hugging Face Phi checkpoint directory (safetensors, sharded or not; PyTorch pickles with --allow-pickle) to a GGUF file "
         "that llama.cpp runs like transformers runs the original. Weights stream from memory maps; "
         "no torch needed."
     ),

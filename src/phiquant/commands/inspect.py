@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from phiquant import api
+from phiquant.cli import terminal_text
 from phiquant.commands import Command
 from phiquant.gguf_io import format_bytes
 
@@ -19,39 +20,41 @@ def run(args: argparse.Namespace, output: Any) -> int:
 
     def render(console: Any) -> None:
         from rich.table import Table
+        from rich.text import Text
 
-        console.print(f"[bold]{report.path}[/bold]  {format_bytes(report.file_size)}", highlight=False)
-        console.print(
+        # Everything shown comes from the file: printed as plain text (no rich markup, control
+        # characters escaped), so a name like "[/x]" or an ANSI escape cannot break or paint the output.
+        def line(text: str) -> None:
+            console.print(terminal_text(text), markup=False, highlight=False, soft_wrap=True)
+
+        line(f"{report.path}  {format_bytes(report.file_size)}")
+        line(
             f"architecture {report.architecture}  name {report.name!r}  file type {report.file_type}  "
-            f"GGUF v{report.gguf_version}",
-            highlight=False,
+            f"GGUF v{report.gguf_version}"
         )
-        console.print(
+        line(
             f"{report.n_tensors} tensors, {report.n_parameters:,} parameters, "
-            f"{report.bits_per_weight:.3f} bits per weight",
-            highlight=False,
+            f"{report.bits_per_weight:.3f} bits per weight"
         )
         table = Table("type", "tensors", "parameters", "bytes", "share")
         for usage in report.types:
             share = usage.nbytes / report.tensor_bytes if report.tensor_bytes else 0.0
             table.add_row(
-                usage.type,
+                Text(usage.type),
                 str(usage.n_tensors),
                 f"{usage.n_elements:,}",
                 format_bytes(usage.nbytes),
                 f"{share:.1%}",
             )
         console.print(table)
-        params = "  ".join(f"{k}={v}" for k, v in report.hyperparameters.items())
-        console.print(f"hyper-parameters: {params}", highlight=False)
+        line("hyper-parameters: " + "  ".join(f"{k}={v}" for k, v in report.hyperparameters.items()))
         tok = report.tokenizer
-        console.print(
-            f"tokenizer: {tok['model']} ({tok['pre']}), {tok['n_tokens']} tokens, add_bos={tok['add_bos_token']}",
-            highlight=False,
+        line(
+            f"tokenizer: {tok['model']} ({tok['pre']}), {tok['n_tokens']} tokens, add_bos={tok['add_bos_token']}"
         )
         ends = ", ".join(f"{e.id} {e.text!r} ({'/'.join(e.roles)})" for e in report.end_of_generation)
-        console.print(f"end of generation: {ends or 'none'}", highlight=False, markup=False)
-        console.print(f"chat template: {'yes' if report.has_chat_template else 'no'}", highlight=False)
+        line(f"end of generation: {ends or 'none'}")
+        line(f"chat template: {'yes' if report.has_chat_template else 'no'}")
 
     output.result(report, render)
     return 0

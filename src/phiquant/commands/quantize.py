@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from phiquant import api
+from phiquant.cli import terminal_text
 from phiquant.commands import Command
 from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, render_report
 from phiquant.commands.report import add_report_arguments
@@ -74,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-nonfinite", action="store_true", help="write F32/F16/BF16 weights holding NaN/Inf"
     )
     parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a checkpoint that has only PyTorch pickles (pytorch_model.bin) with torch's weights-only "
+        "loader, which never runs code from the file (needs torch: pip install 'phiquant[pickle]')",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="print the per-tensor plan and sizes; write nothing"
     )
     evaluation = parser.add_argument_group(
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         allow_fallback=args.allow_fallback,
         allow_requantize=args.allow_requantize,
         allow_nonfinite=args.allow_nonfinite,
+        allow_pickle=args.allow_pickle,
         threads=args.threads,
         dry_run=args.dry_run,
         reporter=output.reporter(),
@@ -120,6 +128,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
 
     def render(console: Any) -> None:
         from rich.table import Table
+        from rich.text import Text
 
         if result.dry_run:
             for type_name, tensors in result.plans.items():
@@ -128,8 +137,12 @@ def run(args: argparse.Namespace, output: Any) -> int:
                     to = tensor.target_type.name + (
                         f" (not {tensor.fallback_from.name})" if tensor.fallback_from else ""
                     )
-                    plan_table.add_row(
-                        tensor.name, "x".join(map(str, tensor.shape)), tensor.source_type.name, to, tensor.why
+                    plan_table.add_row(  # Text: tensor names come from the source file, not rich markup
+                        Text(terminal_text(tensor.name)),
+                        "x".join(map(str, tensor.shape)),
+                        tensor.source_type.name,
+                        to,
+                        Text(tensor.why),
                     )
                 console.print(plan_table)
         table = Table(
@@ -139,7 +152,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
             seconds = "-" if result.dry_run else f"{file.seconds:.1f}"
             table.add_row(
                 file.type,
-                str(file.path),
+                Text(terminal_text(file.path)),
                 format_bytes(file.file_size),
                 f"{file.bits_per_weight:.3f}",
                 seconds,

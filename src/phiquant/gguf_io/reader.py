@@ -20,11 +20,21 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 
 from phiquant.errors import PhiquantError
+from phiquant.gguf_io.key_types import validate_known_keys
 from phiquant.gguf_io.writer import Metadatum
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4  # GGML_MAX_DIMS
+
+# Parsed metadata takes several times its bytes in Python objects (a 4-byte float in a list costs
+# 32), so counts are also bounded outright: a crafted file of millions of tiny entries must not
+# turn a gigabyte on disk into tens in memory.  The limits are far above any real model's
+# (Gemma 3's 262k-token vocabulary needs under a million array elements in all; the largest MoE
+# GGUFs hold a few thousand tensors and a hundred or so keys).
+MAX_TENSORS = 1 << 16
+MAX_METADATA_KEYS = 1 << 16
+MAX_ARRAY_ELEMENTS = 1 << 22  # over all metadata arrays together
 
 # ggml type id -> (block size, bytes per block).  gguf 0.19's table plus the types it lacks.
 TYPE_SIZES: dict[int, tuple[int, int]] = {int(t): size for t, size in GGML_QUANT_SIZES.items()}
@@ -121,6 +131,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
 class _HeaderParser:
     def __init__(self, path: Path, view: mmap.mmap, size: int):
         self.path, self.view, self.size, self.pos = path, view, size, 0
+        self.array_elements = 0
 
     def fail(self, problem: str) -> PhiquantError:
         return PhiquantError(f"corrupt or truncated GGUF file: {problem}", path=self.path)
@@ -155,11 +166,19 @@ class _HeaderParser:
         # Each key/value needs at least 12 bytes and each tensor info at least 32.
         if n_kv * 12 > remaining or n_tensors * 32 > remaining:
             raise self.fail(f"claims {n_kv} metadata entries and {n_tensors} tensors in {remaining} bytes")
+        if n_kv > MAX_METADATA_KEYS or n_tensors > MAX_TENSORS:
+            raise self.fail(
+                f"claims {n_kv} metadata entries and {n_tensors} tensors; phiquant reads at most "
+                f"{MAX_METADATA_KEYS} and {MAX_TENSORS}, far more than any model has"
+            )
         metadata = [self.key_value(i) for i in range(n_kv)]
         keys = [m.key for m in metadata]
         if len(set(keys)) != len(keys):
             duplicate = next(k for k in keys if keys.count(k) > 1)
             raise self.fail(f"metadata key {duplicate!r} appears twice")
+        problem = validate_known_keys({m.key: (m.value, m.value_type, m.sub_type) for m in metadata})
+        if problem:
+            raise PhiquantError(problem, path=self.path)
         alignment = self.alignment(metadata)
         infos = [self.tensor_info(i) for i in range(n_tensors)]
         data_offset = (self.pos + alignment - 1) // alignment * alignment
@@ -179,6 +198,12 @@ class _HeaderParser:
             )
             if count * minimum > self.size - self.pos:
                 raise self.fail(f"array {key!r} claims {count} elements, more than the file can hold")
+            self.array_elements += count
+            if self.array_elements > MAX_ARRAY_ELEMENTS:
+                raise self.fail(
+                    f"metadata arrays hold more than {MAX_ARRAY_ELEMENTS} elements ({key!r} has {count}), "
+                    "far more than any model's vocabulary"
+                )
             return Metadatum(key, self.array(key, element_type, count), value_type, element_type)
         return Metadatum(key, self.value(key, value_type), value_type)
 
@@ -196,18 +221,37 @@ class _HeaderParser:
 
     def array(self, key: str, element_type: GGUFValueType, count: int) -> list[Any]:
         if element_type == GGUFValueType.STRING:
-            return [self.string(f"element {i} of {key!r}") for i in range(count)]
+            return self.string_array(key, count)
         fmt = SCALAR_FORMATS[element_type]
         raw = self.take(count * struct.calcsize(fmt), f"array {key!r}")
         return np.frombuffer(raw, dtype=np.dtype(fmt)).tolist()
+
+    def string_array(self, key: str, count: int) -> list[str]:
+        """`count` strings, checked as `string` checks one, in a loop tight enough for vocabularies."""
+        view, size, pos = self.view, self.size, self.pos
+        unpack_length = struct.Struct("<Q").unpack_from
+        strings: list[str] = []
+        for i in range(count):
+            length = unpack_length(view, pos)[0] if pos + 8 <= size else -1
+            if length < 0 or length > size - pos - 8:
+                self.pos = pos
+                raise self.fail(f"element {i} of {key!r} runs past the end of the file (offset {pos})")
+            try:
+                strings.append(view[pos + 8 : pos + 8 + length].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise self.fail(f"element {i} of {key!r} is not valid UTF-8") from None
+            pos += 8 + length
+        self.pos = pos
+        return strings
 
     def alignment(self, metadata: list[Metadatum]) -> int:
         for item in metadata:
             if item.key == "general.alignment":
                 value = item.value
-                if not isinstance(value, int) or value <= 0 or value & (value - 1):
-                    raise self.fail(f"general.alignment {value!r} is not a power of two")
-                return value
+                # llama.cpp's gguf.cpp requires a u32 here, as the spec does.
+                if item.value_type != GGUFValueType.UINT32 or value <= 0 or value & (value - 1):
+                    raise self.fail(f"general.alignment {value!r} is not a u32 power of two")
+                return int(value)
         return GGUF_DEFAULT_ALIGNMENT
 
     def tensor_info(self, index: int) -> tuple[str, tuple[int, ...], int, int]:
@@ -232,6 +276,10 @@ class _HeaderParser:
             if ggml_type not in TYPE_SIZES:
                 raise self.fail(f"tensor {name!r} has unknown ggml type {ggml_type}")
             block, type_size = TYPE_SIZES[ggml_type]
+            if 0 in shape:
+                # gguf.cpp allows empty tensors, but no model has one and every consumer would
+                # divide by the zero (rows of length 0, 0 rows).
+                raise self.fail(f"tensor {name!r} has an empty dimension in shape {list(shape)}")
             if shape[0] % block:
                 raise self.fail(f"tensor {name!r} rows of {shape[0]} are not a multiple of its block {block}")
             n_elements = math.prod(shape)

@@ -51,13 +51,26 @@ def padded(nbytes: int, alignment: int = GGUF_DEFAULT_ALIGNMENT) -> int:
     return (nbytes + alignment - 1) // alignment * alignment
 
 
+class _HeaderWriter(GGUFWriter):
+    """gguf's writer, able to write an empty array: GGUF allows them and llama.cpp copies them into
+    quantized files, but gguf-py refuses to pack one, so requantizing such a file would fail."""
+
+    def _pack_val(
+        self, val: Any, vtype: GGUFValueType, add_vtype: bool, sub_type: GGUFValueType | None = None
+    ) -> bytes:
+        if vtype == GGUFValueType.ARRAY and sub_type is not None and len(val) == 0:
+            prefix = self._pack("I", vtype) if add_vtype else b""
+            return prefix + self._pack("I", sub_type) + self._pack("Q", 0)
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
 def serialise_header(arch: str | None, metadata: Sequence[Metadatum], tensors: Sequence[TensorInfo]) -> bytes:
     """The bytes before the data section: magic, counts, key/values, tensor infos and padding.
 
     `general.architecture` comes first (GGUFWriter adds it), then `metadata` in order.  Files that
     are not models (importance matrices) pass arch=None and get no architecture key.
     """
-    writer = GGUFWriter(None, arch or "")
+    writer = _HeaderWriter(None, arch or "")
     if arch is None:
         writer.kv_data[0].pop("general.architecture", None)
     for item in metadata:

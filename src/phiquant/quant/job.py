@@ -55,11 +55,12 @@ class Source:
     importance: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def open_source(path: str | Path, *, allow_requantize: bool = False) -> Source:
-    """A Hugging Face checkpoint directory, or an F32/F16/BF16 (or, if allowed, quantized) GGUF."""
+def open_source(path: str | Path, *, allow_requantize: bool = False, allow_pickle: bool = False) -> Source:
+    """A Hugging Face checkpoint directory (safetensors; PyTorch pickles only if allowed), or an
+    F32/F16/BF16 (or, if allowed, quantized) GGUF."""
     path = Path(path)
     if path.is_dir():
-        checkpoint = open_checkpoint(path)
+        checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
         from phiquant.archs.common import model_name
 
         return Source(load_model_source(checkpoint), model_name(checkpoint))

@@ -15,6 +15,7 @@ from typing import Any
 from gguf import GGUFValueType
 
 from phiquant.checkpoint.directory import Checkpoint
+from phiquant.checkpoint.files import MAX_JSON_BYTES
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 from phiquant.vocab.special import AddedToken, added_tokens
@@ -141,8 +142,8 @@ def normalized_token_warnings(added: list[AddedToken]) -> list[str]:
 def read_base_pieces(checkpoint: Checkpoint) -> BasePieces:
     """The pieces of tokenizer.model, or, when a fine-tune was saved without it (transformers 5 writes
     only tokenizer.json), the same pieces rebuilt from tokenizer.json (vocab/spm_json.py)."""
-    model_file = checkpoint.path / "tokenizer.model"
-    if model_file.is_file():
+    model_file = checkpoint.file("tokenizer.model")
+    if model_file is not None:
         processor, normalizer = _load_sentencepiece(model_file)
         ids = range(processor.vocab_size())
         return BasePieces(
@@ -190,6 +191,10 @@ def _load_sentencepiece(model_file: Path) -> tuple[Any, Any]:
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2
 
+    if model_file.stat().st_size > MAX_JSON_BYTES:
+        raise PhiquantError(
+            f"is larger than {MAX_JSON_BYTES >> 20} MiB; not a SentencePiece model", path=model_file
+        )
     data = model_file.read_bytes()
     proto = sentencepiece_model_pb2.ModelProto()
     try:
