@@ -16,6 +16,7 @@ from phiquant.model_source import ModelSource
 # HF `architectures[0]` -> module in phiquant.archs
 FAMILIES: dict[str, str] = {
     "Phi3ForCausalLM": "phi3",
+    "PhiForCausalLM": "phi2",  # Phi-1, Phi-1.5, Phi-2
 }
 
 UNSUPPORTED: dict[str, str] = {
