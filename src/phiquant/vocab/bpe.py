@@ -115,7 +115,8 @@ def read_bpe_vocabulary(checkpoint: Checkpoint, vocab_size: int) -> BPEVocabular
         pre_tokenizer=pre_tokenizer,
         added=added,
         post_processor_adds_bos=_post_processor_adds_bos(tokenizer),
-        warnings=normalizer_warnings(document.get("normalizer")),
+        warnings=normalizer_warnings(document.get("normalizer"))
+        + ([pre_tokenizer.llama_cpp_caveat] if pre_tokenizer.llama_cpp_caveat else []),
     )
 
 

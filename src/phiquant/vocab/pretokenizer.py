@@ -43,6 +43,8 @@ class KnownPreTokenizer:
     used_by: str
     # The token-id hash of llama.cpp's probe string for the original vocabulary (conversion/base.py).
     original_vocabulary_hash: str
+    # Where llama.cpp's implementation of the regex splits differently from the original, if anywhere.
+    llama_cpp_caveat: str | None = None
 
 
 KNOWN_PRE_TOKENIZERS: tuple[KnownPreTokenizer, ...] = (
@@ -62,12 +64,19 @@ KNOWN_PRE_TOKENIZERS: tuple[KnownPreTokenizer, ...] = (
         "Phi-4 (cl100k BPE)",
         "a8594e3edff7c29c003940395316294b2c623e09894deebbc65f33f1515df79e",
     ),
-    # "gpt-4o" selects LLAMA_VOCAB_PRE_TYPE_GPT4O (llama.cpp PR #12108), with clean_spaces off.
+    # "gpt-4o" selects LLAMA_VOCAB_PRE_TYPE_GPT4O (llama.cpp PR #12108), with clean_spaces off.  Its
+    # adapted regex spells o200k's letter classes as "(?=[\p{L}])([^a-z])" lookaheads, which leave out
+    # \p{M}: a combining mark is split off the letter it follows.
     KnownPreTokenizer(
         "gpt-4o",
         O200K_REGEX,
         "Phi-4-mini (o200k BPE)",
         "ccc2ef013c104be7bae2965776d611e1d7a8a2a9c547dd93a682c9a9fc80352e",
+        llama_cpp_caveat=(
+            "llama.cpp's gpt-4o pre-tokenizer splits combining marks (Devanagari and other Indic vowel signs, "
+            "decomposed accents) off the letters they follow, where the original tokenizer keeps them "
+            "together: text with combining marks tokenizes differently in llama.cpp"
+        ),
     ),
 )
 
