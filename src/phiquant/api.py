@@ -85,13 +85,15 @@ def convert(
     outtype: str = "auto",
     *,
     allow_nonfinite: bool = False,
+    text_only: bool = False,
     threads: int | None = None,
     reporter: Reporter = SILENT,
 ) -> ConvertResult:
     """Convert a Hugging Face Phi checkpoint directory to one GGUF file (f32, f16, bf16 or q8_0).
 
     `auto` keeps the checkpoint's own precision (BF16 stays BF16).  Q8_0 output is byte-identical
-    to llama.cpp's `llama_model_quantize` Q8_0 made from the F32 file.
+    to llama.cpp's `llama_model_quantize` Q8_0 made from the F32 file.  `text_only` converts the
+    language model of a multimodal checkpoint (Phi-4-multimodal) alone; it is refused otherwise.
     """
     started = time.perf_counter()
     if not Path(source).is_dir():
@@ -101,7 +103,7 @@ def convert(
             else "not a Hugging Face model directory",
             path=source,
         )
-    opened = open_source(source)
+    opened = open_source(source, text_only=text_only)
     type_name = resolve_outtype(outtype, opened.model)
     preset = parse_preset(type_name)
     path = Path(output) if output is not None else Path.cwd() / default_file_name(opened.name, preset)
@@ -133,6 +135,7 @@ def quantize(
     allow_fallback: bool = False,
     allow_requantize: bool = False,
     allow_nonfinite: bool = False,
+    text_only: bool = False,
     threads: int | None = None,
     dry_run: bool = False,
     reporter: Reporter = SILENT,
@@ -143,13 +146,14 @@ def quantize(
 
     `tensor_types` are (regex, type) pairs; the first pattern found in a tensor's name wins, before
     the preset's own rules.  `dry_run` plans and predicts sizes without reading tensor data.
+    `text_only` quantizes the language model of a multimodal checkpoint (Phi-4-multimodal) alone.
     """
     started = time.perf_counter()
     names = [types] if isinstance(types, str) else list(types)
     if not names:
         raise PhiquantError("give at least one quantization type")
     presets = [parse_preset(name) for name in names]
-    opened = open_source(source, allow_requantize=allow_requantize)
+    opened = open_source(source, allow_requantize=allow_requantize, text_only=text_only)
     if imatrix is not None:
         attach_imatrix(opened, imatrix)
     directory = Path(output_dir)
