@@ -1,5 +1,11 @@
 """Test-wide fixtures: the checkpoint factory's pytest fixtures (tests/fixtures/checkpoint_fixtures.py)."""
 
+from tests.fixtures.bpe_fixtures import (  # noqa: E402,F401
+    bpe_vocab_cache,
+    converted_bpe_gguf,
+    make_bpe_checkpoint,
+    shared_bpe_checkpoint,
+)
 from tests.fixtures.checkpoint_fixtures import (  # noqa: F401  (imported fixtures register by name)
     make_phi3_checkpoint,
     phi3_checkpoint,

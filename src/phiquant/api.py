@@ -96,6 +96,7 @@ def convert(
     *,
     allow_nonfinite: bool = False,
     allow_pickle: bool = False,
+    text_only: bool = False,
     threads: int | None = None,
     reporter: Reporter = SILENT,
 ) -> ConvertResult:
@@ -105,6 +106,8 @@ def convert(
     to llama.cpp's `llama_model_quantize` Q8_0 made from the F32 file.  `allow_pickle` reads a
     checkpoint that has only PyTorch pickles (pytorch_model.bin) through torch's weights-only
     loader, which never runs code from the file; without it such checkpoints are refused.
+    `text_only` converts the language model of a multimodal checkpoint (Phi-4-multimodal) alone;
+    it is refused otherwise.
     """
     started = time.perf_counter()
     if not Path(source).is_dir():
@@ -114,7 +117,7 @@ def convert(
             else "not a Hugging Face model directory",
             path=source,
         )
-    opened = open_source(source, allow_pickle=allow_pickle)
+    opened = open_source(source, allow_pickle=allow_pickle, text_only=text_only)
     type_name = resolve_outtype(outtype, opened.model)
     preset = parse_preset(type_name)
     path = Path(output) if output is not None else Path.cwd() / default_file_name(opened.name, preset)
@@ -147,6 +150,7 @@ def quantize(
     allow_requantize: bool = False,
     allow_nonfinite: bool = False,
     allow_pickle: bool = False,
+    text_only: bool = False,
     threads: int | None = None,
     dry_run: bool = False,
     reporter: Reporter = SILENT,
@@ -158,13 +162,16 @@ def quantize(
     `tensor_types` are (regex, type) pairs; the first pattern found in a tensor's name wins, before
     the preset's own rules.  `dry_run` plans and predicts sizes without reading tensor data.
     `allow_pickle` accepts a pickle-only checkpoint, read as `convert` reads it.
+    `text_only` quantizes the language model of a multimodal checkpoint (Phi-4-multimodal) alone.
     """
     started = time.perf_counter()
     names = [types] if isinstance(types, str) else list(types)
     if not names:
         raise PhiquantError("give at least one quantization type")
     presets = [parse_preset(name) for name in names]
-    opened = open_source(source, allow_requantize=allow_requantize, allow_pickle=allow_pickle)
+    opened = open_source(
+        source, allow_requantize=allow_requantize, allow_pickle=allow_pickle, text_only=text_only
+    )
     if imatrix is not None:
         attach_imatrix(opened, imatrix)
     directory = Path(output_dir)

@@ -18,6 +18,12 @@ FAMILIES: dict[str, str] = {
     "Phi3ForCausalLM": "phi3",
     "PhiMoEForCausalLM": "phimoe",  # Microsoft's spelling (Phi-3.5-MoE-instruct's config.json)
     "PhimoeForCausalLM": "phimoe",  # transformers' native class: what its save_pretrained writes
+    "PhiForCausalLM": "phi2",  # Phi-1, Phi-1.5, Phi-2
+}
+
+# Multimodal architectures whose language model can be converted on its own, on request (--text-only).
+TEXT_ONLY_FAMILIES: dict[str, str] = {
+    "Phi4MMForCausalLM": "phi4mm",  # Phi-4-multimodal-instruct: its text path is a Phi-4-mini
 }
 
 UNSUPPORTED: dict[str, str] = {
@@ -67,8 +73,24 @@ def family_module(architecture: str) -> ModuleType:
     )
 
 
-def load_model_source(checkpoint: Checkpoint) -> ModelSource:
-    """Map a checkpoint to the GGUF model llama.cpp expects (metadata and lazy tensors)."""
-    module = family_module(architecture_of(checkpoint))
+def load_model_source(checkpoint: Checkpoint, *, text_only: bool = False) -> ModelSource:
+    """Map a checkpoint to the GGUF model llama.cpp expects (metadata and lazy tensors).  `text_only`
+    converts a multimodal checkpoint's language model alone (TEXT_ONLY_FAMILIES)."""
+    architecture = architecture_of(checkpoint)
+    if architecture in TEXT_ONLY_FAMILIES:
+        if not text_only:
+            raise UnsupportedModelError(
+                f"{architecture}: {UNSUPPORTED[architecture]}. To convert its language model alone (text "
+                "in, text out), pass --text-only"
+            )
+        module = importlib.import_module(f"phiquant.archs.{TEXT_ONLY_FAMILIES[architecture]}")
+    elif text_only:
+        raise PhiquantError(
+            f"--text-only is for multimodal checkpoints ({', '.join(sorted(TEXT_ONLY_FAMILIES))}); "
+            f"{architecture} is converted as it is without it",
+            path=checkpoint.path / "config.json",
+        )
+    else:
+        module = family_module(architecture)
     source: ModelSource = module.build(checkpoint)
     return source

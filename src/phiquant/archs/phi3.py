@@ -1,9 +1,11 @@
-"""Phi3ForCausalLM: Phi-3-mini/medium (4k, 128k), Phi-3.5-mini; GGUF architecture `phi3`.
+"""Phi3ForCausalLM: Phi-3-mini/medium (4k, 128k), Phi-3.5-mini, Phi-4 (14B), Phi-4-mini(-reasoning);
+GGUF architecture `phi3`.
 
 Everything specific to this family lives here: the tensor-name map (fused qkv_proj and
-gate_up_proj stay fused, as llama.cpp's phi3 graph requires), the hyper-parameter keys, LongRoPE
-(factor tensors and the attention factor), and the general.name choice that steers llama.cpp's
-Phi-3 whitespace handling.
+gate_up_proj stay fused, as llama.cpp's phi3 graph requires; no output tensor when embeddings are
+tied), the hyper-parameter keys (partial rotary, a null sliding window), LongRoPE (factor tensors and
+the attention factor), the tokenizer kind (SentencePiece for Phi-3, byte-level BPE for Phi-4), and the
+general.name choice that steers llama.cpp's Phi-3 whitespace handling.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from phiquant.checkpoint.directory import Checkpoint
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 from phiquant.model_source import ModelSource
+from phiquant.vocab.bpe import BPEVocabulary, is_byte_level_bpe, llama_cpp_safe_name, read_bpe_vocabulary
 from phiquant.vocab.special import (
     chat_template,
     chat_template_metadata,
@@ -164,15 +167,28 @@ def hyperparameter_metadata(hp: HParams, shape: Phi3Shape, rope: RopeSettings, a
     return items
 
 
-def llama_cpp_model_name(name: str, vocabulary: Vocabulary) -> str:
+def read_vocabulary(checkpoint: Checkpoint, n_vocab: int) -> Vocabulary | BPEVocabulary:
+    """Phi-4 and Phi-4-mini ship a byte-level BPE tokenizer.json; Phi-3 a SentencePiece model.  Decided from
+    the files, not from tokenizer_class (missing in some fine-tunes; llama.cpp wants exactly
+    "GPT2Tokenizer")."""
+    if is_byte_level_bpe(checkpoint):
+        return read_bpe_vocabulary(checkpoint, n_vocab)
+    return read_sentencepiece_vocabulary(checkpoint, n_vocab)
+
+
+def llama_cpp_model_name(name: str, vocabulary: Vocabulary | BPEVocabulary) -> str:
     """A general.name that makes llama.cpp strip whitespace after special tokens exactly when the
     Hugging Face tokenizer does.
 
     llama.cpp sets RSTRIP on every special token (except <unk>, <s>, <|endoftext|>) only when the
     lower-cased general.name contains "phi-3" or "phi3" (llama-vocab.cpp); the GGUF has no per-token
     strip flags.  Current Phi-3 tokenizers mark those tokens rstrip=true, the April 2024 release
-    marks them false, so the name must follow the flags, not the marketing name.
+    marks them false, so the name must follow the flags, not the marketing name.  A BPE vocabulary
+    (Phi-4) cannot take the rule at all: llama.cpp would fail to load it (vocab.bpe.llama_cpp_safe_name);
+    there phiquant's own prompt tokenizer applies the recorded flags (Phi-4's tokens lstrip and rstrip).
     """
+    if isinstance(vocabulary, BPEVocabulary):
+        return llama_cpp_safe_name(name)
     wants_rstrip = _hf_strips_after_special_tokens(vocabulary)
     lowered = name.lower()
     has_marker = "phi-3" in lowered or "phi3" in lowered
@@ -183,14 +199,20 @@ def llama_cpp_model_name(name: str, vocabulary: Vocabulary) -> str:
     return name
 
 
-def _hf_strips_after_special_tokens(vocabulary: Vocabulary) -> bool:
+def _hf_strips_after_special_tokens(vocabulary: Vocabulary | BPEVocabulary) -> bool:
     never_stripped = {"<unk>", "<s>", "<|endoftext|>"}
     chat_tokens = [t for t in vocabulary.added if t.special and t.content not in never_stripped]
     return bool(chat_tokens) and sum(t.rstrip for t in chat_tokens) * 2 > len(chat_tokens)
 
 
-def check_tensor_names(checkpoint: Checkpoint, expected: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+def check_tensor_names(
+    checkpoint: Checkpoint, expected: dict[str, tuple[str, tuple[int, ...]]], tied_embeddings: bool = False
+) -> None:
     present = {n for n in checkpoint.tensors if not IGNORED_TENSOR.match(n)}
+    if tied_embeddings:
+        # Some savers write the tied head anyway; it is the embedding matrix again (llama.cpp reuses
+        # token_embd when output.weight is absent).
+        present.discard("lm_head.weight")
     missing = sorted(set(expected) - present)
     if missing:
         raise PhiquantError(
@@ -210,7 +232,7 @@ def build(checkpoint: Checkpoint) -> ModelSource:
     shape = read_shape(hp)
     rope = read_rope_settings(hp)
     names = tensor_map(shape)
-    check_tensor_names(checkpoint, names)
+    check_tensor_names(checkpoint, names, shape.tied_embeddings)
     config_file = str(hp.file)
     tensors = [
         checkpoint_tensor(checkpoint.tensor(hf), gguf, expected, config_file)
@@ -218,8 +240,12 @@ def build(checkpoint: Checkpoint) -> ModelSource:
     ]
     tensors += longrope_tensors(rope, rope_dimension_count(shape, rope), config_file)
 
-    vocabulary = read_sentencepiece_vocabulary(checkpoint, shape.n_vocab)
+    vocabulary = read_vocabulary(checkpoint, shape.n_vocab)
     special = find_special_tokens(checkpoint, vocabulary.token_ids(), shape.n_vocab)
+    if isinstance(vocabulary, BPEVocabulary) and special.add_bos is None:
+        # Phi-4's tokenizer_config.json has no add_bos_token; its tokenizer adds what the post-processor
+        # adds (nothing).  Written explicitly so no runtime default decides.
+        special.add_bos = vocabulary.post_processor_adds_bos
     n_parameters = sum(entry.n_elements for entry in checkpoint.tensors.values())
     name = llama_cpp_model_name(model_name(checkpoint), vocabulary)
 

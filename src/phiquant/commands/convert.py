@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tensor type for weight matrices; auto keeps the checkpoint's precision (BF16 stays BF16)",
     )
     parser.add_argument(
+        "--text-only",
+        action="store_true",
+        help="multimodal checkpoints (Phi-4-multimodal): convert the language model alone, without the "
+        "vision/audio encoders and their LoRA adapters (the model's own text-only path)",
+    )
+    parser.add_argument(
         "--allow-nonfinite", action="store_true", help="write weights holding NaN/Inf instead of refusing"
     )
     parser.add_argument(
@@ -39,6 +45,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         args.outtype,
         allow_nonfinite=args.allow_nonfinite,
         allow_pickle=args.allow_pickle,
+        text_only=args.text_only,
         reporter=output.reporter(),
     )
 

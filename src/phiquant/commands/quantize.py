@@ -72,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-requantize", action="store_true", help="accept an already quantized GGUF source"
     )
     parser.add_argument(
+        "--text-only",
+        action="store_true",
+        help="multimodal checkpoints (Phi-4-multimodal): convert the language model alone, without the "
+        "vision/audio encoders and their LoRA adapters (the model's own text-only path)",
+    )
+    parser.add_argument(
         "--allow-nonfinite", action="store_true", help="write F32/F16/BF16 weights holding NaN/Inf"
     )
     parser.add_argument(
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         allow_requantize=args.allow_requantize,
         allow_nonfinite=args.allow_nonfinite,
         allow_pickle=args.allow_pickle,
+        text_only=args.text_only,
         threads=args.threads,
         dry_run=args.dry_run,
         reporter=output.reporter(),

@@ -55,15 +55,22 @@ class Source:
     importance: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def open_source(path: str | Path, *, allow_requantize: bool = False, allow_pickle: bool = False) -> Source:
+def open_source(
+    path: str | Path, *, allow_requantize: bool = False, allow_pickle: bool = False, text_only: bool = False
+) -> Source:
     """A Hugging Face checkpoint directory (safetensors; PyTorch pickles only if allowed), or an
-    F32/F16/BF16 (or, if allowed, quantized) GGUF."""
+    F32/F16/BF16 (or, if allowed, quantized) GGUF.  `text_only` takes a multimodal checkpoint's
+    language model alone."""
     path = Path(path)
     if path.is_dir():
         checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
         from phiquant.archs.common import model_name
 
-        return Source(load_model_source(checkpoint), model_name(checkpoint))
+        return Source(load_model_source(checkpoint, text_only=text_only), model_name(checkpoint))
+    if text_only:
+        raise PhiquantError(
+            "--text-only applies to Hugging Face checkpoint directories, not GGUF files", path=path
+        )
     if path.suffix.lower() == ".gguf" or path.is_file():
         model = load_gguf_source(path, allow_requantize=allow_requantize, dequantize=_dequantize)
         return Source(model, _FLOAT_NAME_SUFFIX.sub("", path.stem))
