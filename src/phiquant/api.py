@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
+from phiquant.hub import resolve_source
 from phiquant.inspection import GGUFReport, inspect_gguf
 from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, ModelSource
 from phiquant.progress import SILENT, Reporter
@@ -74,7 +75,7 @@ class QuantizeResult:
 
 def load_hf_model(source: str | Path) -> ModelSource:
     """Index a Hugging Face checkpoint directory as a GGUF model ready to write (reads no weights)."""
-    path = Path(source)
+    path = resolve_source(source)
     if not path.is_dir():
         raise PhiquantError("not a Hugging Face model directory (expected a folder)", path=path)
     return open_source(path).model
@@ -110,6 +111,7 @@ def convert(
     it is refused otherwise.
     """
     started = time.perf_counter()
+    source = resolve_source(source)
     if not Path(source).is_dir():
         raise PhiquantError(
             "no such file or directory"
@@ -170,7 +172,10 @@ def quantize(
         raise PhiquantError("give at least one quantization type")
     presets = [parse_preset(name) for name in names]
     opened = open_source(
-        source, allow_requantize=allow_requantize, allow_pickle=allow_pickle, text_only=text_only
+        resolve_source(source),
+        allow_requantize=allow_requantize,
+        allow_pickle=allow_pickle,
+        text_only=text_only,
     )
     if imatrix is not None:
         attach_imatrix(opened, imatrix)

@@ -126,7 +126,9 @@ def model_name(checkpoint: Checkpoint) -> str:
         candidate = name_or_path.rstrip("/").split("/")[-1]
         if candidate and candidate not in (".", ".."):
             return candidate
-    return checkpoint.path.resolve().name
+    from phiquant.hub import snapshot_repo_name  # a hub cache snapshot folder is named by its commit
+
+    return snapshot_repo_name(checkpoint.path) or checkpoint.path.resolve().name
 
 
 def size_label(n_parameters: int) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from phiquant import __version__
 from phiquant.errors import PhiquantError
+from phiquant.hub import resolve_source
 from phiquant.progress import SILENT, Reporter
 from phiquant.runtime.loader import cache_dir
 
@@ -32,7 +33,7 @@ class ModelFile:
 
 
 def resolve_model(model: str | Path, *, reporter: Reporter = SILENT) -> ModelFile:
-    path = Path(model).expanduser()
+    path = resolve_source(model)
     if path.is_dir():
         return _converted(path, reporter)
     if not path.exists():
