@@ -35,6 +35,7 @@ from phiquant.quant.types import parse_preset
 if TYPE_CHECKING:  # the runtime loads llama.cpp: imported only by the functions that run models
     from phiquant.evaluate.evaluation import Evaluation
     from phiquant.evaluate.report import Report
+    from phiquant.integrations.ollama import Modelfile
     from phiquant.runtime.generate import Completion, SamplingOptions
     from phiquant.runtime.runner import ModelRunner, RunnerOptions
 
@@ -409,3 +410,20 @@ def chat_completion(
     for _ in generate_tokens(runner, runner.chat_tokens(messages), sampling, completion=completion):
         pass
     return completion
+
+
+def ollama_modelfile(
+    model: str | Path,
+    output: str | Path | None = None,
+    *,
+    num_ctx: int | None = None,
+    chat_template: str | None = None,
+) -> Modelfile:
+    """An Ollama Modelfile for a GGUF file: FROM, the chat template as Ollama's Go TEMPLATE (checked to
+    render whole chats exactly as the GGUF's Jinja template does), `PARAMETER stop` for every
+    end-of-generation token and `num_ctx` (LongRoPE models: their original context).  Written to
+    `output` when given; the text is in the result either way."""
+    from phiquant.integrations.ollama import build_modelfile, write_modelfile
+
+    built = build_modelfile(model, output, num_ctx=num_ctx, chat_template=chat_template)
+    return write_modelfile(built, output) if output is not None else built

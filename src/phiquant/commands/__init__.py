@@ -21,7 +21,7 @@ class Command:
 
 
 def _all_commands() -> list[Command]:
-    from phiquant.commands import chat, convert, demo, generate, inspect, quantize, report, serve
+    from phiquant.commands import chat, convert, demo, generate, inspect, ollama, quantize, report, serve
     from phiquant.commands import eval as eval_command
 
     return [
@@ -33,6 +33,7 @@ def _all_commands() -> list[Command]:
         generate.COMMAND,
         chat.COMMAND,
         serve.COMMAND,
+        ollama.COMMAND,
         demo.COMMAND,
     ]
 
