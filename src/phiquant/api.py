@@ -6,7 +6,6 @@ you pass one); none prints.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +34,7 @@ from phiquant.quant.types import parse_preset
 if TYPE_CHECKING:  # the runtime loads llama.cpp: imported only by the functions that run models
     from phiquant.evaluate.evaluation import Evaluation
     from phiquant.evaluate.report import Report
+    from phiquant.integrations.card import ModelCard
     from phiquant.integrations.ollama import Modelfile
     from phiquant.runtime.generate import Completion, SamplingOptions
     from phiquant.runtime.runner import ModelRunner, RunnerOptions
@@ -367,9 +367,10 @@ def _unquantized_reference(source: Path, result: QuantizeResult, temporary: Path
 def load(
     model: str | Path, options: RunnerOptions | None = None, *, reporter: Reporter = SILENT
 ) -> ModelRunner:
-    """Open a GGUF file or a Hugging Face directory (converted once into phiquant's cache) for
-    generation: context size checked against memory, layers placed on the GPU as `options` says.
-    Close it (or use `with`) to free the model."""
+    """Open a GGUF file, a Hugging Face directory or a model id in the local Hugging Face cache (both
+    converted once into phiquant's cache) for generation: context size checked against memory,
+    layers placed on the GPU as `options` says.  The runner generates (`generate`, `stream`), answers
+    chats (`chat`, `chat_session`); close it (or use `with`) to free the model."""
     from phiquant.runtime.runner import RunnerOptions, open_runner
 
     return open_runner(model, options or RunnerOptions(), reporter=reporter)
@@ -383,33 +384,16 @@ def generate_tokens(
     completion: Completion | None = None,
     cancel: threading.Event | None = None,
 ) -> Iterator[str]:
-    """Stream the text that follows `prompt_tokens` in a fresh context; stops on the model's
-    end-of-generation tokens, the stop strings, max_tokens or a full context."""
-    from phiquant.runtime.generate import SamplingOptions, generate
-
-    sampling = sampling or SamplingOptions()
-    context = runner.new_context()
-    try:
-        room = runner.n_ctx - len(prompt_tokens)
-        if room > 0 and sampling.max_tokens > room:
-            sampling = dataclasses.replace(sampling, max_tokens=room)
-        yield from generate(
-            context, prompt_tokens, sampling, runner.end_ids, completion=completion, cancel=cancel
-        )
-    finally:
-        context.close()
+    """Stream the text that follows `prompt_tokens` in a fresh context (`runner.stream`); stops on the
+    model's end-of-generation tokens, the stop strings, max_tokens or a full context."""
+    return runner.stream(prompt_tokens, sampling, completion=completion, cancel=cancel)
 
 
 def chat_completion(
     runner: ModelRunner, messages: Sequence[Mapping[str, str]], sampling: SamplingOptions | None = None
 ) -> Completion:
-    """Answer a conversation (OpenAI-style messages) with the model's own chat template."""
-    from phiquant.runtime.generate import Completion
-
-    completion = Completion()
-    for _ in generate_tokens(runner, runner.chat_tokens(messages), sampling, completion=completion):
-        pass
-    return completion
+    """Answer a conversation (OpenAI-style messages) with the model's own chat template (`runner.chat`)."""
+    return runner.chat(messages, sampling)
 
 
 def ollama_modelfile(
@@ -427,3 +411,23 @@ def ollama_modelfile(
 
     built = build_modelfile(model, output, num_ctx=num_ctx, chat_template=chat_template)
     return write_modelfile(built, output) if output is not None else built
+
+
+def model_card(
+    directory: str | Path,
+    output: str | Path | None = None,
+    *,
+    base_model: str | None = None,
+    license: str | None = None,
+    quantized_by: str = "phiquant",
+    tags: Sequence[str] = (),
+    write: bool = True,
+) -> ModelCard:
+    """A Hugging Face model card for a folder of GGUF files: front matter (base_model, license,
+    quantized_by, tags), the file table, the quality table and plot of the folder's report (from
+    `report` or `quantize --eval`), the commands that make the files and the versions that made them.
+    Written to `output` (default: DIRECTORY/README.md) unless `write` is false."""
+    from phiquant.integrations.card import build_card, write_card
+
+    card = build_card(directory, base_model=base_model, license=license, quantized_by=quantized_by, tags=tags)
+    return write_card(card, output) if write else card

@@ -11,8 +11,8 @@ from phiquant.errors import PhiquantError
 from phiquant.hub import ModelId, cached_snapshot, hub_cache_dir, parse_model_id, resolve_source
 from tests.cli.run import assert_one_line_error, run_phiquant
 from tests.fixtures.checkpoint_fixtures import SharedCheckpoints
+from tests.fixtures.hub_cache import COMMIT, add_to_hub_cache
 from tests.fixtures.phi3_specs import PHI35_MINI
-from tests.hub.hub_cache import COMMIT, add_to_hub_cache
 
 REPO_ID = "microsoft/Phi-3.5-mini-instruct"
 

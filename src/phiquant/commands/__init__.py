@@ -21,7 +21,18 @@ class Command:
 
 
 def _all_commands() -> list[Command]:
-    from phiquant.commands import chat, convert, demo, generate, inspect, ollama, quantize, report, serve
+    from phiquant.commands import (
+        card,
+        chat,
+        convert,
+        demo,
+        generate,
+        inspect,
+        ollama,
+        quantize,
+        report,
+        serve,
+    )
     from phiquant.commands import eval as eval_command
 
     return [
@@ -34,6 +45,7 @@ def _all_commands() -> list[Command]:
         chat.COMMAND,
         serve.COMMAND,
         ollama.COMMAND,
+        card.COMMAND,
         demo.COMMAND,
     ]
 

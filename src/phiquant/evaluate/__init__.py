@@ -13,3 +13,26 @@ evaluation.py   evaluate_files(): all of the above for a list of files
 report.py       Markdown, JSON and the recommendation; plot.py draws size against KLD
 demo.py         the bundled model end to end
 """
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from phiquant.evaluate.evaluation import Evaluation
+
+
+class _EvaluatePackage(types.ModuleType):
+    """`phiquant.evaluate` is both this package and the API function `phiquant.api.evaluate`: Python
+    binds a package's submodules as attributes of its parent, so the package object itself must be
+    the callable `phiquant.evaluate(files, ...)` that the API documents."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Evaluation:
+        from phiquant.api import evaluate
+
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _EvaluatePackage

@@ -9,10 +9,11 @@ is computed by one thread), so server slots may split the threads between them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import GGUFFile, read_gguf
@@ -22,6 +23,11 @@ from phiquant.runtime.llama import Context, LoadedModel
 from phiquant.runtime.loader import load_model
 from phiquant.runtime.model_files import ModelFile, resolve_model
 from phiquant.runtime.prompt import PromptTokenizer
+from phiquant.runtime.sampling import SamplingOptions
+
+if TYPE_CHECKING:
+    from phiquant.runtime.chat import ChatSession
+    from phiquant.runtime.generate import Completion
 
 AUTO = "auto"
 # The user's message a new template is tried on at start-up, so a broken or hostile template fails
@@ -90,6 +96,53 @@ class ModelRunner:
 
     def text_tokens(self, text: str) -> list[int]:
         return self.prompt.tokenize(text)
+
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        sampling: SamplingOptions | None = None,
+        *,
+        completion: Completion | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Stream the text that follows `prompt` (text, tokenized as the Hugging Face tokenizer
+        would, or token ids) in a fresh context; stops on the model's end-of-generation tokens, the
+        stop strings, max_tokens or a full context.  Pass `completion` to get the counts and the
+        finish reason."""
+        from phiquant.runtime.generate import generate
+
+        tokens = self.text_tokens(prompt) if isinstance(prompt, str) else list(prompt)
+        sampling = sampling or SamplingOptions()
+        room = self.n_ctx - len(tokens)
+        if room > 0 and sampling.max_tokens > room:
+            sampling = dataclasses.replace(sampling, max_tokens=room)
+        context = self.new_context()
+        try:
+            yield from generate(context, tokens, sampling, self.end_ids, completion=completion, cancel=cancel)
+        finally:
+            context.close()
+
+    def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions | None = None) -> Completion:
+        """The whole completion of `prompt` (see `stream`)."""
+        from phiquant.runtime.generate import Completion
+
+        completion = Completion()
+        for _ in self.stream(prompt, sampling, completion=completion):
+            pass
+        return completion
+
+    def chat(
+        self, messages: Sequence[Mapping[str, Any]], sampling: SamplingOptions | None = None
+    ) -> Completion:
+        """Answer a conversation (OpenAI-style role/content messages) with the model's chat template."""
+        return self.generate(self.chat_tokens(messages), sampling)
+
+    def chat_session(self, system: str | None = None, sampling: SamplingOptions | None = None) -> ChatSession:
+        """A multi-turn conversation that keeps its history and KV cache between turns
+        (`session.reply(text)` streams each answer)."""
+        from phiquant.runtime.chat import ChatSession
+
+        return ChatSession(self, sampling or SamplingOptions(), system=system)
 
     def close(self) -> None:
         self.model.close()
