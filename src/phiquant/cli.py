@@ -122,10 +122,22 @@ def common_options() -> argparse.ArgumentParser:
     return parent
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help with each option's value named once (`-o, --output FILE`), the style Python
+    3.13 adopted, on every Python: the README's CLI reference is this text (phiquant.docs)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        value = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {value}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from phiquant.commands import COMMANDS
 
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="phiquant",
         description="Convert, quantize, evaluate and run Microsoft Phi models as llama.cpp GGUF files.",
         epilog="Exit codes: 0 ok, 1 internal error, 2 bad input or usage, 130 interrupted (143 on SIGTERM).",
@@ -135,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     parent = common_options()
     for command in COMMANDS:
         sub = subparsers.add_parser(
-            command.name, help=command.summary, description=command.description, parents=[parent]
+            command.name,
+            help=command.summary,
+            description=command.description,
+            parents=[parent],
+            formatter_class=HelpFormatter,
         )
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)

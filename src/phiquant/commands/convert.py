@@ -11,7 +11,11 @@ from phiquant.gguf_io import format_bytes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="SRC", help="Hugging Face model directory")
+    parser.add_argument(
+        "source",
+        metavar="SRC",
+        help="Hugging Face model directory, or a model id (org/name[@revision]) in the local Hugging Face cache",
+    )
     parser.add_argument(
         "-o", "--output", metavar="OUT.gguf", help="output file (default: <Model-Name>-<TYPE>.gguf here)"
     )

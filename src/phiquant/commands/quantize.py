@@ -33,7 +33,12 @@ def tensor_type_override(text: str) -> tuple[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="SRC", help="Hugging Face model directory, or an F32/F16/BF16 GGUF")
+    parser.add_argument(
+        "source",
+        metavar="SRC",
+        help="Hugging Face model directory, a model id (org/name[@revision]) in the local Hugging Face cache, "
+        "or an F32/F16/BF16 GGUF",
+    )
     parser.add_argument(
         "-t",
         "--type",

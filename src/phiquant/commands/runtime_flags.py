@@ -28,7 +28,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model",
         metavar="MODEL",
-        help="a GGUF file, or a Hugging Face model directory (converted once, cached)",
+        help="a GGUF file, a Hugging Face model directory, or a model id (org/name) in the local Hugging Face "
+        "cache (converted once, cached)",
     )
     group = parser.add_argument_group("runtime")
     group.add_argument("--ctx", type=int, metavar="N", help=CONTEXT_HELP)
