@@ -26,7 +26,7 @@ END = "<!-- cli-reference:end -->"
 def _fixed_width(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from phiquant.cli import HelpFormatter
 
-    parser.formatter_class = functools.partial(HelpFormatter, width=WIDTH)  # type: ignore[assignment]
+    parser.formatter_class = functools.partial(HelpFormatter, width=WIDTH)
     return parser
 
 

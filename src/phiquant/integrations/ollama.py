@@ -128,7 +128,7 @@ def _not_per_message(template: ChatTemplate, why: str) -> PhiquantError:
 def go_template(layout: TurnLayout, *, include_prefix: bool = True) -> str:
     """The layout as an Ollama TEMPLATE: Go text/template over .Messages, with no whitespace trimming
     so every newline of the wrappers is kept as written."""
-    branches = []
+    branches: list[str] = []
     for role, wrapper in layout.roles.items():
         turn = f"{_literal(wrapper.before)}{{{{ .Content }}}}{_literal(wrapper.after)}"
         if wrapper.skip_empty:
