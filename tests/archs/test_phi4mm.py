@@ -58,7 +58,9 @@ def test_llama_cpp_logits_match_the_multimodal_model_on_text(
 
 
 @pytest.mark.slow
-def test_an_active_adapter_would_disagree(shared_phi4mm_checkpoint, converted_phi4mm_gguf, reference_model) -> None:
+def test_an_active_adapter_would_disagree(
+    shared_phi4mm_checkpoint, converted_phi4mm_gguf, reference_model
+) -> None:
     """The fixture's adapters are not inert: with the vision LoRA switched on (as for an image prompt) the
     same model gives other logits, so agreement above means base layers, not adapted ones."""
     checkpoint = shared_phi4mm_checkpoint(PHI4_MULTIMODAL)
@@ -109,7 +111,9 @@ def test_metadata_names_the_extraction_and_keeps_the_end_of_generation_ids(
     gguf = read_gguf(converted_phi4mm_gguf(PHI4_MULTIMODAL, "f32"))
     assert gguf.get("general.name") == "Phi-4-multimodal-instruct (text only)"
     assert "Phi4MMForCausalLM" in gguf.get("phiquant.extracted_from")
-    assert sorted(gguf.get("phiquant.eog_token_ids")) == sorted(generation["eos_token_id"]) == [199999, 200020]
+    assert (
+        sorted(gguf.get("phiquant.eog_token_ids")) == sorted(generation["eos_token_id"]) == [199999, 200020]
+    )
     assert gguf.get("tokenizer.ggml.eos_token_id") == 199999  # <|endoftext|>
     assert gguf.get("tokenizer.ggml.eot_token_id") == 200020  # <|end|>
     assert gguf.get("tokenizer.ggml.bos_token_id") == 199999
@@ -120,5 +124,9 @@ def test_metadata_names_the_extraction_and_keeps_the_end_of_generation_ids(
 
 
 def test_conversion_says_what_it_left_out(shared_phi4mm_checkpoint, tmp_path) -> None:
-    result = api.convert(shared_phi4mm_checkpoint(PHI4_MULTIMODAL), tmp_path / "m.gguf", "f16", text_only=True)
-    assert "21 vision/audio encoder tensors and 32 LoRA adapter tensors (speech, vision)" in result.warnings[0]
+    result = api.convert(
+        shared_phi4mm_checkpoint(PHI4_MULTIMODAL), tmp_path / "m.gguf", "f16", text_only=True
+    )
+    assert (
+        "21 vision/audio encoder tensors and 32 LoRA adapter tensors (speech, vision)" in result.warnings[0]
+    )

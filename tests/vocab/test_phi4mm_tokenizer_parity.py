@@ -59,7 +59,9 @@ def test_plain_text_tokenizes_like_the_original_tokenizer(
     assert len(plain) >= 200
     assert [t for t in plain if hf.encode(t, add_special_tokens=False) != expected_ids(reference, t)] == []
     with LoadedModel(converted_phi4mm_gguf(spec, "f16")) as model:
-        assert [t for t in plain if model.tokenize(t, parse_special=False) != expected_ids(reference, t)] == []
+        assert [
+            t for t in plain if model.tokenize(t, parse_special=False) != expected_ids(reference, t)
+        ] == []
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -77,6 +79,8 @@ def test_chat_and_placeholder_text_tokenizes_like_hugging_face(
     gguf = converted_phi4mm_gguf(spec, "f16")
     with LoadedModel(gguf) as model:
         prompt = PromptTokenizer(model, read_gguf(gguf))
-        assert [(t, prompt.tokenize(t)) for t in texts if prompt.tokenize(t) != expected_ids(reference, t)] == []
+        assert [
+            (t, prompt.tokenize(t)) for t in texts if prompt.tokenize(t) != expected_ids(reference, t)
+        ] == []
         assert model.token_text(IMAGE_TOKEN_ID) == "<|endoftext10|>"
         assert model.token_text(AUDIO_TOKEN_ID) == "<|endoftext11|>"
