@@ -13,11 +13,16 @@ fail: an active adapter, or the long factors on a short prompt, disagree with th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from phiquant import api
+from phiquant.archs import phi4mm
+from phiquant.archs.phi4mm import split_language_model
+from phiquant.checkpoint.directory import Checkpoint
+from phiquant.errors import PhiquantError
 from phiquant.gguf_io import read_gguf
 from tests.fixtures.phi4mm_checkpoints import PHI4_MULTIMODAL, VISION_LORA
 from tests.fixtures.phi4mm_reference import load_reference_model, lora_merged, microsoft_state_dict
@@ -130,3 +135,43 @@ def test_conversion_says_what_it_left_out(shared_phi4mm_checkpoint, tmp_path) ->
     assert (
         "21 vision/audio encoder tensors and 32 LoRA adapter tensors (speech, vision)" in result.warnings[0]
     )
+
+
+def layout(*names: str) -> Checkpoint:
+    """A checkpoint holding only tensor names (the split reads nothing else)."""
+    return Checkpoint(Path("/checkpoints/mm"), {"architectures": ["Phi4MMForCausalLM"]}, dict.fromkeys(names))  # type: ignore[arg-type]
+
+
+QKV = "model.layers.0.self_attn.qkv_proj"
+
+
+def test_the_split_maps_base_layers_and_counts_what_it_drops() -> None:
+    language = split_language_model(
+        layout(
+            f"{QKV}.base_layer.weight",
+            f"{QKV}.lora_A.vision.weight",
+            f"{QKV}.lora_B.speech.weight",
+            "model.embed_tokens_extend.image_embed.glb_GN",
+            "model.norm.weight",
+        )
+    )
+    assert sorted(language.tensors) == [f"{QKV}.weight", "model.norm.weight"]
+    assert (language.tower_tensors, language.lora_tensors, language.adapters) == (1, 2, ("speech", "vision"))
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ((f"{QKV}.weight", f"{QKV}.base_layer.weight"), "ambiguous"),
+        ((f"{QKV}.weight", f"{QKV}.lora_A.vision.weight"), "no model.layers.0.self_attn.qkv_proj.base_layer"),
+    ],
+    ids=["weight-and-base-layer", "adapter-without-base-layer"],
+)
+def test_inconsistent_adapter_layouts_are_refused(names, message) -> None:
+    with pytest.raises(PhiquantError, match=message):
+        split_language_model(layout(*names))
+
+
+def test_a_checkpoint_without_towers_or_adapters_is_not_taken_for_phi4_multimodal() -> None:
+    with pytest.raises(PhiquantError, match="not the layout of Phi-4-multimodal"):
+        phi4mm.build(layout(f"{QKV}.weight", "model.norm.weight"))
