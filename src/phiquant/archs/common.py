@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from gguf import GGUFValueType
@@ -17,7 +17,15 @@ from phiquant.checkpoint.directory import Checkpoint
 from phiquant.checkpoint.tensor_entry import TensorEntry
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
-from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, GGML_TYPE_F32, SourceTensor
+from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, GGML_TYPE_F32, ModelSource, SourceTensor
+from phiquant.vocab.special import (
+    AddedToken,
+    SpecialTokens,
+    chat_template,
+    chat_template_metadata,
+    eog_metadata,
+    strip_flag_metadata,
+)
 
 # safetensors dtype -> the ggml type "auto" keeps (llama.cpp's converter keeps BF16 as BF16 and
 # F16 as F16; F32 checkpoints stay F32).
@@ -204,3 +212,53 @@ def dominant_stored_type(checkpoint: Checkpoint) -> int:
         by_dtype[entry.dtype] = by_dtype.get(entry.dtype, 0) + entry.nbytes
     dtype = max(by_dtype, key=lambda d: by_dtype[d]) if by_dtype else "F32"
     return STORED_GGML_TYPE[dtype]
+
+
+class FamilyVocabulary(Protocol):
+    """What every family's vocabulary (SentencePiece or byte-level BPE) offers the GGUF writer."""
+
+    added: list[AddedToken]
+    warnings: list[str]
+
+    def metadata(self) -> list[Metadatum]: ...
+
+
+def tokenizer_metadata(
+    checkpoint: Checkpoint, vocabulary: FamilyVocabulary, special: SpecialTokens
+) -> list[Metadatum]:
+    """The tokenizer block every Phi family writes after its hyper-parameters: the pieces, the special
+    ids, the chat template, the full end-of-generation list and the HF strip flags."""
+    return (
+        vocabulary.metadata()
+        + special.metadata()
+        + chat_template_metadata(chat_template(checkpoint))
+        + [eog_metadata(special)]
+        + strip_flag_metadata(vocabulary.added)
+    )
+
+
+def checkpoint_model_source(
+    checkpoint: Checkpoint,
+    arch: str,
+    metadata: list[Metadatum],
+    tensors: list[SourceTensor],
+    special: SpecialTokens,
+    warnings: list[str],
+) -> ModelSource:
+    """The ModelSource of a converted checkpoint, with provenance last and the warnings every family
+    shares (end-of-generation ids that llama.cpp's three slots cannot hold)."""
+    source = ModelSource(
+        arch=arch,
+        metadata=metadata + provenance_metadata(),
+        tensors=tensors,
+        stored_type=dominant_stored_type(checkpoint),
+        origin=str(checkpoint.path),
+        source_bytes=checkpoint.source_bytes,
+    )
+    source.warnings += warnings
+    if special.dropped_eog_ids:
+        source.warnings.append(
+            f"end-of-generation ids {special.dropped_eog_ids} do not fit llama.cpp's eos/eot/eom slots; "
+            "phiquant's runtime stops on them, other llama.cpp runtimes may not"
+        )
+    return source

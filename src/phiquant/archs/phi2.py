@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from phiquant.archs.common import (
     HParams,
     SourceTensor,
+    checkpoint_model_source,
     checkpoint_tensor,
-    dominant_stored_type,
     f32,
     general_metadata,
     model_name,
-    provenance_metadata,
+    tokenizer_metadata,
     u32,
 )
 from phiquant.checkpoint.directory import Checkpoint
@@ -36,11 +36,7 @@ from phiquant.gguf_io import Metadatum
 from phiquant.model_source import ModelSource
 from phiquant.vocab.bpe import BPEVocabulary, is_byte_level_bpe, llama_cpp_safe_name, read_bpe_vocabulary
 from phiquant.vocab.special import (
-    chat_template,
-    chat_template_metadata,
-    eog_metadata,
     find_special_tokens,
-    strip_flag_metadata,
 )
 
 GGUF_ARCH = "phi2"
@@ -226,23 +222,11 @@ def build(checkpoint: Checkpoint) -> ModelSource:
     metadata = (
         general_metadata(llama_cpp_safe_name(model_name(checkpoint)), n_parameters)
         + hyperparameter_metadata(hp, shape)
-        + vocabulary.metadata()
-        + special.metadata()
-        + chat_template_metadata(chat_template(checkpoint))
-        + [eog_metadata(special)]
-        + strip_flag_metadata(vocabulary.added)
-        + provenance_metadata()
+        + tokenizer_metadata(checkpoint, vocabulary, special)
     )
-    source = ModelSource(
-        arch=GGUF_ARCH,
-        metadata=metadata,
-        tensors=tensors,
-        stored_type=dominant_stored_type(checkpoint),
-        origin=str(checkpoint.path),
-        source_bytes=checkpoint.source_bytes,
+    return checkpoint_model_source(
+        checkpoint, GGUF_ARCH, metadata, tensors, special, activation_warnings(hp) + vocabulary.warnings
     )
-    source.warnings += activation_warnings(hp) + vocabulary.warnings
-    return source
 
 
 def tied_output(checkpoint: Checkpoint, shape: Phi2Shape, config_file: str) -> SourceTensor:

@@ -18,14 +18,14 @@ from phiquant.archs.common import (
     HParams,
     RopeSettings,
     SourceTensor,
+    checkpoint_model_source,
     checkpoint_tensor,
-    dominant_stored_type,
     f32,
     float32_tensor,
     general_metadata,
     model_name,
-    provenance_metadata,
     read_rope_settings,
+    tokenizer_metadata,
     u32,
 )
 from phiquant.checkpoint.directory import Checkpoint
@@ -34,11 +34,7 @@ from phiquant.gguf_io import Metadatum
 from phiquant.model_source import ModelSource
 from phiquant.vocab.bpe import BPEVocabulary, is_byte_level_bpe, llama_cpp_safe_name, read_bpe_vocabulary
 from phiquant.vocab.special import (
-    chat_template,
-    chat_template_metadata,
-    eog_metadata,
     find_special_tokens,
-    strip_flag_metadata,
 )
 from phiquant.vocab.spm import Vocabulary, read_sentencepiece_vocabulary
 
@@ -252,28 +248,11 @@ def build(checkpoint: Checkpoint) -> ModelSource:
     metadata = (
         general_metadata(name, n_parameters)
         + hyperparameter_metadata(hp, shape, rope, GGUF_ARCH)
-        + vocabulary.metadata()
-        + special.metadata()
-        + chat_template_metadata(chat_template(checkpoint))
-        + [eog_metadata(special)]
-        + strip_flag_metadata(vocabulary.added)
-        + provenance_metadata()
+        + tokenizer_metadata(checkpoint, vocabulary, special)
     )
-    source = ModelSource(
-        arch=GGUF_ARCH,
-        metadata=metadata,
-        tensors=tensors,
-        stored_type=dominant_stored_type(checkpoint),
-        origin=str(checkpoint.path),
-        source_bytes=checkpoint.source_bytes,
+    return checkpoint_model_source(
+        checkpoint, GGUF_ARCH, metadata, tensors, special, sliding_window_warnings(hp) + vocabulary.warnings
     )
-    source.warnings += sliding_window_warnings(hp) + vocabulary.warnings
-    if special.dropped_eog_ids:
-        source.warnings.append(
-            f"end-of-generation ids {special.dropped_eog_ids} do not fit llama.cpp's eos/eot/eom slots; "
-            "phiquant's runtime stops on them, other llama.cpp runtimes may not"
-        )
-    return source
 
 
 def sliding_window_warnings(hp: HParams) -> list[str]:

@@ -10,7 +10,11 @@ embedding.  So a text-only file is honest: it answers text prompts exactly as Ph
 given no image and no audio, and it is offered only when asked for.
 
 What is dropped, and said so: the `model.embed_tokens_extend.*` towers (vision and audio encoders and
-their projections) and every `lora_A`/`lora_B` adapter tensor.
+their projections) and every `lora_A`/`lora_B` adapter tensor.  The mapping is the one transformers'
+own conversion script applies to the language model (convert_phi4_multimodal_weights_to_hf.py: lora
+keys dropped, `base_layer.` stripped); the text hyper-parameters are Phi-4-mini's keys in the same
+config.json (partial rotary 0.75, LongRoPE whose short factors are all 1, tied embeddings, vocab 200064),
+and the tokenizer files are Phi-4-mini's o200k ones, so phi3.build does the rest.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class LanguageModel:
 
 
 def split_language_model(checkpoint: Checkpoint) -> LanguageModel:
+    """The decoder's tensors renamed as Phi3ForCausalLM names them; towers and adapters counted."""
     tensors: dict[str, TensorEntry] = {}
     towers, lora, adapters, adapted = 0, 0, set(), set()
     for name, entry in checkpoint.tensors.items():
@@ -67,7 +72,14 @@ def split_language_model(checkpoint: Checkpoint) -> LanguageModel:
             adapters.add(lora_match["adapter"])
             adapted.add(lora_match["module"])
             continue
-        tensors[name.replace(BASE_LAYER, ".")] = entry
+        text_name = name.replace(BASE_LAYER, ".")
+        if text_name in tensors:
+            raise PhiquantError(
+                f"both {text_name!r} and its LoRA base layer are stored: which one the text path runs is "
+                "ambiguous",
+                path=checkpoint.path,
+            )
+        tensors[text_name] = entry
     without_base = sorted(m for m in adapted if f"{m}.base_layer.weight" not in checkpoint.tensors)
     if without_base:
         raise PhiquantError(
@@ -79,6 +91,7 @@ def split_language_model(checkpoint: Checkpoint) -> LanguageModel:
 
 
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json as the language model's own: the multimodal blocks removed, Phi3ForCausalLM named."""
     text = {key: value for key, value in config.items() if key not in MULTIMODAL_CONFIG_KEYS}
     text["architectures"] = ["Phi3ForCausalLM"]
     text["model_type"] = "phi3"
@@ -86,6 +99,7 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(checkpoint: Checkpoint) -> ModelSource:
+    """The language model as a `phi3` ModelSource, named "<model> (text only)"."""
     language = split_language_model(checkpoint)
     if language.tower_tensors == 0 and language.lora_tensors == 0:
         raise PhiquantError(

@@ -38,13 +38,13 @@ from phiquant.archs.common import (
     HParams,
     RopeSettings,
     check_shape,
+    checkpoint_model_source,
     checkpoint_tensor,
-    dominant_stored_type,
     float32_tensor,
     general_metadata,
     model_name,
-    provenance_metadata,
     read_rope_settings,
+    tokenizer_metadata,
     u32,
 )
 from phiquant.archs.lazy_tensors import (
@@ -68,11 +68,7 @@ from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 from phiquant.model_source import ModelSource, SourceTensor
 from phiquant.vocab.special import (
-    chat_template,
-    chat_template_metadata,
-    eog_metadata,
     find_special_tokens,
-    strip_flag_metadata,
 )
 from phiquant.vocab.spm import read_sentencepiece_vocabulary
 
@@ -376,25 +372,13 @@ def build(checkpoint: Checkpoint, *, centre_residual_writers: bool = True) -> Mo
             u32(f"{GGUF_ARCH}.expert_used_count", shape.n_expert_used),
             u32(f"{GGUF_ARCH}.expert_count", shape.n_expert),
         ]
-        + vocabulary.metadata()
-        + special.metadata()
-        + chat_template_metadata(chat_template(checkpoint))
-        + [eog_metadata(special)]
-        + strip_flag_metadata(vocabulary.added)
-        + provenance_metadata()
+        + tokenizer_metadata(checkpoint, vocabulary, special)
     )
-    source = ModelSource(
-        arch=GGUF_ARCH,
-        metadata=metadata,
-        tensors=tensors,
-        stored_type=dominant_stored_type(checkpoint),
-        origin=str(checkpoint.path),
-        source_bytes=checkpoint.source_bytes,
+    return checkpoint_model_source(
+        checkpoint,
+        GGUF_ARCH,
+        metadata,
+        tensors,
+        special,
+        [ROUTING_WARNING, *rope_warnings, *sliding_window_warnings(hp), *vocabulary.warnings],
     )
-    source.warnings += [ROUTING_WARNING, *rope_warnings, *sliding_window_warnings(hp), *vocabulary.warnings]
-    if special.dropped_eog_ids:
-        source.warnings.append(
-            f"end-of-generation ids {special.dropped_eog_ids} do not fit llama.cpp's eos/eot/eom slots; "
-            "phiquant's runtime stops on them, other llama.cpp runtimes may not"
-        )
-    return source

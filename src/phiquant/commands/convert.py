@@ -7,6 +7,7 @@ from typing import Any
 
 from phiquant import api
 from phiquant.commands import Command
+from phiquant.commands.source_flags import add_checkpoint_reading_arguments
 from phiquant.gguf_io import format_bytes
 
 
@@ -25,20 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=api.CONVERT_OUTTYPES,
         help="tensor type for weight matrices; auto keeps the checkpoint's precision (BF16 stays BF16)",
     )
-    parser.add_argument(
-        "--text-only",
-        action="store_true",
-        help="multimodal checkpoints (Phi-4-multimodal): convert the language model alone, without the "
-        "vision/audio encoders and their LoRA adapters (the model's own text-only path)",
-    )
+    add_checkpoint_reading_arguments(parser)
     parser.add_argument(
         "--allow-nonfinite", action="store_true", help="write weights holding NaN/Inf instead of refusing"
-    )
-    parser.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="read a checkpoint that has only PyTorch pickles (pytorch_model.bin) with torch's weights-only "
-        "loader, which never runs code from the file (needs torch: pip install 'phiquant[pickle]')",
     )
 
 

@@ -12,6 +12,7 @@ from phiquant.cli import terminal_text
 from phiquant.commands import Command
 from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, render_report
 from phiquant.commands.report import add_report_arguments
+from phiquant.commands.source_flags import add_checkpoint_reading_arguments
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes
 from phiquant.quant.types import parse_ggml_type
@@ -76,20 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-requantize", action="store_true", help="accept an already quantized GGUF source"
     )
-    parser.add_argument(
-        "--text-only",
-        action="store_true",
-        help="multimodal checkpoints (Phi-4-multimodal): convert the language model alone, without the "
-        "vision/audio encoders and their LoRA adapters (the model's own text-only path)",
-    )
+    add_checkpoint_reading_arguments(parser)
     parser.add_argument(
         "--allow-nonfinite", action="store_true", help="write F32/F16/BF16 weights holding NaN/Inf"
-    )
-    parser.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="read a checkpoint that has only PyTorch pickles (pytorch_model.bin) with torch's weights-only "
-        "loader, which never runs code from the file (needs torch: pip install 'phiquant[pickle]')",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the per-tensor plan and sizes; write nothing"

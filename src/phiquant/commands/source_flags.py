@@ -1,0 +1,20 @@
+"""The flags `convert` and `quantize` share about how a checkpoint directory is read."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_checkpoint_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--text-only",
+        action="store_true",
+        help="multimodal checkpoints (Phi-4-multimodal): convert the language model alone, without the "
+        "vision/audio encoders and their LoRA adapters (the model's own text-only path)",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a checkpoint that has only PyTorch pickles (pytorch_model.bin) with torch's weights-only "
+        "loader, which never runs code from the file (needs torch: pip install 'phiquant[pickle]')",
+    )
