@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from phiquant import api
 from phiquant.errors import PhiquantError
 from tests.fixtures.phi3_specs import PHI35_MINI
+from tests.fixtures.phi4_specs import PHI4
 from tests.security.fuzzing import accepts_or_refuses_cleanly, fuzz_settings
 from tests.security.test_fuzz_safetensors import ANY_JSON, INT_EDGES
 
@@ -31,6 +33,7 @@ JSON_FILES = (
     "added_tokens.json",
     "model.safetensors.index.json",
 )
+BPE_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # Shard names an index might give: real ones, escapes from the directory, and files that are not shards.
 SHARD_NAMES = st.sampled_from(
     [
@@ -57,6 +60,11 @@ HOSTILE_VALUE = (
 @pytest.fixture(scope="module")
 def base_checkpoint(shared_phi3_checkpoint) -> Path:
     return shared_phi3_checkpoint(PHI35_MINI)  # sharded, LongRoPE: the most keys
+
+
+@pytest.fixture(scope="module")
+def bpe_checkpoint(shared_bpe_checkpoint) -> Path:
+    return shared_bpe_checkpoint(PHI4)  # byte-level BPE tokenizer.json: the other tokenizer reader
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +107,11 @@ def damage(document: Any, path: Path_, value: Any, delete: bool) -> Any:
 
 
 @st.composite
-def damaged_file(draw: st.DrawFn, checkpoint: Path) -> tuple[str, bytes, str]:
+def damaged_file(
+    draw: st.DrawFn, checkpoint: Path, names: tuple[str, ...] = JSON_FILES
+) -> tuple[str, bytes, str]:
     """(file name, new content, what was done)."""
-    name = draw(st.sampled_from(JSON_FILES))
+    name = draw(st.sampled_from([n for n in names if (checkpoint / n).exists()]))
     text = (checkpoint / name).read_text(encoding="utf-8")
     how = draw(st.sampled_from(["value", "value", "value", "delete", "whole", "bytes"]))
     if how == "bytes":
@@ -137,10 +147,11 @@ def checkpoint_with(base: Path, directory: Path, name: str, content: bytes) -> P
 COUNTER = itertools.count()
 
 
-def test_the_unharmed_checkpoint_plans_a_quantization(base_checkpoint, tmp_path) -> None:
-    """The fuzz target works on the base checkpoint, so a refusal below is the damage's doing."""
-    result = api.quantize(base_checkpoint, "Q8_0", tmp_path, dry_run=True)
-    assert result.files[0].file_size > 0
+def test_the_unharmed_checkpoints_plan_a_quantization(base_checkpoint, bpe_checkpoint, tmp_path) -> None:
+    """The fuzz targets work on the base checkpoints, so a refusal below is the damage's doing."""
+    for checkpoint in (base_checkpoint, bpe_checkpoint):
+        result = api.quantize(checkpoint, "Q8_0", tmp_path, dry_run=True)
+        assert result.files[0].file_size > 0
 
 
 @fuzz_settings(max_examples=120)
@@ -148,5 +159,16 @@ def test_the_unharmed_checkpoint_plans_a_quantization(base_checkpoint, tmp_path)
 def test_damaged_checkpoint_json_is_used_or_refused_cleanly(base_checkpoint, workdir, data) -> None:
     name, content, how = data.draw(damaged_file(base_checkpoint))
     directory = checkpoint_with(base_checkpoint, workdir / f"c{next(COUNTER)}", name, content)
+    result = accepts_or_refuses_cleanly(lambda: api.quantize(directory, "Q8_0", workdir, dry_run=True))
+    event(f"{name}: {'refused' if isinstance(result, PhiquantError) else 'accepted'}")
+
+
+# Each example loads a 100k-token tokenizer.json with `tokenizers` (about a second), so fewer examples,
+# aimed at the two files only the BPE reader interprets; the Phi-3 test above covers the others.
+@fuzz_settings(max_examples=12, deadline=timedelta(seconds=15))
+@given(data=st.data())
+def test_damaged_bpe_checkpoint_json_is_used_or_refused_cleanly(bpe_checkpoint, workdir, data) -> None:
+    name, content, how = data.draw(damaged_file(bpe_checkpoint, BPE_TOKENIZER_FILES))
+    directory = checkpoint_with(bpe_checkpoint, workdir / f"c{next(COUNTER)}", name, content)
     result = accepts_or_refuses_cleanly(lambda: api.quantize(directory, "Q8_0", workdir, dry_run=True))
     event(f"{name}: {'refused' if isinstance(result, PhiquantError) else 'accepted'}")
