@@ -155,6 +155,28 @@ def test_a_template_that_hangs_on_some_input_fails_that_request_only(
         assert answers_quickly(server)
 
 
+def test_a_template_reaching_python_internals_on_some_input_fails_that_request_only(
+    phi35_gguf, server_cache, tmp_path
+) -> None:
+    """A template that passes the start-up check and attacks only when a request says the word."""
+    template = tmp_path / "sleeper.jinja"
+    template.write_text(
+        "{% for m in messages %}{% if m['content'] == 'attack' %}"
+        "{{ ().__class__.__base__.__subclasses__() }}{{ cycler.__init__.__globals__.os.system('echo owned') }}"
+        "{% endif %}<|user|>\n{{ m['content'] }}<|end|>\n{% endfor %}<|assistant|>\n"
+    )
+    with running_server(phi35_gguf, "--chat-template", str(template), cache=server_cache) as server:
+        with pytest.raises(openai.BadRequestError) as error:
+            server.client().chat.completions.create(
+                model=server.model, messages=[{"role": "user", "content": "attack"}]
+            )
+        body = error.value.body
+        assert body["code"] == "chat_template_error" and "unsafe" in body["message"]
+        # The client learns what went wrong, not where the operator keeps files.
+        assert "chat template" in body["message"] and str(tmp_path) not in body["message"]
+        assert answers_quickly(server)
+
+
 def test_a_template_reaching_python_internals_stops_the_server_at_start(phi35_gguf, server_cache) -> None:
     evil = "{{ ().__class__.__base__.__subclasses__() }}"
     result = run_phiquant("serve", phi35_gguf, "--port", "0", "--chat-template", evil, timeout=120)
