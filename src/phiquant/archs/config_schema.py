@@ -43,6 +43,10 @@ def number(value: Any) -> bool:
         return False
 
 
+def fraction(value: Any) -> bool:
+    return number(value) and 0 < value <= 1
+
+
 def numbers(value: Any) -> bool:
     return isinstance(value, list) and all(number(v) for v in value)
 
@@ -104,9 +108,10 @@ TOP_LEVEL: dict[str, tuple[Check, str]] = {
             "layer_norm_eps",
             "layer_norm_epsilon",
             "rope_theta",
-            "partial_rotary_factor",
         )
     },
+    # The share of each head's dimensions that rotate (Phi-2: 0.4, Phi-4-mini: 0.75).
+    "partial_rotary_factor": (fraction, "a number in (0, 1]"),
     **{key: (boolean, "true or false") for key in ("tie_word_embeddings", "attention_bias", "lm_head_bias")},
     **{key: (text, "a string") for key in ("model_type", "hidden_act")},
     **{key: (json_object, "an object") for key in ("rope_scaling", "rope_parameters")},
@@ -122,9 +127,9 @@ ROPE: dict[str, tuple[Check, str]] = {
             "short_mscale",
             "long_mscale",
             "rope_theta",
-            "partial_rotary_factor",
         )
     },
+    "partial_rotary_factor": (fraction, "a number in (0, 1]"),
     **{key: (numbers, "a list of finite numbers") for key in ("long_factor", "short_factor")},
     "original_max_position_embeddings": (positive_int, "a positive integer"),
 }
