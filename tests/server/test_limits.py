@@ -190,3 +190,25 @@ def wait_until(condition, timeout: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.05)
+
+
+def test_prompt_length_and_max_tokens_are_capped_and_the_server_keeps_answering(
+    phi35_gguf, server_cache
+) -> None:
+    with running_server(
+        phi35_gguf, "--max-prompt-tokens", "24", "--max-tokens", "8", cache=server_cache
+    ) as capped:
+        client = capped.client()
+        with pytest.raises(openai.BadRequestError) as too_long:
+            client.chat.completions.create(
+                model=capped.model, messages=[{"role": "user", "content": "word " * 200}], max_tokens=2
+            )
+        assert too_long.value.body["code"] == "prompt_too_long" and "--max-prompt-tokens" in str(
+            too_long.value
+        )
+        with pytest.raises(openai.BadRequestError) as too_many:
+            client.chat.completions.create(model=capped.model, messages=QUESTION, max_tokens=9)
+        assert too_many.value.body["code"] == "max_tokens_too_large"
+        # No max_tokens: the server's cap applies instead of the context size.
+        reply = client.chat.completions.create(model=capped.model, messages=QUESTION, logit_bias=NEVER_ENDS)
+        assert reply.usage.completion_tokens == 8 and reply.choices[0].finish_reason == "length"
