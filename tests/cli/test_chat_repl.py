@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pexpect
 import pytest
@@ -135,3 +136,31 @@ def test_a_hostile_template_ends_chat_with_one_line(converted_gguf, tmp_path) ->
     result = run_phiquant("chat", converted_gguf(PHI35_MINI, "f16"), "--chat-template", template)
     assert_one_line_error(result, "--chat-template", "unsafe")
     assert "owned" not in result.stdout
+
+
+def test_an_endless_template_fails_that_turn_with_one_line_and_the_session_goes_on(
+    converted_gguf, environment, tmp_path
+) -> None:
+    """A template that loops forever on some input: that turn is refused within the render time bound,
+    naming the template file, and the next turn (which the template renders) is answered."""
+    template = tmp_path / "hangs.jinja"
+    template.write_text(
+        "{% for m in messages %}{% if m['content'] == 'loop' %}{% for a in range(100000) %}"
+        "{% for b in range(100000) %}{% endfor %}{% endfor %}{% endif %}"
+        "<|user|>\n{{ m['content'] }}<|end|>\n{% endfor %}<|assistant|>\n"
+    )
+    session = spawn_chat(
+        converted_gguf(PHI35_MINI, "f16"), environment, "--chat-template", str(template), "--max-tokens", "4"
+    )
+    started = time.monotonic()
+    session.sendline("loop")
+    session.expect_exact(PROMPT)
+    assert time.monotonic() - started < 15
+    printed = session.before.replace("\r\n", "\n")
+    (error,) = [line for line in printed.splitlines() if line.startswith("phiquant: error:")]
+    assert str(template) in error and "longer than" in error
+    assert "Traceback" not in printed
+    answer = say(session, "hello")
+    assert "phiquant: error" not in answer and answer.strip()
+    session.sendline("/exit")
+    session.expect(pexpect.EOF)

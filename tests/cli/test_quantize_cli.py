@@ -135,7 +135,10 @@ def test_fallback_is_an_error_naming_the_tensor_unless_allowed(make_phi3_checkpo
 
 
 @pytest.mark.slow
-def test_interrupted_ladder_leaves_no_file(tmp_path_factory) -> None:
+@pytest.mark.parametrize(
+    ("sent", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"]
+)
+def test_interrupted_ladder_leaves_no_file(tmp_path_factory, sent, exit_code) -> None:
     from tests.cli.test_interrupts import LARGE
     from tests.fixtures.phi_checkpoints import build_phi3_checkpoint
 
@@ -143,7 +146,53 @@ def test_interrupted_ladder_leaves_no_file(tmp_path_factory) -> None:
     out = tmp_path_factory.mktemp("out")
     process = start_phiquant("quantize", checkpoint, "-t", "Q8_0", "-t", "Q4_K_M", "-t", "Q6_K", "-o", out)
     wait_for_partial_file(out)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    assert process.returncode == exit_code, stderr
+    assert "Traceback" not in stderr and "partial output removed" in stderr
     assert list(out.iterdir()) == []
+
+
+class FreeSpace:
+    """shutil.disk_usage's answer for the output directory, as a test decides it."""
+
+    def __init__(self, free: int):
+        self.free = free
+
+    def __call__(self, path: object) -> FreeSpace:
+        return self
+
+
+@pytest.mark.parametrize("types", [["Q8_0"], ["Q8_0", "Q4_K_M", "Q6_K"]], ids=["one", "ladder"])
+def test_disk_too_small_for_the_output_is_refused_before_writing(
+    phi35_mini_checkpoint, tmp_path, monkeypatch, capsys, types
+) -> None:
+    """Free space below the predicted size of the files: refused up front, naming the sizes, nothing
+    written.  For a ladder the sum counts: each file alone fits, all of them do not."""
+    from phiquant import api
+    from phiquant.gguf_io import writer as writer_module
+
+    planned = api.quantize(phi35_mini_checkpoint, types, tmp_path / "plan", dry_run=True).files
+    sizes = [f.file_size for f in planned]
+    free = max(sizes) + 1 if len(sizes) > 1 else sizes[0] - 1
+    monkeypatch.setattr(writer_module.shutil, "disk_usage", FreeSpace(free))
+    out = tmp_path / "out"
+    out.mkdir()
+    code = cli_main(
+        "quantize", phi35_mini_checkpoint, *[a for t in types for a in ("-t", t)], "-o", out, "-q"
+    )
+    assert code == 2
+    assert "not enough disk space" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(writer_module.shutil, "disk_usage", FreeSpace(sum(sizes) + 4096))
+    assert (
+        cli_main("quantize", phi35_mini_checkpoint, *[a for t in types for a in ("-t", t)], "-o", out, "-q")
+        == 0
+    )
+    assert sorted(p.stat().st_size for p in out.iterdir()) == sorted(sizes)
+
+
+def cli_main(*argv: object) -> int:
+    from phiquant import cli
+
+    return cli.main([str(a) for a in argv])

@@ -25,10 +25,10 @@ EXAMPLE_DEADLINE = timedelta(seconds=2)
 HANG_SECONDS = 20
 
 
-def fuzz_settings(max_examples: int) -> settings:
+def fuzz_settings(max_examples: int, deadline: timedelta = EXAMPLE_DEADLINE) -> settings:
     return settings(
         max_examples=max(1, int(max_examples * FUZZ_SCALE)),
-        deadline=EXAMPLE_DEADLINE,
+        deadline=deadline,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     )
 

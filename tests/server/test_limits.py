@@ -155,6 +155,28 @@ def test_a_template_that_hangs_on_some_input_fails_that_request_only(
         assert answers_quickly(server)
 
 
+def test_a_template_reaching_python_internals_on_some_input_fails_that_request_only(
+    phi35_gguf, server_cache, tmp_path
+) -> None:
+    """A template that passes the start-up check and attacks only when a request says the word."""
+    template = tmp_path / "sleeper.jinja"
+    template.write_text(
+        "{% for m in messages %}{% if m['content'] == 'attack' %}"
+        "{{ ().__class__.__base__.__subclasses__() }}{{ cycler.__init__.__globals__.os.system('echo owned') }}"
+        "{% endif %}<|user|>\n{{ m['content'] }}<|end|>\n{% endfor %}<|assistant|>\n"
+    )
+    with running_server(phi35_gguf, "--chat-template", str(template), cache=server_cache) as server:
+        with pytest.raises(openai.BadRequestError) as error:
+            server.client().chat.completions.create(
+                model=server.model, messages=[{"role": "user", "content": "attack"}]
+            )
+        body = error.value.body
+        assert body["code"] == "chat_template_error" and "unsafe" in body["message"]
+        # The client learns what went wrong, not where the operator keeps files.
+        assert "chat template" in body["message"] and str(tmp_path) not in body["message"]
+        assert answers_quickly(server)
+
+
 def test_a_template_reaching_python_internals_stops_the_server_at_start(phi35_gguf, server_cache) -> None:
     evil = "{{ ().__class__.__base__.__subclasses__() }}"
     result = run_phiquant("serve", phi35_gguf, "--port", "0", "--chat-template", evil, timeout=120)
@@ -168,3 +190,25 @@ def wait_until(condition, timeout: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.05)
+
+
+def test_prompt_length_and_max_tokens_are_capped_and_the_server_keeps_answering(
+    phi35_gguf, server_cache
+) -> None:
+    with running_server(
+        phi35_gguf, "--max-prompt-tokens", "24", "--max-tokens", "8", cache=server_cache
+    ) as capped:
+        client = capped.client()
+        with pytest.raises(openai.BadRequestError) as too_long:
+            client.chat.completions.create(
+                model=capped.model, messages=[{"role": "user", "content": "word " * 200}], max_tokens=2
+            )
+        assert too_long.value.body["code"] == "prompt_too_long" and "--max-prompt-tokens" in str(
+            too_long.value
+        )
+        with pytest.raises(openai.BadRequestError) as too_many:
+            client.chat.completions.create(model=capped.model, messages=QUESTION, max_tokens=9)
+        assert too_many.value.body["code"] == "max_tokens_too_large"
+        # No max_tokens: the server's cap applies instead of the context size.
+        reply = client.chat.completions.create(model=capped.model, messages=QUESTION, logit_bias=NEVER_ENDS)
+        assert reply.usage.completion_tokens == 8 and reply.choices[0].finish_reason == "length"

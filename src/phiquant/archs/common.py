@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 from gguf import GGUFValueType
 
+from phiquant.archs.config_schema import check_config_values
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.checkpoint.tensor_entry import TensorEntry
 from phiquant.errors import PhiquantError
@@ -38,6 +39,7 @@ class HParams:
     def __init__(self, config: dict[str, Any], checkpoint: Checkpoint):
         self.config = config
         self.file = checkpoint.path / "config.json"
+        check_config_values(config, self.file)
 
     def get(self, *names: str, default: Any = None) -> Any:
         for name in names:

@@ -127,6 +127,13 @@ def longrope_attention_factor(rope: RopeSettings, context_length: int) -> float:
 def longrope_tensors(rope: RopeSettings, n_rot: int, config_file: str) -> list[SourceTensor]:
     if rope.scaling_type != "longrope" or not rope.long_factor:
         return []
+    if not rope.original_max_positions or rope.original_max_positions < 2:
+        # Both factor sets and the attention scale are defined relative to the original context
+        # (log of it in the scale), so LongRoPE without one has no meaning.
+        raise PhiquantError(
+            f"LongRoPE needs original_max_position_embeddings of at least 2, not {rope.original_max_positions!r}",
+            path=config_file,
+        )
     long_factor, short_factor = rope.long_factor, rope.short_factor or ()
     for label, factors in (("long_factor", long_factor), ("short_factor", short_factor)):
         if len(factors) != n_rot // 2:

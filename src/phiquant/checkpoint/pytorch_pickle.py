@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ LOAD_ERRORS = (
     AttributeError,
     EOFError,
     OverflowError,
+    struct.error,  # a BINFLOAT/BININT opcode cut short
+    AssertionError,  # torch raises it (not `assert`) for a persistent id that is not a tuple
     zipfile.BadZipFile,
     OSError,
 )
@@ -107,7 +110,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 def read_pickle_weights(path: Path) -> list[PickleEntry]:
     """Every tensor of one pickle weight file, loaded without executing code and checked."""
     torch = import_torch()
-    if not zipfile.is_zipfile(path):
+    if not _is_zip(path):
         raise PhiquantError(
             "not a PyTorch zip checkpoint (the format torch.save writes since PyTorch 1.6); phiquant "
             "cannot memory-map older pickles or raw pickle files",
@@ -118,6 +121,13 @@ def read_pickle_weights(path: Path) -> list[PickleEntry]:
         raise PhiquantError(f"holds a {type(state).__name__}, not a state dict of tensors", path=path)
     file_size = path.stat().st_size
     return [_entry(torch, name, tensor, path, file_size) for name, tensor in state.items()]
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # found by fuzzing: a damaged ZIP64 locator raises from is_zipfile
+        return False
 
 
 def _weights_only_load(torch: Any, path: Path) -> Any:

@@ -133,7 +133,9 @@ def _parse_header_json(header_bytes: bytes, path: Path) -> dict[str, object]:
     try:
         text = header_bytes.decode("utf-8")
         header = json.loads(text, object_pairs_hook=reject_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:  # found by fuzzing: "[[[[...]]]]" deeper than Python's stack
+        raise PhiquantError("corrupt safetensors header: JSON nested too deeply", path=path) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers past Python's digit limit
         raise PhiquantError(f"corrupt safetensors header: not valid JSON ({exc})", path=path) from exc
     if not isinstance(header, dict):
         raise PhiquantError("corrupt safetensors header: not a JSON object", path=path)
@@ -153,12 +155,12 @@ def _parse_entry(name: str, spec: object, path: Path, data_start: int, data_size
         raise PhiquantError(
             f"tensor {name!r} has dtype {dtype}; phiquant reads {', '.join(DTYPES)} weights", path=path
         )
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise bad(f"has an invalid shape {shape!r}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
-        or not all(isinstance(o, int) and o >= 0 for o in offsets)
+        or not all(_is_count(o) for o in offsets)
         or offsets[0] > offsets[1]
     ):
         raise bad(f"has invalid data_offsets {offsets!r}")
@@ -173,6 +175,11 @@ def _parse_entry(name: str, spec: object, path: Path, data_start: int, data_size
     if end - begin != expected:
         raise bad(f"holds {end - begin} bytes but shape {shape} of {dtype} needs {expected}")
     return SafetensorsEntry(name, dtype, tuple(shape), path, data_start + begin, end - begin)
+
+
+def _is_count(value: object) -> bool:
+    """A JSON integer >= 0 (JSON's true is a Python int too, and no dimension)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_no_overlap(entries: list[SafetensorsEntry], path: Path) -> None:

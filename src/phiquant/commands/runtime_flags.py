@@ -90,13 +90,25 @@ def runner_options(args: argparse.Namespace, *, n_contexts: int = 1) -> RunnerOp
         gpu_layers=parse_gpu_layers(str(args.gpu_layers)),
         threads=args.threads,
         chat_template=read_chat_template(args.chat_template),
+        chat_template_origin=chat_template_origin(args.chat_template),
         n_contexts=n_contexts,
     )
 
 
+def is_jinja_text(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def chat_template_origin(value: str | None) -> str:
+    """What a template error names: the file the template was read from, so the user knows which."""
+    if value is None or is_jinja_text(value):
+        return "--chat-template"
+    return f"--chat-template {value}"
+
+
 def read_chat_template(value: str | None) -> str | None:
     """Template text when it looks like Jinja ({{ or {%), else the contents of the named file."""
-    if value is None or "{{" in value or "{%" in value:
+    if value is None or is_jinja_text(value):
         return value
     path = Path(value)
     try:

@@ -220,7 +220,24 @@ def format_bytes(n: float) -> str:
 @contextlib.contextmanager
 def open_outputs(outputs: Sequence[GGUFOutput]) -> Iterator[Sequence[GGUFOutput]]:
     """Enter several outputs (a quantization ladder) so they all complete or all vanish."""
+    if len(outputs) > 1:
+        check_ladder_free_space(outputs)
     with contextlib.ExitStack() as stack:
         for output in outputs:
             stack.enter_context(output)
         yield outputs
+
+
+def check_ladder_free_space(outputs: Sequence[GGUFOutput]) -> None:
+    """The files of a ladder grow together, so each one's own check at open time would pass while
+    their sum does not fit: check the sum per file system before any is opened."""
+    by_device: dict[int, list[GGUFOutput]] = {}
+    for output in outputs:
+        try:
+            device = os.stat(output.path.parent).st_dev
+        except OSError:
+            continue  # a missing directory: GGUFOutput.__enter__ says so
+        by_device.setdefault(device, []).append(output)
+    for group in by_device.values():
+        if len(group) > 1:
+            check_free_space(group[0].path, sum(output.predicted_size for output in group))

@@ -80,7 +80,13 @@ class SpecialTokenMatcher:
 class PromptTokenizer:
     """Renders chats with the model's template and tokenizes them the Hugging Face way."""
 
-    def __init__(self, model: LoadedModel, gguf: GGUFFile, template_override: str | None = None):
+    def __init__(
+        self,
+        model: LoadedModel,
+        gguf: GGUFFile,
+        template_override: str | None = None,
+        override_origin: str = "--chat-template",
+    ):
         self.model = model
         self.matcher = SpecialTokenMatcher.from_gguf(gguf)
         tokens = gguf.get("tokenizer.ggml.tokens") or []
@@ -89,7 +95,7 @@ class PromptTokenizer:
         self.template = (
             ChatTemplate(
                 source,
-                origin="--chat-template" if template_override is not None else str(gguf.path),
+                origin=override_origin if template_override is not None else str(gguf.path),
                 bos_token=_token_text(tokens, gguf.get("tokenizer.ggml.bos_token_id")),
                 eos_token=_token_text(tokens, gguf.get("tokenizer.ggml.eos_token_id")),
             )

@@ -41,6 +41,7 @@ class RunnerOptions:
     gpu_layers: int | str = AUTO  # a count, or "auto"
     threads: int | None = None  # per context; None: every CPU this process may use
     chat_template: str | None = None  # Jinja source that replaces the GGUF's template
+    chat_template_origin: str = "--chat-template"  # what its errors name: the file it came from
     n_contexts: int = 1  # server slots; each holds its own KV cache
     n_batch: int = 512
 
@@ -172,7 +173,12 @@ def open_runner(
     reporter.note(f"context {n_ctx} tokens; {placement.describe()}")
     loaded = load_model(file.gguf, n_gpu_layers=placement.gpu_layers)
     try:
-        prompt = PromptTokenizer(loaded, gguf, template_override=options.chat_template)
+        prompt = PromptTokenizer(
+            loaded,
+            gguf,
+            template_override=options.chat_template,
+            override_origin=options.chat_template_origin,
+        )
         if prompt.template is not None:
             prompt.render(_PROBE_CONVERSATION)
     except PhiquantError:

@@ -17,6 +17,7 @@ from typing import Any
 from gguf import GGUFValueType
 
 from phiquant.checkpoint.directory import Checkpoint
+from phiquant.checkpoint.json_fields import is_token_id, json_object
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 from phiquant.vocab.pretokenizer import KnownPreTokenizer, identify_pre_tokenizer, load_tokenizer
@@ -91,7 +92,7 @@ def read_bpe_vocabulary(checkpoint: Checkpoint, vocab_size: int) -> BPEVocabular
             "alone do not say how text is split); save the tokenizer with transformers to write one",
             path=checkpoint.path,
         )
-    model = document.get("model") or {}
+    model = json_object(document, "model", tokenizer_file)
     vocab, merges = model.get("vocab"), model.get("merges")
     if not isinstance(vocab, dict) or not isinstance(merges, list):
         raise PhiquantError("model.vocab or model.merges is missing", path=tokenizer_file)
@@ -121,7 +122,7 @@ def read_bpe_vocabulary(checkpoint: Checkpoint, vocab_size: int) -> BPEVocabular
 
 
 def _check_id(token_id: Any, text: str, vocab_size: int, checkpoint: Checkpoint) -> None:
-    if not isinstance(token_id, int) or token_id < 0:
+    if not is_token_id(token_id):
         raise PhiquantError(f"token {text!r} has id {token_id!r}", path=checkpoint.path / TOKENIZER_JSON)
     if token_id >= vocab_size:
         raise PhiquantError(

@@ -119,9 +119,7 @@ def read_split_definition(pre_tokenizer: Any) -> SplitDefinition:
                 problems.append("ByteLevel adds a prefix space")
             if step.get("use_regex", True):
                 regexes.append(GPT2_REGEX)
-        elif (
-            kind == "Split" and _keeps_matches(step) and isinstance(step.get("pattern", {}).get("Regex"), str)
-        ):
+        elif kind == "Split" and _keeps_matches(step) and isinstance(_pattern(step).get("Regex"), str):
             regexes.append(step["pattern"]["Regex"])
         else:
             problems.append(_describe_step(step))
@@ -137,8 +135,16 @@ def _flatten(pre_tokenizer: Any) -> list[dict[str, Any]]:
     if not isinstance(pre_tokenizer, dict):
         return [{"type": repr(pre_tokenizer)}]
     if pre_tokenizer.get("type") == "Sequence":
-        return [step for inner in pre_tokenizer.get("pretokenizers") or [] for step in _flatten(inner)]
+        inners = pre_tokenizer.get("pretokenizers")
+        if not isinstance(inners, list):
+            return [{"type": f"Sequence of {inners!r}"}]
+        return [step for inner in inners for step in _flatten(inner)]
     return [pre_tokenizer]
+
+
+def _pattern(step: dict[str, Any]) -> dict[str, Any]:
+    pattern = step.get("pattern")
+    return pattern if isinstance(pattern, dict) else {}
 
 
 def _keeps_matches(step: dict[str, Any]) -> bool:
@@ -149,7 +155,7 @@ def _keeps_matches(step: dict[str, Any]) -> bool:
 def _describe_step(step: dict[str, Any]) -> str:
     kind = step.get("type", "?")
     if kind == "Split":
-        pattern = step.get("pattern", {})
+        pattern = _pattern(step)
         shown = pattern.get("Regex", pattern.get("String", "?"))
         return f"Split({shown!r}, {step.get('behavior')}, invert={step.get('invert', False)})"
     if kind == "ByteLevel":

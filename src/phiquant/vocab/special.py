@@ -16,6 +16,7 @@ from typing import Any
 from gguf import GGUFValueType
 
 from phiquant.checkpoint.directory import Checkpoint
+from phiquant.checkpoint.json_fields import is_token_id, json_list, json_object
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 
@@ -78,11 +79,13 @@ def added_tokens(checkpoint: Checkpoint) -> list[AddedToken]:
     tokenizer.json lacks (both are written by transformers; fine-tunes sometimes edit only one)."""
     tokens: dict[int, AddedToken] = {}
     tokenizer_json = checkpoint.json_file("tokenizer.json") or {}
-    for entry in tokenizer_json.get("added_tokens") or []:
-        token = _added_token(entry, entry.get("id"), checkpoint, "tokenizer.json")
+    for entry in json_list(tokenizer_json, "added_tokens", checkpoint.path / "tokenizer.json"):
+        token_id = entry.get("id") if isinstance(entry, dict) else None
+        token = _added_token(entry, token_id, checkpoint, "tokenizer.json")
         tokens[token.id] = token
     config = checkpoint.json_file("tokenizer_config.json") or {}
-    for key, entry in (config.get("added_tokens_decoder") or {}).items():
+    decoder = json_object(config, "added_tokens_decoder", checkpoint.path / "tokenizer_config.json")
+    for key, entry in decoder.items():
         token = _added_token(entry, _int_key(key, checkpoint), checkpoint, "tokenizer_config.json")
         tokens.setdefault(token.id, token)
     return [tokens[i] for i in sorted(tokens)]
@@ -98,12 +101,10 @@ def _int_key(key: str, checkpoint: Checkpoint) -> int:
 
 
 def _added_token(entry: Any, token_id: Any, checkpoint: Checkpoint, file: str) -> AddedToken:
-    if (
-        not isinstance(entry, dict)
-        or not isinstance(entry.get("content"), str)
-        or not isinstance(token_id, int)
-    ):
-        raise PhiquantError(f"malformed added token {entry!r}", path=checkpoint.path / file)
+    if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or not is_token_id(token_id):
+        shown = repr(entry)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise PhiquantError(f"malformed added token {shown} (id {token_id!r})", path=checkpoint.path / file)
     return AddedToken(
         id=token_id,
         content=entry["content"],
@@ -204,7 +205,8 @@ def chat_template(checkpoint: Checkpoint) -> str | list[dict[str, str]] | None:
     if template is None or isinstance(template, str):
         return template
     if isinstance(template, list) and all(
-        isinstance(t, dict) and "name" in t and "template" in t for t in template
+        isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
+        for t in template
     ):
         return template
     raise PhiquantError(

@@ -146,8 +146,14 @@ def read_base_pieces(checkpoint: Checkpoint) -> BasePieces:
     if model_file is not None:
         processor, normalizer = _load_sentencepiece(model_file)
         ids = range(processor.vocab_size())
+        try:
+            tokens = [processor.id_to_piece(i) for i in ids]
+        except UnicodeDecodeError as exc:  # found by fuzzing: protobuf strings are not checked for UTF-8
+            raise PhiquantError(
+                f"not a valid SentencePiece model: a piece is not UTF-8 ({exc.reason})", path=model_file
+            ) from None
         return BasePieces(
-            tokens=[processor.id_to_piece(i) for i in ids],
+            tokens=tokens,
             scores=[processor.get_score(i) for i in ids],
             types=[int(_piece_type(processor, i)) for i in ids],
             add_space_prefix=normalizer.add_dummy_prefix,
@@ -208,7 +214,7 @@ def _load_sentencepiece(model_file: Path) -> tuple[Any, Any]:
     processor = sentencepiece.SentencePieceProcessor()
     try:
         processor.LoadFromSerializedProto(data)
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, UnicodeDecodeError) as exc:  # the last found by fuzzing
         raise PhiquantError(f"not a valid SentencePiece model: {exc}", path=model_file) from exc
     return processor, proto.normalizer_spec
 

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from phiquant.checkpoint.json_fields import is_token_id, json_list, json_object
 from phiquant.errors import PhiquantError
 from phiquant.vocab.spm import BasePieces, TokenType
 
@@ -28,9 +29,10 @@ BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")
 
 
 def is_sentencepiece_layout(tokenizer_json: dict[str, Any]) -> bool:
-    model = tokenizer_json.get("model") or {}
+    model = tokenizer_json.get("model")
     return (
-        model.get("type") == "BPE"
+        isinstance(model, dict)
+        and model.get("type") == "BPE"
         and bool(model.get("byte_fallback"))
         and isinstance(model.get("vocab"), dict)
     )
@@ -39,11 +41,11 @@ def is_sentencepiece_layout(tokenizer_json: dict[str, Any]) -> bool:
 def pieces_from_tokenizer_json(tokenizer_json: dict[str, Any], file: Path) -> BasePieces:
     model = tokenizer_json["model"]
     check_normalization(tokenizer_json, file)
-    by_id = {index: text for text, index in model["vocab"].items()}
-    if sorted(by_id) != list(range(len(by_id))):
+    by_id = {index: text for text, index in model["vocab"].items() if is_token_id(index)}
+    if len(by_id) != len(model["vocab"]) or sorted(by_id) != list(range(len(by_id))):
         raise PhiquantError("tokenizer.json model.vocab does not number its pieces 0..n-1", path=file)
     tokens = [by_id[i] for i in range(len(by_id))]
-    scores = merge_scores(tokens, model.get("merges") or [], file)
+    scores = merge_scores(tokens, json_list(model, "merges", file), file)
     unknown = model.get("unk_token")
     types = []
     for text in tokens:
@@ -62,7 +64,10 @@ def merge_scores(tokens: list[str], merges: list[Any], file: Path) -> list[float
     index = {text: i for i, text in enumerate(tokens)}
     seen: set[int] = set()
     for rank, merge in enumerate(merges):
-        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        parts = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if not isinstance(parts, list) or len(parts) != 2 or not all(isinstance(p, str) for p in parts):
+            raise PhiquantError(f"tokenizer.json merge {merge!r} is not a pair of pieces", path=file)
+        left, right = parts
         piece = index.get(left + right)
         if piece is None:
             raise PhiquantError(
@@ -77,7 +82,7 @@ def merge_scores(tokens: list[str], merges: list[Any], file: Path) -> list[float
 def check_normalization(tokenizer_json: dict[str, Any], file: Path) -> None:
     """Accept the layout Phi-3's tokenizer.json has, which is what llama.cpp's SentencePiece tokenizer
     does: Prepend("▁") then Replace(" " -> "▁"), no pre-tokenizer."""
-    normalizer = tokenizer_json.get("normalizer") or {}
+    normalizer = json_object(tokenizer_json, "normalizer", file)
     steps = normalizer.get("normalizers") if normalizer.get("type") == "Sequence" else [normalizer]
     expected = [
         {"type": "Prepend", "prepend": SPACE_MARK},
