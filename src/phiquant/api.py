@@ -404,3 +404,49 @@ def chat_completion(
     for _ in generate_tokens(runner, runner.chat_tokens(messages), sampling, completion=completion):
         pass
     return completion
+
+
+@dataclass
+class ImatrixResult:
+    path: Path
+    dataset: str
+    chunks: int
+    chunk_size: int
+    text_tokens: int
+    entries: int
+    seconds: float
+    unrouted_experts: dict[str, list[int]] = field(default_factory=dict)  # tensor -> experts never routed
+
+
+def imatrix(
+    model: str | Path,
+    output: str | Path,
+    *,
+    text: str | Path | None = None,
+    ctx: int = 512,
+    chunks: int | None = None,
+    threads: int | None = None,
+    reporter: Reporter = SILENT,
+) -> ImatrixResult:
+    """The importance matrix of every weight matrix of `model` (GGUF or Hugging Face directory) over
+    `text` (default: phiquant's calibration text) in chunks of `ctx` tokens, written in llama.cpp's GGUF
+    imatrix format (llama-quantize --imatrix reads it)."""
+    from phiquant.imatrix.run import compute_imatrix, save_collection
+
+    started = time.perf_counter()
+    collection = compute_imatrix(
+        model, text=text, chunk_size=ctx, max_chunks=chunks, threads=threads, reporter=reporter
+    )
+    for name, experts in collection.unrouted_experts.items():
+        reporter.warn(f"{name}: the calibration text never routed to experts {experts}")
+    path = save_collection(collection, output)
+    return ImatrixResult(
+        path=path,
+        dataset=collection.imatrix.datasets[0],
+        chunks=collection.n_chunks,
+        chunk_size=collection.chunk_size,
+        text_tokens=collection.n_text_tokens,
+        entries=collection.imatrix.entries_count,
+        seconds=time.perf_counter() - started,
+        unrouted_experts=collection.unrouted_experts,
+    )

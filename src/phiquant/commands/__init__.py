@@ -21,12 +21,13 @@ class Command:
 
 
 def _all_commands() -> list[Command]:
-    from phiquant.commands import chat, convert, demo, generate, inspect, quantize, report, serve
+    from phiquant.commands import chat, convert, demo, generate, imatrix, inspect, quantize, report, serve
     from phiquant.commands import eval as eval_command
 
     return [
         convert.COMMAND,
         quantize.COMMAND,
+        imatrix.COMMAND,
         eval_command.COMMAND,
         report.COMMAND,
         inspect.COMMAND,
