@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
+from phiquant.gguf_io import Metadatum
 from phiquant.inspection import GGUFReport, inspect_gguf
 from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, ModelSource
 from phiquant.progress import SILENT, Reporter
@@ -29,11 +30,12 @@ from phiquant.quant.job import (
     write_files,
 )
 from phiquant.quant.plan import QuantOptions, TensorPlan
-from phiquant.quant.types import parse_preset
+from phiquant.quant.types import Preset, parse_preset
 
 if TYPE_CHECKING:  # the runtime loads llama.cpp: imported only by the functions that run models
     from phiquant.evaluate.evaluation import Evaluation
     from phiquant.evaluate.report import Report
+    from phiquant.quant.budget_plan import BudgetPlan, BudgetRequest
     from phiquant.runtime.generate import Completion, SamplingOptions
     from phiquant.runtime.runner import ModelRunner, RunnerOptions
 
@@ -70,6 +72,7 @@ class QuantizeResult:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     plans: dict[str, list[TensorPlan]] = field(default_factory=dict)  # type -> per-tensor plan
+    budget: BudgetSummary | None = None  # --max-size / --target-bpw: the plan's figures
 
 
 def load_hf_model(source: str | Path) -> ModelSource:
@@ -153,6 +156,8 @@ def quantize(
     text_only: bool = False,
     threads: int | None = None,
     dry_run: bool = False,
+    max_size: int | None = None,
+    target_bpw: float | None = None,
     reporter: Reporter = SILENT,
 ) -> QuantizeResult:
     """Quantize a Hugging Face checkpoint or an F32/F16/BF16 GGUF to one or more llama.cpp types in
@@ -163,19 +168,46 @@ def quantize(
     the preset's own rules.  `dry_run` plans and predicts sizes without reading tensor data.
     `allow_pickle` accepts a pickle-only checkpoint, read as `convert` reads it.
     `text_only` quantizes the language model of a multimodal checkpoint (Phi-4-multimodal) alone.
+    `imatrix="auto"` computes (once, then from the cache) an importance matrix over the bundled
+    calibration text when a chosen type needs or benefits from one.  `max_size` (bytes) or `target_bpw`
+    replace the presets by one file whose per-tensor types minimise the predicted KL divergence under that
+    budget (quant.budget); `types` may then be empty.
     """
     started = time.perf_counter()
     names = [types] if isinstance(types, str) else list(types)
-    if not names:
+    budget_request = _budget_request(
+        max_size, target_bpw, names, tensor_types, output_type, embedding_type, pure
+    )
+    if not names and budget_request is None:
         raise PhiquantError("give at least one quantization type")
     presets = [parse_preset(name) for name in names]
     opened = open_source(
         source, allow_requantize=allow_requantize, allow_pickle=allow_pickle, text_only=text_only
     )
+    if imatrix is not None and str(imatrix) == "auto":
+        imatrix = _auto_imatrix(source, presets, budget_request is not None, reporter)
     if imatrix is not None:
         attach_imatrix(opened, imatrix)
     directory = Path(output_dir)
+    budget = None
+    more_metadata: list[Metadatum] = []
+    if budget_request is not None:
+        from phiquant.quant.budget_job import budget_for
+
+        budget, label = budget_for(
+            opened,
+            Path(source),
+            Path(imatrix) if imatrix else None,
+            budget_request,
+            threads=threads,
+            reporter=reporter,
+        )
+        presets = [parse_preset(label)]
+        tensor_types = budget.overrides()
+        more_metadata = budget.metadata()
     paths = [directory / default_file_name(opened.name, preset) for preset in presets]
+    if budget is not None:
+        paths = [directory / f"{opened.name}-budget-{budget.predicted_size}.gguf"]
     options = QuantOptions(
         tensor_types=tuple((pattern, type_name) for pattern, type_name in tensor_types),
         output_type=output_type,
@@ -185,7 +217,7 @@ def quantize(
         allow_fallback=allow_fallback,
         allow_requantize=allow_requantize,
     )
-    planned = plan_files(opened, [p.name for p in presets], paths, options, imatrix)
+    planned = plan_files(opened, [p.name for p in presets], paths, options, imatrix, more_metadata)
     warnings = list(opened.model.warnings)
     if allow_requantize and any(_is_quantized_source(opened)):
         warnings.append(
@@ -203,7 +235,80 @@ def quantize(
         dry_run=dry_run,
         notes=sorted({note for p in planned for note in p.plan.notes}),
         warnings=warnings,
-        plans={p.preset.name: list(p.plan.tensors) for p in planned},
+        plans={p.preset.name: _plan_rows(p.plan.tensors, budget is not None) for p in planned},
+        budget=_budget_summary(budget),
+    )
+
+
+def _budget_request(
+    max_size: int | None,
+    target_bpw: float | None,
+    names: list[str],
+    tensor_types: Sequence[tuple[str, str]],
+    output_type: str | None,
+    embedding_type: str | None,
+    pure: bool,
+) -> BudgetRequest | None:
+    from phiquant.quant.budget_plan import BudgetRequest
+
+    if max_size is None and target_bpw is None:
+        return None
+    if max_size is not None and target_bpw is not None:
+        raise PhiquantError("give --max-size or --target-bpw, not both")
+    if names:
+        raise PhiquantError("a size budget chooses every tensor's type: give no -t/--type with it")
+    if tensor_types or output_type or embedding_type or pure:
+        raise PhiquantError(
+            "a size budget chooses every tensor's type: --tensor-type, --output-type, --embedding-type "
+            "and --pure do not combine with it"
+        )
+    if target_bpw is not None and not 0 < target_bpw <= 32:
+        raise PhiquantError(f"--target-bpw must be between 0 and 32 bits, not {target_bpw}")
+    return BudgetRequest(max_bytes=max_size, target_bpw=target_bpw)
+
+
+# Types whose quantizers use an importance matrix (ggml's quantize_* take quant_weights); Q8_0 and the
+# float types ignore it.
+_IMATRIX_IGNORED = frozenset({"F32", "F16", "BF16", "Q8_0"})
+
+
+def _auto_imatrix(source: str | Path, presets: list[Preset], budget: bool, reporter: Reporter) -> Path | None:
+    from phiquant.imatrix.run import cached_imatrix
+
+    if not budget and all(p.name in _IMATRIX_IGNORED for p in presets):
+        reporter.note("--imatrix auto: no chosen type uses an importance matrix; none computed")
+        return None
+    return cached_imatrix(source, reporter)
+
+
+def _plan_rows(tensors: Sequence[TensorPlan], budgeted: bool) -> list[TensorPlan]:
+    if not budgeted:
+        return list(tensors)
+    return [
+        dataclasses.replace(t, why="budget plan") if t.decision.name == "OVERRIDE" else t for t in tensors
+    ]
+
+
+@dataclass
+class BudgetSummary:
+    request: str
+    predicted_size: int
+    minimum_size: int
+    predicted_kld: float
+    sensitivities: dict[str, float]
+    types: dict[str, str]
+
+
+def _budget_summary(budget: BudgetPlan | None) -> BudgetSummary | None:
+    if budget is None:
+        return None
+    return BudgetSummary(
+        request=budget.request.describe(),
+        predicted_size=budget.predicted_size,
+        minimum_size=budget.minimum_size,
+        predicted_kld=budget.allocation.predicted_loss,
+        sensitivities=budget.sensitivities,
+        types={name: t.name for name, t in sorted(budget.allocation.types.items())},
     )
 
 

@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="calibration text (UTF-8); default: phiquant's bundled calibration text (Python "
         "documentation prose, code and chat turns; never the evaluation text)",
     )
-    parser.add_argument("--ctx", type=whole_number, default=512, metavar="N", help="tokens per chunk (default 512)")
+    parser.add_argument(
+        "--ctx", type=whole_number, default=512, metavar="N", help="tokens per chunk (default 512)"
+    )
     parser.add_argument(
         "--chunks", type=whole_number, metavar="N", help="use at most N chunks (default: the whole text)"
     )

@@ -32,6 +32,12 @@ def tensor_type_override(text: str) -> tuple[str, str]:
     return pattern, type_name
 
 
+def parse_size_argument(text: str) -> int:
+    from phiquant.quant.budget import parse_size
+
+    return parse_size(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="Hugging Face model directory, or an F32/F16/BF16 GGUF")
     parser.add_argument(
@@ -39,14 +45,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--type",
         dest="types",
         action="append",
-        required=True,
+        default=[],
         metavar="TYPE",
-        help="llama.cpp file type (Q4_K_M, Q8_0, IQ4_XS, ...); repeat for a ladder written in one pass",
+        help="llama.cpp file type (Q4_K_M, Q8_0, IQ4_XS, ...); repeat for a ladder written in one pass "
+        "(not with --max-size/--target-bpw)",
     )
     parser.add_argument(
         "-o", "--output-dir", default=".", metavar="DIR", help="where to write (default: here)"
     )
-    parser.add_argument("--imatrix", metavar="FILE", help="importance matrix (llama.cpp GGUF or legacy .dat)")
+    parser.add_argument(
+        "--imatrix",
+        metavar="FILE|auto",
+        help="importance matrix (llama.cpp GGUF or legacy .dat); 'auto' computes one over the bundled "
+        "calibration text (cached) when a chosen type uses it",
+    )
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--max-size",
+        type=parse_size_argument,
+        metavar="SIZE",
+        help="one file no larger than SIZE (e.g. 2.1G, 850M, 512MiB), each tensor's type chosen to minimise "
+        "the predicted KL divergence; --dry-run prints the plan",
+    )
+    budget.add_argument(
+        "--target-bpw",
+        type=float,
+        metavar="BITS",
+        help="as --max-size, with the budget in bits per weight over all tensors (as llama.cpp reports it)",
+    )
     parser.add_argument("--threads", type=int, metavar="N", help="quantization threads (default: all cores)")
     parser.add_argument(
         "--tensor-type",
@@ -119,6 +145,8 @@ def run(args: argparse.Namespace, output: Any) -> int:
         text_only=args.text_only,
         threads=args.threads,
         dry_run=args.dry_run,
+        max_size=args.max_size,
+        target_bpw=args.target_bpw,
         reporter=output.reporter(),
     )
     report = None
@@ -167,6 +195,16 @@ def run(args: argparse.Namespace, output: Any) -> int:
         console.print(table)
         for note in result.notes:
             console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+        if result.budget is not None:
+            budget = result.budget
+            console.print(
+                f"budget ({budget.request}): predicted mean KLD {budget.predicted_kld:.5f} nats, "
+                f"{format_bytes(budget.predicted_size)} (smallest possible {format_bytes(budget.minimum_size)}); "
+                "sensitivities " + ", ".join(f"{k} {v:.3g}" for k, v in budget.sensitivities.items()),
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if report is not None:
             render_report(console, report)
 

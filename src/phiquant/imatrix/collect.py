@@ -111,7 +111,9 @@ class ActivationStatistics:
                 accumulator.sums[matrix] += squares[i3, i2]
         accumulator.counts += activations.shape[0] * activations.shape[1] * activations.shape[2] // n_matrices
 
-    def _collect_experts(self, node: ggml_graph.GGMLTensor, name: str, n_experts: int, activations: np.ndarray) -> None:
+    def _collect_experts(
+        self, node: ggml_graph.GGMLTensor, name: str, n_experts: int, activations: np.ndarray
+    ) -> None:
         # activations: (1, n_tokens, n_used or 1, ne0); ids: (1, 1, n_tokens, n_used) int32 expert per slot
         ids = ggml_graph.tensor_array(node.src[2].contents, np.int32)[0, 0]
         tokens = activations[0]
@@ -149,7 +151,9 @@ class Collection:
     unrouted_experts: dict[str, list[int]] = field(default_factory=dict)  # tensor -> experts never chosen
 
 
-def calibration_chunks(model: LoadedModel, text: str, chunk_size: int, max_chunks: int | None, where: Path | None) -> tuple[np.ndarray, int]:
+def calibration_chunks(
+    model: LoadedModel, text: str, chunk_size: int, max_chunks: int | None, where: Path | None
+) -> tuple[np.ndarray, int]:
     """The text's tokens in whole chunks of `chunk_size` (BOS first where the model adds one), and the
     number of tokens of the text.  Special-token text (the chat portion's `<|user|>` ...) is parsed as the
     special tokens a chat would use."""

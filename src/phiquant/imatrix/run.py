@@ -90,8 +90,12 @@ def compute_imatrix(
 
     with gguf_of(source, reporter) as path, load_model(path) as model:
         if chunk_size > model.n_ctx_train:
-            reporter.warn(f"--ctx {chunk_size} is longer than the model's training context ({model.n_ctx_train})")
-        chunks, n_tokens = calibration_chunks(model, calibration.text, chunk_size, max_chunks, calibration.path)
+            reporter.warn(
+                f"--ctx {chunk_size} is longer than the model's training context ({model.n_ctx_train})"
+            )
+        chunks, n_tokens = calibration_chunks(
+            model, calibration.text, chunk_size, max_chunks, calibration.path
+        )
         return collect_importance(
             model,
             chunks,
@@ -108,7 +112,9 @@ def save_collection(collection: Collection, output: str | Path) -> Path:
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise PhiquantError(f"cannot create the output directory: {error.strerror}", path=output.parent) from None
+        raise PhiquantError(
+            f"cannot create the output directory: {error.strerror}", path=output.parent
+        ) from None
     write_imatrix(output, collection.imatrix)
     return output
 
