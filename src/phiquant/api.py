@@ -188,6 +188,9 @@ def quantize(
         imatrix = _auto_imatrix(source, presets, budget_request is not None, reporter)
     if imatrix is not None:
         attach_imatrix(opened, imatrix)
+        reporter_warnings = _unrouted_expert_warnings(opened)
+        for warning in reporter_warnings:
+            reporter.warn(warning)
     directory = Path(output_dir)
     budget = None
     more_metadata: list[Metadatum] = []
@@ -238,6 +241,24 @@ def quantize(
         plans={p.preset.name: _plan_rows(p.plan.tensors, budget is not None) for p in planned},
         budget=_budget_summary(budget),
     )
+
+
+def _unrouted_expert_warnings(opened: Source) -> list[str]:
+    """Experts the imatrix's text never routed to have no statistics: like llama.cpp, phiquant quantizes
+    them with uniform weights (plain error minimisation, what they would get without an imatrix) rather
+    than with zeros, which would make the weighted quantizers pick arbitrary scales."""
+    from phiquant.imatrix.collect import unrouted_experts
+
+    assert opened.imatrix is not None
+    found = unrouted_experts(opened.imatrix)
+    if not found:
+        return []
+    n_experts = sum(len(experts) for experts in found.values())
+    return [
+        f"the importance matrix has no data for {n_experts} expert matrices in {len(found)} tensors "
+        f"(e.g. {next(iter(found))} experts {next(iter(found.values()))}): they are quantized with "
+        "uniform importance, as without an imatrix"
+    ]
 
 
 def _budget_request(

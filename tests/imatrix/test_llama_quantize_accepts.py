@@ -15,6 +15,7 @@ from phiquant import api
 from phiquant.quant.quantize import imatrix_kv_overrides
 from phiquant.quant.types import parse_preset
 from tests.fixtures.phi3_specs import PHI35_MINI
+from tests.oracles import llama_cpp_logits
 from tests.quant.llama_reference import KV_INT, KV_STR, ReferenceJob, run_reference_jobs
 
 PRESETS = ("Q4_K_M", "Q3_K_M", "Q2_K", "IQ2_XXS", "IQ1_S")
@@ -64,3 +65,7 @@ def test_llama_quantize_with_our_imatrix_writes_the_same_file_as_phiquant(
     ours = api.quantize(source, list(PRESETS), tmp_path / "ours", imatrix=collected.path)
     for file, result in zip(ours.files, results):
         assert file.path.read_bytes() == Path(result.job.output_path).read_bytes(), file.type
+    for file in ours.files:
+        if file.type in ("IQ2_XXS", "IQ1_S"):  # the lowest types run, with finite, non-constant logits
+            logits = llama_cpp_logits(file.path, list(range(1, 33)), 64)
+            assert np.isfinite(logits).all() and logits.std() > 0, file.type

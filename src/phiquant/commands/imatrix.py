@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
             f"tokens ({result.text_tokens} in the text) from {result.dataset}, {result.seconds:.1f} s"
         )
         for name, experts in result.unrouted_experts.items():
-            line(f"never routed: {name} experts {experts} (quantized with the mean of the routed experts)")
+            line(f"never routed: {name} experts {experts} (quantize uses uniform importance for them)")
 
     output.result(result, render)
     return 0
