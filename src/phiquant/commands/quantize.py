@@ -14,6 +14,7 @@ from phiquant.commands.eval import add_evaluation_arguments, evaluation_options,
 from phiquant.commands.report import add_report_arguments
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes
+from phiquant.quant.budget import parse_size
 from phiquant.quant.types import parse_ggml_type
 
 
@@ -30,12 +31,6 @@ def tensor_type_override(text: str) -> tuple[str, str]:
         ) from None
     parse_ggml_type(type_name)  # unknown types fail here with the list of valid ones
     return pattern, type_name
-
-
-def parse_size_argument(text: str) -> int:
-    from phiquant.quant.budget import parse_size
-
-    return parse_size(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument(
         "--max-size",
-        type=parse_size_argument,
         metavar="SIZE",
         help="one file no larger than SIZE (e.g. 2.1G, 850M, 512MiB), each tensor's type chosen to minimise "
         "the predicted KL divergence; --dry-run prints the plan",
@@ -145,7 +139,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         text_only=args.text_only,
         threads=args.threads,
         dry_run=args.dry_run,
-        max_size=args.max_size,
+        max_size=parse_size(args.max_size) if args.max_size is not None else None,
         target_bpw=args.target_bpw,
         reporter=output.reporter(),
     )
