@@ -78,7 +78,7 @@ class ActivationStatistics:
         if operation == "MUL_MAT_ID":
             return True
         activations = node.src[1].contents
-        return activations.ne[1] >= MIN_BATCH_TOKENS and activations.type == ggml_graph.GGML_TYPE_F32
+        return bool(activations.ne[1] >= MIN_BATCH_TOKENS and activations.type == ggml_graph.GGML_TYPE_F32)
 
     def _accumulator(self, name: str, n_matrices: int, ne0: int) -> _Accumulator:
         found = self.accumulators.get(name)

@@ -54,7 +54,7 @@ def sampled_slabs(n_rows: int, rows_per_matrix: int, max_rows: int) -> list[tupl
 
 
 def weighted_squares(
-    rows: np.ndarray, ggml_type: GGMLType, weights: np.ndarray, threads: int | None
+    rows: np.ndarray, ggml_type: GGMLType, weights: np.ndarray | None, threads: int | None
 ) -> float:
     """sum_ij imp_j (w'_ij - w_ij)^2 over the rows, w' being ggml's quantize-dequantize round trip."""
     encoded = quantize_rows(

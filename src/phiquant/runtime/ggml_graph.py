@@ -83,7 +83,8 @@ def tensor_at(address: int) -> GGMLTensor:
 
 
 def op_name(tensor: GGMLTensor) -> str:
-    return (_library().ggml_op_desc(ctypes.byref(tensor)) or b"").decode()
+    description: bytes = _library().ggml_op_desc(ctypes.byref(tensor)) or b""
+    return description.decode()
 
 
 def weight_name(tensor: GGMLTensor) -> str:
