@@ -68,6 +68,19 @@ def collection_overhead(f16: Path, chunks: int) -> dict[str, float]:
     }
 
 
+def heldout_oracle_imatrix(f16: Path, output: Path) -> Path:
+    """Diagnostic only: the imatrix of the held-out text itself (the best case for any calibration text),
+    to tell a calibration-text problem from the quantizers' response to importance weighting."""
+    from phiquant.imatrix.collect import calibration_chunks, collect_importance
+    from phiquant.quant.imatrix import write_imatrix
+    from phiquant.runtime.loader import load_model
+
+    with load_model(f16) as model:
+        tokens, _ = calibration_chunks(model, heldout_text_path().read_text(), 512, 64, None)
+        write_imatrix(output, collect_importance(model, tokens, "heldout-oracle").imatrix)
+    return output
+
+
 def kld_of(evaluation, path: Path) -> float:
     for file in evaluation.files:
         if Path(file.path).resolve() == path.resolve() and file.divergence is not None:
@@ -95,6 +108,9 @@ def run_model(model: Path, work: Path, windows: int) -> dict:
             files += [preset.path, budgeted.path]
     lowest = api.quantize(f16, list(LOWEST), work / "lowest", imatrix=imatrix.path).files
     files += [f.path for f in lowest]
+    oracle = heldout_oracle_imatrix(f16, work / "heldout-oracle-imatrix.gguf")
+    oracle_files = api.quantize(f16, list(PRESETS[:3]), work / "oracle", imatrix=oracle).files
+    files += [f.path for f in oracle_files]
     options = EvalOptions(ctx=512, max_windows=windows, speed_runs=0)
     evaluation = api.evaluate(files, reference=f16, text=heldout_text_path(), options=options)
     for row in rows:
@@ -107,6 +123,7 @@ def run_model(model: Path, work: Path, windows: int) -> dict:
         "collection": overhead,
         "rows": rows,
         "lowest": [{"type": f.type, "size": f.file_size, "kld": kld_of(evaluation, f.path)} for f in lowest],
+        "heldout_oracle": {f.type: kld_of(evaluation, f.path) for f in oracle_files},
         "scored_tokens": evaluation.n_scored_tokens,
     }
 
@@ -123,6 +140,8 @@ def print_model(result: dict) -> None:
               f"{row['budget_size']:,} | {row['budget_kld']:.5f} | {row['predicted_kld']:.5f} | {'yes' if wins else 'NO'} |")  # fmt: skip
     for item in result["lowest"]:
         print(f"| ours | {item['type']} | {item['size']:,} | {item['kld']:.5f} | - | - | - | - |")
+    for type_name, kld in result["heldout_oracle"].items():
+        print(f"| held-out text (diagnostic) | {type_name} | - | {kld:.5f} | - | - | - | - |")
 
 
 def main() -> int:
@@ -148,7 +167,8 @@ def main() -> int:
     wins = sum(r["budget_size"] <= r["preset_size"] and r["budget_kld"] < r["preset_kld"] for r in summary)
     print(json.dumps({"benchmark": "budget_vs_presets", "wins": wins, "cases": len(summary), "rows": summary,
                       "collection_ratio": [r["collection"]["ratio"] for r in results],
-                      "lowest": {r["model"]: r["lowest"] for r in results}}))  # fmt: skip
+                      "lowest": {r["model"]: r["lowest"] for r in results},
+                      "heldout_oracle": {r["model"]: r["heldout_oracle"] for r in results}}))  # fmt: skip
     return 0 if np.isfinite([r["budget_kld"] for r in summary]).all() else 1
 
 
