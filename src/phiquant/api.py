@@ -20,6 +20,7 @@ from phiquant.gguf_io import Metadatum
 from phiquant.inspection import GGUFReport, inspect_gguf
 from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, ModelSource
 from phiquant.progress import SILENT, Reporter
+from phiquant.quant import budget_plan
 from phiquant.quant.job import (
     PlannedFile,
     Source,
@@ -30,12 +31,11 @@ from phiquant.quant.job import (
     write_files,
 )
 from phiquant.quant.plan import QuantOptions, TensorPlan
-from phiquant.quant.types import Preset, parse_preset
+from phiquant.quant.types import parse_preset
 
 if TYPE_CHECKING:  # the runtime loads llama.cpp: imported only by the functions that run models
     from phiquant.evaluate.evaluation import Evaluation
     from phiquant.evaluate.report import Report
-    from phiquant.quant.budget_plan import BudgetPlan, BudgetRequest
     from phiquant.runtime.generate import Completion, SamplingOptions
     from phiquant.runtime.runner import ModelRunner, RunnerOptions
 
@@ -72,7 +72,7 @@ class QuantizeResult:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     plans: dict[str, list[TensorPlan]] = field(default_factory=dict)  # type -> per-tensor plan
-    budget: BudgetSummary | None = None  # --max-size / --target-bpw: the plan's figures
+    budget: budget_plan.BudgetSummary | None = None  # --max-size / --target-bpw: the plan's figures
 
 
 def load_hf_model(source: str | Path) -> ModelSource:
@@ -175,7 +175,7 @@ def quantize(
     """
     started = time.perf_counter()
     names = [types] if isinstance(types, str) else list(types)
-    budget_request = _budget_request(
+    budget_request = budget_plan.budget_request(
         max_size, target_bpw, names, tensor_types, output_type, embedding_type, pure
     )
     if not names and budget_request is None:
@@ -185,10 +185,14 @@ def quantize(
         source, allow_requantize=allow_requantize, allow_pickle=allow_pickle, text_only=text_only
     )
     if imatrix is not None and str(imatrix) == "auto":
-        imatrix = _auto_imatrix(source, presets, budget_request is not None, reporter)
+        from phiquant.imatrix.run import auto_imatrix
+
+        imatrix = auto_imatrix(source, [p.name for p in presets], budget_request is not None, reporter)
     if imatrix is not None:
         attach_imatrix(opened, imatrix)
-        reporter_warnings = _unrouted_expert_warnings(opened)
+        from phiquant.imatrix.run import unrouted_expert_warnings
+
+        reporter_warnings = unrouted_expert_warnings(opened.imatrix) if opened.imatrix else []
         for warning in reporter_warnings:
             reporter.warn(warning)
     directory = Path(output_dir)
@@ -238,98 +242,10 @@ def quantize(
         dry_run=dry_run,
         notes=sorted({note for p in planned for note in p.plan.notes}),
         warnings=warnings,
-        plans={p.preset.name: _plan_rows(p.plan.tensors, budget is not None) for p in planned},
-        budget=_budget_summary(budget),
-    )
-
-
-def _unrouted_expert_warnings(opened: Source) -> list[str]:
-    """Experts the imatrix's text never routed to have no statistics: like llama.cpp, phiquant quantizes
-    them with uniform weights (plain error minimisation, what they would get without an imatrix) rather
-    than with zeros, which would make the weighted quantizers pick arbitrary scales."""
-    from phiquant.imatrix.collect import unrouted_experts
-
-    assert opened.imatrix is not None
-    found = unrouted_experts(opened.imatrix)
-    if not found:
-        return []
-    n_experts = sum(len(experts) for experts in found.values())
-    return [
-        f"the importance matrix has no data for {n_experts} expert matrices in {len(found)} tensors "
-        f"(e.g. {next(iter(found))} experts {next(iter(found.values()))}): they are quantized with "
-        "uniform importance, as without an imatrix"
-    ]
-
-
-def _budget_request(
-    max_size: int | None,
-    target_bpw: float | None,
-    names: list[str],
-    tensor_types: Sequence[tuple[str, str]],
-    output_type: str | None,
-    embedding_type: str | None,
-    pure: bool,
-) -> BudgetRequest | None:
-    from phiquant.quant.budget_plan import BudgetRequest
-
-    if max_size is None and target_bpw is None:
-        return None
-    if max_size is not None and target_bpw is not None:
-        raise PhiquantError("give --max-size or --target-bpw, not both")
-    if names:
-        raise PhiquantError("a size budget chooses every tensor's type: give no -t/--type with it")
-    if tensor_types or output_type or embedding_type or pure:
-        raise PhiquantError(
-            "a size budget chooses every tensor's type: --tensor-type, --output-type, --embedding-type "
-            "and --pure do not combine with it"
-        )
-    if target_bpw is not None and not 0 < target_bpw <= 32:
-        raise PhiquantError(f"--target-bpw must be between 0 and 32 bits, not {target_bpw}")
-    return BudgetRequest(max_bytes=max_size, target_bpw=target_bpw)
-
-
-# Types whose quantizers use an importance matrix (ggml's quantize_* take quant_weights); Q8_0 and the
-# float types ignore it.
-_IMATRIX_IGNORED = frozenset({"F32", "F16", "BF16", "Q8_0"})
-
-
-def _auto_imatrix(source: str | Path, presets: list[Preset], budget: bool, reporter: Reporter) -> Path | None:
-    from phiquant.imatrix.run import cached_imatrix
-
-    if not budget and all(p.name in _IMATRIX_IGNORED for p in presets):
-        reporter.note("--imatrix auto: no chosen type uses an importance matrix; none computed")
-        return None
-    return cached_imatrix(source, reporter)
-
-
-def _plan_rows(tensors: Sequence[TensorPlan], budgeted: bool) -> list[TensorPlan]:
-    if not budgeted:
-        return list(tensors)
-    return [
-        dataclasses.replace(t, why="budget plan") if t.decision.name == "OVERRIDE" else t for t in tensors
-    ]
-
-
-@dataclass
-class BudgetSummary:
-    request: str
-    predicted_size: int
-    minimum_size: int
-    predicted_kld: float
-    sensitivities: dict[str, float]
-    types: dict[str, str]
-
-
-def _budget_summary(budget: BudgetPlan | None) -> BudgetSummary | None:
-    if budget is None:
-        return None
-    return BudgetSummary(
-        request=budget.request.describe(),
-        predicted_size=budget.predicted_size,
-        minimum_size=budget.minimum_size,
-        predicted_kld=budget.allocation.predicted_loss,
-        sensitivities=budget.sensitivities,
-        types={name: t.name for name, t in sorted(budget.allocation.types.items())},
+        plans={
+            p.preset.name: budget_plan.label_plan_rows(p.plan.tensors, budget is not None) for p in planned
+        },
+        budget=budget_plan.summarise(budget),
     )
 
 

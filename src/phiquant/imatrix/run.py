@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phiquant.errors import PhiquantError
-from phiquant.imatrix.collect import Collection, calibration_chunks, collect_importance
+from phiquant.imatrix.collect import Collection, calibration_chunks, collect_importance, unrouted_experts
 from phiquant.progress import SILENT, Reporter
-from phiquant.quant.imatrix import write_imatrix
+from phiquant.quant.imatrix import ImportanceMatrix, write_imatrix
 
 DEFAULT_CHUNK_SIZE = 512
 MIN_CHUNK_SIZE = 32  # llama.cpp records no plain product of a batch under 16 tokens
@@ -144,3 +144,33 @@ def cached_imatrix(source: str | Path, reporter: Reporter = SILENT) -> Path:
     reporter.note("computing an importance matrix over the bundled calibration text (--imatrix auto)")
     collection = compute_imatrix(source, reporter=reporter)
     return save_collection(collection, path)  # written to a temporary name, then renamed
+
+
+def unrouted_expert_warnings(imatrix: ImportanceMatrix) -> list[str]:
+    """Experts the imatrix's text never routed to have no statistics: like llama.cpp, phiquant quantizes
+    them with uniform weights (plain error minimisation, what they would get without an imatrix) rather
+    than with zeros, which would make the weighted quantizers pick arbitrary scales."""
+    found = unrouted_experts(imatrix)
+    if not found:
+        return []
+    n_experts = sum(len(experts) for experts in found.values())
+    return [
+        f"the importance matrix has no data for {n_experts} expert matrices in {len(found)} tensors "
+        f"(e.g. {next(iter(found))} experts {next(iter(found.values()))}): they are quantized with "
+        "uniform importance, as without an imatrix"
+    ]
+
+
+# Types whose quantizers use an importance matrix (ggml's quantize_* take quant_weights); Q8_0 and the
+# float types ignore it.
+_IMATRIX_IGNORED = frozenset({"F32", "F16", "BF16", "Q8_0"})
+
+
+def auto_imatrix(
+    source: str | Path, preset_names: list[str], budget: bool, reporter: Reporter = SILENT
+) -> Path | None:
+    """`--imatrix auto`: the cached imatrix when a chosen type (or a budget's candidates) uses one."""
+    if not budget and all(name in _IMATRIX_IGNORED for name in preset_names):
+        reporter.note("--imatrix auto: no chosen type uses an importance matrix; none computed")
+        return None
+    return cached_imatrix(source, reporter)

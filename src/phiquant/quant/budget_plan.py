@@ -9,8 +9,9 @@ as every preset.  The measured profile is cached per model and importance matrix
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gguf import GGUFValueType
@@ -18,6 +19,7 @@ from gguf import GGUFValueType
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 from phiquant.quant.budget import Allocation, TensorOptions, allocate, minimum_bytes
+from phiquant.quant.plan import TensorPlan
 
 METHOD = (
     "greedy on the convex hull of each tensor's (bytes, predicted KLD); predicted KLD = role sensitivity x "
@@ -130,3 +132,60 @@ def plan_budget(
             return BudgetPlan(request, allocation, sensitivities, size, minimum_file)
         share -= used - limit  # padding and longer type names in the metadata: take it off and retry
     raise PhiquantError(f"could not fit the plan into {request.describe()}")
+
+
+def budget_request(
+    max_size: int | None,
+    target_bpw: float | None,
+    names: list[str],
+    tensor_types: Sequence[tuple[str, str]],
+    output_type: str | None,
+    embedding_type: str | None,
+    pure: bool,
+) -> BudgetRequest | None:
+    """The budget asked for, after refusing what cannot combine with one."""
+    if max_size is None and target_bpw is None:
+        return None
+    if max_size is not None and target_bpw is not None:
+        raise PhiquantError("give --max-size or --target-bpw, not both")
+    if names:
+        raise PhiquantError("a size budget chooses every tensor's type: give no -t/--type with it")
+    if tensor_types or output_type or embedding_type or pure:
+        raise PhiquantError(
+            "a size budget chooses every tensor's type: --tensor-type, --output-type, --embedding-type "
+            "and --pure do not combine with it"
+        )
+    if target_bpw is not None and not 0 < target_bpw <= 32:
+        raise PhiquantError(f"--target-bpw must be between 0 and 32 bits, not {target_bpw}")
+    return BudgetRequest(max_bytes=max_size, target_bpw=target_bpw)
+
+
+def label_plan_rows(tensors: Sequence[TensorPlan], budgeted: bool) -> list[TensorPlan]:
+    if not budgeted:
+        return list(tensors)
+    return [
+        dataclasses.replace(t, why="budget plan") if t.decision.name == "OVERRIDE" else t for t in tensors
+    ]
+
+
+@dataclass
+class BudgetSummary:
+    request: str
+    predicted_size: int
+    minimum_size: int
+    predicted_kld: float
+    sensitivities: dict[str, float]
+    types: dict[str, str]
+
+
+def summarise(budget: BudgetPlan | None) -> BudgetSummary | None:
+    if budget is None:
+        return None
+    return BudgetSummary(
+        request=budget.request.describe(),
+        predicted_size=budget.predicted_size,
+        minimum_size=budget.minimum_size,
+        predicted_kld=budget.allocation.predicted_loss,
+        sensitivities=budget.sensitivities,
+        types={name: t.name for name, t in sorted(budget.allocation.types.items())},
+    )
