@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
+from phiquant.gguf_io import Metadatum
 from phiquant.hub import resolve_source
 from phiquant.inspection import GGUFReport, inspect_gguf
 from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, ModelSource
 from phiquant.progress import SILENT, Reporter
+from phiquant.quant import budget_plan
 from phiquant.quant.job import (
     PlannedFile,
     Source,
@@ -72,6 +74,7 @@ class QuantizeResult:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     plans: dict[str, list[TensorPlan]] = field(default_factory=dict)  # type -> per-tensor plan
+    budget: budget_plan.BudgetSummary | None = None  # --max-size / --target-bpw: the plan's figures
 
 
 def load_hf_model(source: str | Path) -> ModelSource:
@@ -156,6 +159,8 @@ def quantize(
     text_only: bool = False,
     threads: int | None = None,
     dry_run: bool = False,
+    max_size: int | None = None,
+    target_bpw: float | None = None,
     reporter: Reporter = SILENT,
 ) -> QuantizeResult:
     """Quantize a Hugging Face checkpoint or an F32/F16/BF16 GGUF to one or more llama.cpp types in
@@ -166,22 +171,57 @@ def quantize(
     the preset's own rules.  `dry_run` plans and predicts sizes without reading tensor data.
     `allow_pickle` accepts a pickle-only checkpoint, read as `convert` reads it.
     `text_only` quantizes the language model of a multimodal checkpoint (Phi-4-multimodal) alone.
+    `imatrix="auto"` computes (once, then from the cache) an importance matrix over the bundled
+    calibration text when a chosen type needs or benefits from one.  `max_size` (bytes) or `target_bpw`
+    replace the presets by one file whose per-tensor types minimise the predicted KL divergence under that
+    budget (quant.budget); `types` may then be empty.
     """
     started = time.perf_counter()
     names = [types] if isinstance(types, str) else list(types)
-    if not names:
+    budget_request = budget_plan.budget_request(
+        max_size, target_bpw, names, tensor_types, output_type, embedding_type, pure
+    )
+    if not names and budget_request is None:
         raise PhiquantError("give at least one quantization type")
     presets = [parse_preset(name) for name in names]
+    source = resolve_source(source)
     opened = open_source(
-        resolve_source(source),
+        source,
         allow_requantize=allow_requantize,
         allow_pickle=allow_pickle,
         text_only=text_only,
     )
+    if imatrix is not None and str(imatrix) == "auto":
+        from phiquant.imatrix.run import auto_imatrix
+
+        imatrix = auto_imatrix(source, [p.name for p in presets], budget_request is not None, reporter)
     if imatrix is not None:
         attach_imatrix(opened, imatrix)
+        from phiquant.imatrix.run import unrouted_expert_warnings
+
+        reporter_warnings = unrouted_expert_warnings(opened.imatrix) if opened.imatrix else []
+        for warning in reporter_warnings:
+            reporter.warn(warning)
     directory = Path(output_dir)
+    budget = None
+    more_metadata: list[Metadatum] = []
+    if budget_request is not None:
+        from phiquant.quant.budget_job import budget_for
+
+        budget, label = budget_for(
+            opened,
+            Path(source),
+            Path(imatrix) if imatrix else None,
+            budget_request,
+            threads=threads,
+            reporter=reporter,
+        )
+        presets = [parse_preset(label)]
+        tensor_types = budget.overrides()
+        more_metadata = budget.metadata()
     paths = [directory / default_file_name(opened.name, preset) for preset in presets]
+    if budget is not None:
+        paths = [directory / f"{opened.name}-budget-{budget.predicted_size}.gguf"]
     options = QuantOptions(
         tensor_types=tuple((pattern, type_name) for pattern, type_name in tensor_types),
         output_type=output_type,
@@ -191,7 +231,7 @@ def quantize(
         allow_fallback=allow_fallback,
         allow_requantize=allow_requantize,
     )
-    planned = plan_files(opened, [p.name for p in presets], paths, options, imatrix)
+    planned = plan_files(opened, [p.name for p in presets], paths, options, imatrix, more_metadata)
     warnings = list(opened.model.warnings)
     if allow_requantize and any(_is_quantized_source(opened)):
         warnings.append(
@@ -209,7 +249,10 @@ def quantize(
         dry_run=dry_run,
         notes=sorted({note for p in planned for note in p.plan.notes}),
         warnings=warnings,
-        plans={p.preset.name: list(p.plan.tensors) for p in planned},
+        plans={
+            p.preset.name: budget_plan.label_plan_rows(p.plan.tensors, budget is not None) for p in planned
+        },
+        budget=budget_plan.summarise(budget),
     )
 
 
@@ -431,3 +474,49 @@ def model_card(
 
     card = build_card(directory, base_model=base_model, license=license, quantized_by=quantized_by, tags=tags)
     return write_card(card, output) if write else card
+
+
+@dataclass
+class ImatrixResult:
+    path: Path
+    dataset: str
+    chunks: int
+    chunk_size: int
+    text_tokens: int
+    entries: int
+    seconds: float
+    unrouted_experts: dict[str, list[int]] = field(default_factory=dict)  # tensor -> experts never routed
+
+
+def imatrix(
+    model: str | Path,
+    output: str | Path,
+    *,
+    text: str | Path | None = None,
+    ctx: int = 512,
+    chunks: int | None = None,
+    threads: int | None = None,
+    reporter: Reporter = SILENT,
+) -> ImatrixResult:
+    """The importance matrix of every weight matrix of `model` (GGUF or Hugging Face directory) over
+    `text` (default: phiquant's calibration text) in chunks of `ctx` tokens, written in llama.cpp's GGUF
+    imatrix format (llama-quantize --imatrix reads it)."""
+    from phiquant.imatrix.run import compute_imatrix, save_collection
+
+    started = time.perf_counter()
+    collection = compute_imatrix(
+        model, text=text, chunk_size=ctx, max_chunks=chunks, threads=threads, reporter=reporter
+    )
+    for name, experts in collection.unrouted_experts.items():
+        reporter.warn(f"{name}: the calibration text never routed to experts {experts}")
+    path = save_collection(collection, output)
+    return ImatrixResult(
+        path=path,
+        dataset=collection.imatrix.datasets[0],
+        chunks=collection.n_chunks,
+        chunk_size=collection.chunk_size,
+        text_tokens=collection.n_text_tokens,
+        entries=collection.imatrix.entries_count,
+        seconds=time.perf_counter() - started,
+        unrouted_experts=collection.unrouted_experts,
+    )

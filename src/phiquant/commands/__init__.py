@@ -27,6 +27,7 @@ def _all_commands() -> list[Command]:
         convert,
         demo,
         generate,
+        imatrix,
         inspect,
         ollama,
         quantize,
@@ -38,6 +39,7 @@ def _all_commands() -> list[Command]:
     return [
         convert.COMMAND,
         quantize.COMMAND,
+        imatrix.COMMAND,
         eval_command.COMMAND,
         report.COMMAND,
         inspect.COMMAND,

@@ -15,6 +15,7 @@ from phiquant.commands.report import add_report_arguments
 from phiquant.commands.source_flags import add_checkpoint_reading_arguments
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes
+from phiquant.quant.budget import parse_size
 from phiquant.quant.types import parse_ggml_type
 
 
@@ -45,14 +46,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--type",
         dest="types",
         action="append",
-        required=True,
+        default=[],
         metavar="TYPE",
-        help="llama.cpp file type (Q4_K_M, Q8_0, IQ4_XS, ...); repeat for a ladder written in one pass",
+        help="llama.cpp file type (Q4_K_M, Q8_0, IQ4_XS, ...); repeat for a ladder written in one pass "
+        "(not with --max-size/--target-bpw)",
     )
     parser.add_argument(
         "-o", "--output-dir", default=".", metavar="DIR", help="where to write (default: here)"
     )
-    parser.add_argument("--imatrix", metavar="FILE", help="importance matrix (llama.cpp GGUF or legacy .dat)")
+    parser.add_argument(
+        "--imatrix",
+        metavar="FILE|auto",
+        help="importance matrix (llama.cpp GGUF or legacy .dat); 'auto' computes one over the bundled "
+        "calibration text (cached) when a chosen type uses it",
+    )
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        help="one file no larger than SIZE (e.g. 2.1G, 850M, 512MiB), each tensor's type chosen to minimise "
+        "the predicted KL divergence; --dry-run prints the plan",
+    )
+    budget.add_argument(
+        "--target-bpw",
+        type=float,
+        metavar="BITS",
+        help="as --max-size, with the budget in bits per weight over all tensors (as llama.cpp reports it)",
+    )
     parser.add_argument("--threads", type=int, metavar="N", help="quantization threads (default: all cores)")
     parser.add_argument(
         "--tensor-type",
@@ -114,6 +134,8 @@ def run(args: argparse.Namespace, output: Any) -> int:
         text_only=args.text_only,
         threads=args.threads,
         dry_run=args.dry_run,
+        max_size=parse_size(args.max_size) if args.max_size is not None else None,
+        target_bpw=args.target_bpw,
         reporter=output.reporter(),
     )
     report = None
@@ -162,6 +184,16 @@ def run(args: argparse.Namespace, output: Any) -> int:
         console.print(table)
         for note in result.notes:
             console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+        if result.budget is not None:
+            budget = result.budget
+            console.print(
+                f"budget ({budget.request}): predicted mean KLD {budget.predicted_kld:.5f} nats, "
+                f"{format_bytes(budget.predicted_size)} (smallest possible {format_bytes(budget.minimum_size)}); "
+                "sensitivities " + ", ".join(f"{k} {v:.3g}" for k, v in budget.sensitivities.items()),
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if report is not None:
             render_report(console, report)
 

@@ -8,6 +8,7 @@ file of a ladder.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,10 +115,12 @@ def plan_files(
     output_paths: list[Path],
     options: QuantOptions,
     imatrix_path: str | Path | None = None,
+    more_metadata: Sequence[Metadatum] = (),
 ) -> list[PlannedFile]:
+    """`more_metadata`: keys the files carry beyond the usual ones (a budget plan's phiquant.budget.*)."""
     facts = model_facts_from_metadata(model_metadata_map(source.model))
     descs = tensor_descs(source.model)
-    extra = extra_metadata(source, imatrix_path)
+    extra = extra_metadata(source, imatrix_path) + list(more_metadata)
     planned = []
     for name, path in zip(presets, output_paths):
         preset = parse_preset(name)

@@ -31,6 +31,9 @@ _backend_ready = False
 _log_callback = None  # kept alive: llama.cpp holds the pointer
 _log_listeners: list[Callable[[str], None]] = []
 
+# cb_eval: (address of a struct ggml_tensor, ask) -> want the data / go on computing
+EvalCallback = Callable[[int, bool], bool]
+
 
 def _forward_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     line = text.decode("utf-8", errors="replace")
@@ -168,6 +171,7 @@ class LoadedModel:
         reference_precision: bool = False,
         n_seq_max: int = 1,
         embeddings: bool = False,
+        eval_callback: EvalCallback | None = None,
     ) -> Context:
         return Context(
             self,
@@ -177,6 +181,7 @@ class LoadedModel:
             reference_precision=reference_precision,
             n_seq_max=n_seq_max,
             embeddings=embeddings,
+            eval_callback=eval_callback,
         )
 
 
@@ -193,6 +198,7 @@ class Context:
         reference_precision: bool = False,
         n_seq_max: int = 1,
         embeddings: bool = False,
+        eval_callback: EvalCallback | None = None,
     ):
         self.model = model
         params = lc.llama_context_default_params()
@@ -210,6 +216,13 @@ class Context:
         if n_threads:
             params.n_threads = n_threads
             params.n_threads_batch = n_threads
+        # The scheduler's per-node callback (runtime.ggml_graph): kept referenced while llama.cpp holds it.
+        self._eval_callback = None
+        if eval_callback is not None:
+            self._eval_callback = lc.ggml_backend_sched_eval_callback(
+                lambda tensor, ask, user_data: eval_callback(tensor, ask)
+            )
+            params.cb_eval = self._eval_callback
         self._ctx = lc.llama_init_from_model(model._model, params)
         if not self._ctx:
             raise PhiquantError(

@@ -1,0 +1,114 @@
+"""A budgeted quantization run: the measured profile of the opened model (cached), then the plan.
+
+Kept apart from quant.budget_plan so that the planning stays free of file and llama.cpp I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from phiquant.gguf_io import Metadatum
+from phiquant.progress import SILENT, Reporter
+from phiquant.quant.budget import TensorOptions
+from phiquant.quant.budget_calibration import load_profile, measure_sensitivities, profile_key, save_profile
+from phiquant.quant.budget_plan import BudgetPlan, BudgetRequest, plan_budget
+from phiquant.quant.job import Source, plan_files
+from phiquant.quant.plan import Decision, QuantOptions
+from phiquant.quant.tensor_error import measure_tensors
+from phiquant.quant.types import GGMLType
+
+MEASURE_BASE = "Q8_0"  # any quantized preset: every quantizable tensor is overridden by the plan
+# The preset a budgeted file is labelled with (general.file_type): the one named after its dominant type.
+PRESET_OF_TYPE = {
+    GGMLType.IQ1_S: "IQ1_S", GGMLType.IQ2_XXS: "IQ2_XXS", GGMLType.IQ2_XS: "IQ2_XS", GGMLType.Q2_K: "Q2_K",
+    GGMLType.IQ3_XXS: "IQ3_XXS", GGMLType.IQ3_S: "IQ3_S", GGMLType.Q3_K: "Q3_K_M", GGMLType.IQ4_XS: "IQ4_XS",
+    GGMLType.Q4_K: "Q4_K_M", GGMLType.Q5_K: "Q5_K_M", GGMLType.Q6_K: "Q6_K", GGMLType.Q8_0: "Q8_0",
+}  # fmt: skip
+
+
+@contextmanager
+def unquantized_reference(source_path: Path, reporter: Reporter) -> Iterator[Path]:
+    """The source GGUF itself, or the checkpoint converted at its own precision for the calibration."""
+    if source_path.is_file():
+        yield source_path
+        return
+    from phiquant import api
+
+    with tempfile.TemporaryDirectory(prefix="phiquant-reference-") as temporary:
+        yield api.convert(source_path, Path(temporary) / "reference.gguf", "auto", reporter=reporter).path
+
+
+def model_profile(
+    source: Source,
+    source_path: Path,
+    imatrix_path: Path | None,
+    *,
+    threads: int | None = None,
+    reporter: Reporter = SILENT,
+) -> tuple[list[TensorOptions], dict[str, float]]:
+    """Every quantizable tensor's options and the fitted role sensitivities, from the cache if there."""
+    from phiquant.imatrix.run import source_fingerprint
+    from phiquant.runtime.loader import cache_dir
+
+    cache = cache_dir() / "budget" / f"{profile_key(source_fingerprint(source_path), imatrix_path)}.json"
+    cached = load_profile(cache)
+    if cached is not None:
+        reporter.note(f"budget profile from the cache: {cache}")
+        return cached
+    (planned,) = plan_files(source, [MEASURE_BASE], [Path("unused.gguf")], _options(source, ()))
+    quantizable = {t.name for t in planned.plan.tensors if t.decision != Decision.NOT_QUANTIZABLE}
+    tensors = [t for t in source.model.tensors if t.name in quantizable]
+    reporter.start("measuring quantization errors", total=sum(t.n_elements for t in tensors), unit="weights")
+    options = measure_tensors(tensors, source.importance, threads=threads, progress=reporter.advance)
+    reporter.finish()
+    with unquantized_reference(source_path, reporter) as reference:
+        sensitivities, base, probes = measure_sensitivities(
+            source_path, imatrix_path, options, reference, threads=threads, reporter=reporter
+        )
+    reporter.note(
+        f"calibration KLD: base {base:.5f}, " + ", ".join(f"{k} {v:.5f}" for k, v in probes.items())
+    )
+    save_profile(cache, options, sensitivities)
+    return options, sensitivities
+
+
+def _options(source: Source, overrides: tuple[tuple[str, str], ...]) -> QuantOptions:
+    return QuantOptions(tensor_types=overrides, has_imatrix=source.imatrix is not None)
+
+
+def budget_for(
+    source: Source,
+    source_path: Path,
+    imatrix_path: Path | None,
+    request: BudgetRequest,
+    *,
+    threads: int | None = None,
+    reporter: Reporter = SILENT,
+) -> tuple[BudgetPlan, str]:
+    """The plan for `request`, and the preset the file is labelled with."""
+    tensors, sensitivities = model_profile(
+        source, source_path, imatrix_path, threads=threads, reporter=reporter
+    )
+    names = {t.name for t in tensors}
+
+    def size_of(types: dict[str, str], metadata: list[Metadatum]) -> int:
+        overrides = tuple((f"^{re.escape(name)}$", t) for name, t in sorted(types.items()))
+        (planned,) = plan_files(
+            source, [MEASURE_BASE], [Path("unused.gguf")], _options(source, overrides), imatrix_path, metadata
+        )
+        return planned.predicted_size
+
+    (base,) = plan_files(source, [MEASURE_BASE], [Path("unused.gguf")], _options(source, ()))
+    fixed = sum(t.target_bytes for t in base.plan.tensors if t.name not in names)
+    plan = plan_budget(request, tensors, sensitivities, size_of, base.plan.n_elements, fixed)
+    counts: Counter[GGMLType] = Counter()
+    for option_set in tensors:
+        chosen = plan.allocation.types[option_set.name]
+        counts[chosen] += next(o.n_bytes for o in option_set.options if o.type == chosen)
+    label = PRESET_OF_TYPE.get(counts.most_common(1)[0][0], MEASURE_BASE)
+    return plan, label
