@@ -24,8 +24,8 @@ RSS_GROWTH_BOUND = 8 * 1024 * 1024
 
 
 @pytest.mark.slow
-def test_32_concurrent_streams_complete_uncrossed_without_memory_growth(phi35_gguf, server_cache) -> None:
-    model = bundled_model_dir() or phi35_gguf
+def test_32_concurrent_streams_complete_uncrossed_without_memory_growth(server_cache) -> None:
+    model = bundled_model_dir()
     flags = ("--parallel", str(PARALLEL), "--max-queue", str(N_STREAMS))
     with running_server(model, *flags, cache=server_cache) as server:
         requests = load_requests(N_STREAMS)
@@ -43,7 +43,7 @@ def test_32_concurrent_streams_complete_uncrossed_without_memory_growth(phi35_gg
                 assert stream.text == expected[request.index], request.index
         assert server.health()["status"] == "ok"
     figures = {
-        "model": "bundled" if model != phi35_gguf else "phi35-mini fixture (random weights)",
+        "model": "bundled",
         "streams": N_STREAMS,
         "parallel": PARALLEL,
         "round_seconds": [round(r.seconds, 2) for r in rounds],

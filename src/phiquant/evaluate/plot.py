@@ -84,8 +84,14 @@ def draw_size_vs_kld(report: Report) -> Figure:
     axes.set_yscale("log")
     axes.set_xlabel("file size (MB)")
     reference = report.evaluation.reference.name if report.evaluation.reference else "reference"
-    axes.set_ylabel(f"mean KL divergence from {reference} (nats/token, log)")
-    axes.set_title(f"{report.model}: size against quality loss ({report.evaluation.n_scored_tokens} tokens)")
+    axes.set_ylabel("mean KL divergence from the reference (nats/token, log)")
+    axes.set_title(
+        f"{report.model}: size against quality loss\n"
+        f"reference {reference}, {report.evaluation.n_scored_tokens} scored tokens",
+        fontsize=10,
+    )
+    # Labels sit up and right of their points: leave room for the largest file's label.
+    axes.set_xlim(right=max(xs) * 1.25 if xs else None)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
