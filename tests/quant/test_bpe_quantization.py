@@ -70,7 +70,7 @@ def test_files_equal_llama_cpps_quantization_of_our_f32(
 
 
 def test_phi2_k_quants_need_fallbacks_allowed(shared_bpe_checkpoint, tmp_path) -> None:
-    with pytest.raises(PhiquantError, match="Allow fallbacks"):
+    with pytest.raises(PhiquantError, match=r"not a multiple of .*--allow-fallback"):
         api.quantize(shared_bpe_checkpoint(PHI2), "Q4_K_M", tmp_path, dry_run=True)
 
 
