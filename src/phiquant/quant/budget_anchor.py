@@ -9,7 +9,8 @@ on the bundled model, the free allocation won by a wide margin where presets are
 held-out KLD 0.030 -> 0.016) and lost narrowly where they are good (Q4_K_M, Q5_K_M: predicted 10-15%
 better, measured 1-6% worse): there the predictor's own error is larger than the gain it claims.
 
-How.  For every preset, start from its plan and move only where the predictor is confident:
+How.  Take the largest preset that fits the budget (give or take FIT_SLACK; anchor_preset), start from
+its plan and move only where the predictor is confident:
 1. fit: if the preset (plus the budget's metadata) is over the budget, take the downgrade that costs
    the least predicted loss among those freeing enough bytes, else the least per byte freed, repeatedly;
 2. fill: spend bytes left over on the upgrades that save the most predicted loss per byte;
@@ -21,7 +22,8 @@ FREE_MARGIN of that plan's loss; otherwise the anchored plan is, and the file re
 is smaller than TRUST_MARGIN because it is relative to the whole model's loss, most of which both plans
 share: on the bundled model the free plan's total was predicted to within 3% at Q2_K (0.0160 predicted,
 0.0164 measured) but missed by 10-25% at Q4_K_M/Q5_K_M, where its claimed gain was under 10%.
-Either way the result is never predicted worse than the preset's own plan at the same size.
+Either way the result is never predicted worse than the preset's own plan when the budget holds that
+plan (and worse only by the cheapest fit step when the budget is a little short of it).
 """
 
 from __future__ import annotations
