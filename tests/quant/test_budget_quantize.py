@@ -38,6 +38,9 @@ def test_budgeted_file_fits_and_records_its_plan(source_and_imatrix, tmp_path: P
         "attn_qkv",
         "ffn_down",
     }
+    # the budget equals Q3_K_M's size, so Q3_K_M is the anchor the plan is measured against
+    anchor = layout.get("phiquant.budget.anchor")
+    assert anchor.split(":")[0] == result.budget.anchor in {"free", "Q3_K_M"}
 
 
 @pytest.mark.slow

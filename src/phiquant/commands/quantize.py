@@ -189,6 +189,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
             console.print(
                 f"budget ({budget.request}): predicted mean KLD {budget.predicted_kld:.5f} nats, "
                 f"{format_bytes(budget.predicted_size)} (smallest possible {format_bytes(budget.minimum_size)}); "
+                f"plan: {'free allocation' if budget.anchor == 'free' else 'anchored to ' + budget.anchor}; "
                 "sensitivities " + ", ".join(f"{k} {v:.3g}" for k, v in budget.sensitivities.items()),
                 markup=False,
                 highlight=False,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant.budget import TensorOptions
@@ -29,6 +30,11 @@ PRESET_OF_TYPE = {
     GGMLType.IQ3_XXS: "IQ3_XXS", GGMLType.IQ3_S: "IQ3_S", GGMLType.Q3_K: "Q3_K_M", GGMLType.IQ4_XS: "IQ4_XS",
     GGMLType.Q4_K: "Q4_K_M", GGMLType.Q5_K: "Q5_K_M", GGMLType.Q6_K: "Q6_K", GGMLType.Q8_0: "Q8_0",
 }  # fmt: skip
+# The presets a budget may be anchored to (quant.budget_anchor): the k-quant mixes, whose rules need no
+# importance matrix; a preset whose plan cannot be made of this model is skipped.
+ANCHOR_PRESETS = (
+    "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0",
+)  # fmt: skip
 
 
 @contextmanager
@@ -81,6 +87,18 @@ def _options(source: Source, overrides: tuple[tuple[str, str], ...]) -> QuantOpt
     return QuantOptions(tensor_types=overrides, has_imatrix=source.imatrix is not None)
 
 
+def preset_assignments(source: Source, names: set[str]) -> dict[str, dict[str, GGMLType]]:
+    """Each anchor preset's type for every budgeted tensor, as the ordinary planner chooses it."""
+    assignments = {}
+    for preset in ANCHOR_PRESETS:
+        try:
+            (planned,) = plan_files(source, [preset], [Path("unused.gguf")], _options(source, ()))
+        except PhiquantError:
+            continue  # e.g. rows that no type of the mix divides
+        assignments[preset] = {t.name: t.target_type for t in planned.plan.tensors if t.name in names}
+    return assignments
+
+
 def budget_for(
     source: Source,
     source_path: Path,
@@ -105,7 +123,8 @@ def budget_for(
 
     (base,) = plan_files(source, [MEASURE_BASE], [Path("unused.gguf")], _options(source, ()))
     fixed = sum(t.target_bytes for t in base.plan.tensors if t.name not in names)
-    plan = plan_budget(request, tensors, sensitivities, size_of, base.plan.n_elements, fixed)
+    presets = preset_assignments(source, names)
+    plan = plan_budget(request, tensors, sensitivities, size_of, base.plan.n_elements, fixed, presets)
     counts: Counter[GGMLType] = Counter()
     for option_set in tensors:
         chosen = plan.allocation.types[option_set.name]

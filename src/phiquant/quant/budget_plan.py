@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gguf import GGUFValueType
 
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
-from phiquant.quant.budget import Allocation, TensorOptions, allocate, minimum_bytes
+from phiquant.quant.budget import Allocation, TensorOptions, minimum_bytes
+from phiquant.quant.budget_anchor import FREE_MARGIN, TRUST_MARGIN, choose_allocation
 from phiquant.quant.plan import TensorPlan
+from phiquant.quant.types import GGMLType
 
 METHOD = (
     "greedy on the convex hull of each tensor's (bytes, predicted KLD); predicted KLD = role sensitivity x "
-    "importance-weighted relative ggml quantization error; sensitivities fitted to measured KLD"
+    "importance-weighted relative ggml quantization error; sensitivities fitted to measured KLD; "
+    "anchored to a preset of about the same size unless clearly predicted better (quant.budget_anchor)"
 )
 KEY_PREFIX = "phiquant.budget."
 MAX_FIT_ROUNDS = 8
@@ -49,10 +52,19 @@ class BudgetPlan:
     sensitivities: dict[str, float]
     predicted_size: int  # the file's bytes
     minimum_size: int  # the smallest file the candidates allow
+    anchor: str = "free"  # the preset the plan started from, or "free" (quant.budget_anchor)
 
     def overrides(self) -> tuple[tuple[str, str], ...]:
         """(regex, type) pairs naming each tensor exactly, for QuantOptions.tensor_types."""
         return tuple((f"^{re.escape(name)}$", t.name) for name, t in sorted(self.allocation.types.items()))
+
+    def anchor_reason(self) -> str:
+        if self.anchor == "free":
+            return f"free: predicted better than the nearest preset's anchored plan by more than {FREE_MARGIN:.0%}"
+        return (
+            f"{self.anchor}: the preset's plan, moved only where predicted better by more than {TRUST_MARGIN:.0%} "
+            "of the loss touched; the free allocation was not clearly better"
+        )
 
     def metadata(self) -> list[Metadatum]:
         string, array = GGUFValueType.STRING, GGUFValueType.ARRAY
@@ -64,6 +76,7 @@ class BudgetPlan:
         return [
             Metadatum(KEY_PREFIX + "request", str(limit), string),
             Metadatum(KEY_PREFIX + "method", METHOD, string),
+            Metadatum(KEY_PREFIX + "anchor", self.anchor_reason(), string),
             Metadatum(
                 KEY_PREFIX + "predicted_kld", float(self.allocation.predicted_loss), GGUFValueType.FLOAT32
             ),
@@ -93,9 +106,11 @@ def plan_budget(
     size_of: SizeOf,
     n_elements: int,
     fixed_tensor_bytes: int,
+    presets: Mapping[str, Mapping[str, GGMLType]] | None = None,
 ) -> BudgetPlan:
     """Allocate, then shrink the allocation's share until the planned file (or its tensors, for a bpw
-    target) fits; refuse a budget under the smallest possible file, naming that minimum."""
+    target) fits; refuse a budget under the smallest possible file, naming that minimum.  `presets`: preset
+    name -> its per-tensor types, the anchors quant.budget_anchor may start from."""
     cheapest = {t.name: min(t.options, key=lambda o: o.n_bytes).type.name for t in tensors}
     floor_allocation = Allocation(
         {t.name: min(t.options, key=lambda o: o.n_bytes).type for t in tensors}, minimum_bytes(tensors), 0.0
@@ -123,13 +138,15 @@ def plan_budget(
             )
     share = limit - measured
     for _ in range(MAX_FIT_ROUNDS):
-        allocation = allocate(tensors, max(share, minimum_bytes(tensors)), sensitivities)
-        draft = BudgetPlan(request, allocation, sensitivities, 0, minimum_file)
+        allocation, anchor = choose_allocation(
+            tensors, max(share, minimum_bytes(tensors)), sensitivities, presets or {}
+        )
+        draft = BudgetPlan(request, allocation, sensitivities, 0, minimum_file, anchor)
         types = {name: t.name for name, t in allocation.types.items()}
         size = size_of(types, draft.metadata())
         used = size if request.max_bytes is not None else allocation.tensor_bytes + fixed_tensor_bytes
         if used <= limit:
-            return BudgetPlan(request, allocation, sensitivities, size, minimum_file)
+            return BudgetPlan(request, allocation, sensitivities, size, minimum_file, anchor)
         share -= used - limit  # padding and longer type names in the metadata: take it off and retry
     raise PhiquantError(f"could not fit the plan into {request.describe()}")
 
@@ -176,6 +193,7 @@ class BudgetSummary:
     predicted_kld: float
     sensitivities: dict[str, float]
     types: dict[str, str]
+    anchor: str = "free"
 
 
 def summarise(budget: BudgetPlan | None) -> BudgetSummary | None:
@@ -188,4 +206,5 @@ def summarise(budget: BudgetPlan | None) -> BudgetSummary | None:
         predicted_kld=budget.allocation.predicted_loss,
         sensitivities=budget.sensitivities,
         types={name: t.name for name, t in sorted(budget.allocation.types.items())},
+        anchor=budget.anchor,
     )
