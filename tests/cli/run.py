@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,13 @@ def cli_environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
     return env
+
+
+def restore_default_sigint() -> None:
+    """Run in the child before exec: a shell that starts the test run in the background (`pytest &`)
+    hands every child SIGINT ignored, and Python then installs no KeyboardInterrupt handler; a user at a
+    terminal gets the default, which is what the interrupt tests mean to exercise."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_phiquant(
@@ -37,6 +45,7 @@ def start_phiquant(*args: str | Path, cwd: Path | None = None) -> subprocess.Pop
         text=True,
         cwd=cwd,
         env=cli_environment(),
+        preexec_fn=restore_default_sigint,
     )
 
 

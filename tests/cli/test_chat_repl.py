@@ -10,7 +10,7 @@ import time
 import pexpect
 import pytest
 
-from tests.cli.run import assert_one_line_error, cli_environment, run_phiquant
+from tests.cli.run import assert_one_line_error, cli_environment, restore_default_sigint, run_phiquant
 from tests.fixtures.phi3_specs import PHI35_MINI
 from tests.fixtures.transformers_reference import load_transformers_tokenizer
 
@@ -28,7 +28,14 @@ def environment(tmp_path) -> dict[str, str]:
 
 def spawn_chat(model, environment, *args: str) -> pexpect.spawn:
     command = ["-m", "phiquant", "chat", str(model), "--threads", "1", *args]
-    session = pexpect.spawn(sys.executable, command, env=environment, encoding="utf-8", timeout=120)
+    session = pexpect.spawn(
+        sys.executable,
+        command,
+        env=environment,
+        encoding="utf-8",
+        timeout=120,
+        preexec_fn=restore_default_sigint,
+    )
     session.expect_exact(PROMPT)
     return session
 
