@@ -140,9 +140,18 @@ def write_files(
     allow_nonfinite: bool = False,
     reporter: Reporter = SILENT,
 ) -> None:
+    # The pipeline already splits every slab over `threads` workers and scans it for NaN/Inf (unless
+    # allowed), so each call quantizes its rows on the calling worker, without a pool of its own and
+    # without scanning again: nested pools oversubscribed the cores and spawned a pool per slab.
     def encode(rows: np.ndarray, ggml_type: int, importance: np.ndarray | None, name: str) -> np.ndarray:
         return quantize_rows(
-            rows, ggml_type, importance, n_threads=threads, tensor_name=name, allow_nonfinite=allow_nonfinite
+            rows,
+            ggml_type,
+            importance,
+            n_threads=1,
+            tensor_name=name,
+            allow_nonfinite=allow_nonfinite,
+            assume_finite=not allow_nonfinite,
         )
 
     write_gguf_files(
