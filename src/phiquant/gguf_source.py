@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phiquant.checkpoint.read_ahead import read_ahead
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import GGUFFile, GGUFTensor, read_gguf
 from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, GGML_TYPE_F32, ModelSource, SourceTensor
@@ -70,7 +71,10 @@ def gguf_tensor_source(gguf: GGUFFile, tensor: GGUFTensor, dequantize: Dequantiz
         finally:
             del raw
 
-    return SourceTensor(tensor.name, tensor.shape, tensor.ggml_type, read_rows, read_raw)
+    def hint(start: int, stop: int) -> None:
+        read_ahead(gguf.path, tensor.offset + start * row_bytes, (stop - start) * row_bytes)
+
+    return SourceTensor(tensor.name, tensor.shape, tensor.ggml_type, read_rows, read_raw, hint)
 
 
 def load_gguf_source(

@@ -34,6 +34,8 @@ class SourceTensor:
     # rows [start, stop) as the stored bytes of base_type; copied unchanged when the target type is
     # the stored type (as llama_model_quantize does), which matters for already-quantized sources
     read_raw: Callable[[int, int], np.ndarray] | None = None
+    # hints that rows [start, stop) will be read soon, so the disk works while the cores encode
+    read_ahead: Callable[[int, int], None] | None = None
 
     @property
     def n_rows(self) -> int:

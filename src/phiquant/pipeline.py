@@ -1,9 +1,11 @@
 """Streaming a model into one or more GGUF files: read a tensor's rows once, encode them for each
-output's planned type, write, release.  Memory stays near one slab of rows, whatever the model size,
+output's planned type, write, release.  Memory stays near a few slabs of rows, whatever the model size,
 and a whole ladder of types costs one read of the source.
 
-Encoding (ggml's kernels, which release the GIL) and writing overlap: encoded slabs go to a writer
-thread through a short queue, so the disk works while the next slab is encoded.
+Slabs are independent work items: each worker reads, checks and encodes whole slabs (ggml's kernels
+release the GIL) while a window of later slabs waits queued, so no worker waits for another at a slab
+or tensor boundary; the main thread collects slabs in file order and hands them to a writer thread,
+so the disk works while later slabs are encoded.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +30,12 @@ from phiquant.progress import SILENT, Reporter
 from phiquant.quant.plan import QuantPlan, TensorDesc, llama_tensor_order
 from phiquant.quant.types import GGMLType
 
-# Rows are read and encoded in slabs of about this many float32 bytes.
-SLAB_BYTES = 64 * 1024 * 1024
+# Rows are read and encoded in slabs of about this many float32 bytes: small enough that a few per
+# worker in flight stay far below the memory of one large tensor, large enough that the per-slab
+# Python work is negligible beside the encoding.
+SLAB_BYTES = 16 * 1024 * 1024
+# Slabs queued or being encoded, per worker: a worker that finishes early takes the next one at once.
+SLABS_IN_FLIGHT_PER_WORKER = 3
 # Encoded slabs waiting for the writer thread (bounds the extra memory to a few slabs).
 WRITE_QUEUE_DEPTH = 4
 
@@ -171,8 +178,8 @@ def write_gguf_files(
 ) -> list[Path]:
     """Write every planned file in one pass over the source tensors; all appear or none do.
 
-    Each slab of rows is split over `threads` workers (default: every core) that read, check and
-    encode their rows for every output; `encode_rows` is called single-threaded per worker."""
+    Slabs of rows go to `threads` workers (default: every core), each reading, checking and encoding a
+    slab for every output; `encode_rows` is called single-threaded per worker."""
     outputs = [
         GGUFOutput(
             plan.path, source.arch, output_metadata(source, plan), tensor_infos(source, plan, row_size)
@@ -183,63 +190,89 @@ def write_gguf_files(
     total = sum(4 * t.n_elements for t in tensors)
     reporter.start("writing" if len(plans) == 1 else f"writing {len(plans)} files", total, "B")
     workers = max(1, threads or os.cpu_count() or 1)
+    encoder = _SlabEncoder(encode_rows, allow_nonfinite, source)
+    in_flight: deque[tuple[_Slab, Future[_Encoded]]] = deque()
     with open_outputs(outputs), ThreadPoolExecutor(workers, thread_name_prefix="phiquant-encode") as pool:
-        job = _TensorWriter(plans, outputs, encode_rows, importance, allow_nonfinite, source, pool, workers)
         writer = _BackgroundWriter()
         try:
-            for tensor in tensors:
-                reporter.note(
-                    f"{tensor.name} {list(tensor.shape)} -> "
-                    + ", ".join(GGMLType(plan.tensor_types[tensor.name]).name for plan in plans)
-                )
-                for parts in job.encoded_slabs(tensor):
-                    for output, part in parts:
-                        writer.submit(output, part)
-                    reporter.advance(4 * tensor.shape[0] * job.last_slab_rows)
+            for slab in _slabs(tensors, plans, importance or {}):
+                if slab.tensor.read_ahead is not None:  # read while the slabs before it encode
+                    slab.tensor.read_ahead(slab.start, slab.stop)
+                in_flight.append((slab, pool.submit(encoder.encode, slab)))
+                if len(in_flight) >= SLABS_IN_FLIGHT_PER_WORKER * workers:
+                    _hand_to_writer(*in_flight.popleft(), plans, outputs, writer, workers, reporter)
+            while in_flight:
+                _hand_to_writer(*in_flight.popleft(), plans, outputs, writer, workers, reporter)
             writer.close()
         except BaseException:
+            for _, future in in_flight:
+                future.cancel()
             writer.abandon()
             raise
     reporter.finish()
     return [plan.path for plan in plans]
 
 
-@dataclass
-class _TensorWriter:
-    """Reads, checks and encodes one tensor's slabs for every output, splitting rows over a pool."""
+@dataclass(frozen=True)
+class _Slab:
+    """Rows start:stop of one tensor, to encode as each output's type for that tensor."""
 
-    plans: Sequence[OutputPlan]
-    outputs: Sequence[GGUFOutput]
+    tensor: SourceTensor
+    start: int
+    stop: int
+    types: list[int]
+    importance: np.ndarray | None
+
+
+# A slab's bytes for each output, and the seconds each output's encoding took.
+_Encoded = tuple[list[np.ndarray], list[float]]
+
+
+def _slabs(
+    tensors: Sequence[SourceTensor], plans: Sequence[OutputPlan], importance: dict[str, np.ndarray]
+) -> Iterator[_Slab]:
+    for tensor in tensors:
+        types = [plan.tensor_types[tensor.name] for plan in plans]
+        weights = importance.get(tensor.name)
+        for start, stop in slab_bounds(tensor):
+            yield _Slab(tensor, start, stop, types, importance_slice(weights, tensor, start))
+
+
+def _hand_to_writer(
+    slab: _Slab,
+    future: Future[_Encoded],
+    plans: Sequence[OutputPlan],
+    outputs: Sequence[GGUFOutput],
+    writer: _BackgroundWriter,
+    workers: int,
+    reporter: Reporter,
+) -> None:
+    """Wait for the oldest slab (file order) and queue its bytes for every output."""
+    encoded, durations = future.result()
+    if slab.start == 0:
+        reporter.note(
+            f"{slab.tensor.name} {list(slab.tensor.shape)} -> "
+            + ", ".join(GGMLType(t).name for t in slab.types)
+        )
+    for plan, seconds in zip(plans, durations, strict=True):
+        plan.seconds += seconds / workers  # workers run side by side: a share of the wall time
+    for output, data in zip(outputs, encoded, strict=True):
+        writer.submit(output, data)
+    reporter.advance(4 * slab.tensor.shape[0] * (slab.stop - slab.start))
+
+
+@dataclass(frozen=True)
+class _SlabEncoder:
+    """Reads, checks and encodes one slab for every output (runs on a pool worker)."""
+
     encode_rows: RowEncoder
-    importance: dict[str, np.ndarray] | None
     allow_nonfinite: bool
     source: ModelSource
-    pool: ThreadPoolExecutor
-    workers: int
-    last_slab_rows: int = 0
 
-    def encoded_slabs(self, tensor: SourceTensor) -> Iterator[list[tuple[GGUFOutput, np.ndarray]]]:
-        """For each slab: (output, bytes) pairs in the order they must be written."""
-        types = [plan.tensor_types[tensor.name] for plan in self.plans]
-        weights = (self.importance or {}).get(tensor.name)
-        for start, stop in slab_bounds(tensor):
-            importance = importance_slice(weights, tensor, start)
-            futures = [
-                self.pool.submit(self._encode, tensor, a, b, types, importance)
-                for a, b in _split_rows(start, stop, self.workers)
-            ]
-            parts = [future.result() for future in futures]
-            # Workers run side by side: a type's share of the wall time is its summed time / workers.
-            for k, plan in enumerate(self.plans):
-                plan.seconds += sum(durations[k] for _, durations in parts) / self.workers
-            self.last_slab_rows = stop - start
-            yield [(output, encoded[k]) for k, output in enumerate(self.outputs) for encoded, _ in parts]
-
-    def _encode(
-        self, tensor: SourceTensor, start: int, stop: int, types: list[int], importance: np.ndarray | None
-    ) -> tuple[list[np.ndarray], list[float]]:
-        rows = tensor.read_rows(start, stop)
-        if not self.allow_nonfinite and not np.isfinite(rows).all():
+    def encode(self, slab: _Slab) -> _Encoded:
+        tensor = slab.tensor
+        rows = tensor.read_rows(slab.start, slab.stop)
+        if not self.allow_nonfinite and not _all_finite(rows):
             # llama.cpp refuses such files at load time (check_tensors); say so now, by name.
             raise PhiquantError(
                 f"tensor {tensor.name} holds NaN or Inf values; refusing to convert a broken "
@@ -247,16 +280,21 @@ class _TensorWriter:
                 path=self.source.origin,
             )
         encoded, durations = [], []
-        for ggml_type in types:
+        for ggml_type in slab.types:
             started = time.perf_counter()
             if ggml_type == tensor.base_type and tensor.read_raw is not None:
-                encoded.append(tensor.read_raw(start, stop))
+                encoded.append(tensor.read_raw(slab.start, slab.stop))
             else:
-                encoded.append(self.encode_rows(rows, ggml_type, importance, tensor.name))
+                encoded.append(self.encode_rows(rows, ggml_type, slab.importance, tensor.name))
             durations.append(time.perf_counter() - started)
         return encoded, durations
 
 
-def _split_rows(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
-    step = max(1, -(-(stop - start) // parts))
-    return [(s, min(s + step, stop)) for s in range(start, stop, step)]
+def _all_finite(rows: np.ndarray) -> bool:
+    """Whether every value is finite.  A NaN or an infinity makes the sum non-finite, so a finite sum
+    settles it in one read without a temporary array; only a non-finite sum (which finite values can
+    also give, by overflowing) needs the element-wise check."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(rows, axis=None)):
+            return True
+    return bool(np.isfinite(rows).all())

@@ -185,6 +185,7 @@ def checkpoint_tensor(
         shape=tuple(reversed(entry.shape)),
         base_type=GGML_TYPE_F32,
         read_rows=entry.read,
+        read_ahead=entry.read_ahead,
     )
 
 

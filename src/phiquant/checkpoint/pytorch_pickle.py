@@ -85,6 +85,9 @@ class PickleEntry:
         values: np.ndarray = rows.to(torch.float32, copy=True).numpy()
         return values
 
+    def read_ahead(self, row_start: int, row_stop: int) -> None:
+        """No hint: torch owns this file's memory map (a pickle is a zip, not contiguous rows)."""
+
 
 def import_torch() -> Any:
     """torch, if it is installed and new enough to load pickles safely."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phiquant.checkpoint.read_ahead import read_ahead
 from phiquant.errors import PhiquantError
 
 # safetensors' own reference implementation refuses headers above 100 MB.
@@ -75,6 +76,14 @@ class SafetensorsEntry:
         finally:
             del raw
         return values.reshape(row_stop - row_start, row_length)
+
+    def read_ahead(self, row_start: int, row_stop: int) -> None:
+        """Hint that rows [row_start, row_stop) will be read soon (checkpoint.read_ahead)."""
+        row_length = self.shape[-1] if self.shape else 1
+        row_bytes = row_length * DTYPES[self.dtype][0]
+        start = self.data_start + max(0, row_start) * row_bytes
+        stop = min(self.data_start + self.nbytes, self.data_start + row_stop * row_bytes)
+        read_ahead(self.file, start, stop - start)
 
 
 def _to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:

@@ -12,8 +12,8 @@ class TensorEntry(Protocol):
     """A checkpoint tensor whose dtype and shape are known and checked before any byte is read.
 
     `shape` is in PyTorch order (shape[-1] is the row length); `read(row_start, row_stop)` returns
-    those rows of the tensor viewed as 2-D, as float32.  SafetensorsEntry and PickleEntry are the
-    two implementations.
+    those rows of the tensor viewed as 2-D, as float32; `read_ahead(row_start, row_stop)` hints that
+    those rows will be read soon.  SafetensorsEntry and PickleEntry are the two implementations.
     """
 
     @property
@@ -35,3 +35,5 @@ class TensorEntry(Protocol):
     def n_elements(self) -> int: ...
 
     def read(self, row_start: int = 0, row_stop: int | None = None) -> np.ndarray: ...
+
+    def read_ahead(self, row_start: int, row_stop: int) -> None: ...

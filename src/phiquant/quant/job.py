@@ -140,7 +140,7 @@ def write_files(
     allow_nonfinite: bool = False,
     reporter: Reporter = SILENT,
 ) -> None:
-    # The pipeline already splits every slab over `threads` workers and scans it for NaN/Inf (unless
+    # The pipeline already spreads the slabs over `threads` workers and scans each for NaN/Inf (unless
     # allowed), so each call quantizes its rows on the calling worker, without a pool of its own and
     # without scanning again: nested pools oversubscribed the cores and spawned a pool per slab.
     def encode(rows: np.ndarray, ggml_type: int, importance: np.ndarray | None, name: str) -> np.ndarray:
