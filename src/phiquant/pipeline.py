@@ -28,6 +28,7 @@ from phiquant.gguf_io import GGUFOutput, Metadatum, TensorInfo, open_outputs, pr
 from phiquant.model_source import ModelSource, SourceTensor
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant.plan import QuantPlan, TensorDesc, llama_tensor_order
+from phiquant.quant.quantize import all_finite
 from phiquant.quant.types import GGMLType
 
 # Rows are read and encoded in slabs of about this many float32 bytes: small enough that a few per
@@ -272,7 +273,7 @@ class _SlabEncoder:
     def encode(self, slab: _Slab) -> _Encoded:
         tensor = slab.tensor
         rows = tensor.read_rows(slab.start, slab.stop)
-        if not self.allow_nonfinite and not _all_finite(rows):
+        if not self.allow_nonfinite and not all_finite(rows):
             # llama.cpp refuses such files at load time (check_tensors); say so now, by name.
             raise PhiquantError(
                 f"tensor {tensor.name} holds NaN or Inf values; refusing to convert a broken "
@@ -288,13 +289,3 @@ class _SlabEncoder:
                 encoded.append(self.encode_rows(rows, ggml_type, slab.importance, tensor.name))
             durations.append(time.perf_counter() - started)
         return encoded, durations
-
-
-def _all_finite(rows: np.ndarray) -> bool:
-    """Whether every value is finite.  A NaN or an infinity makes the sum non-finite, so a finite sum
-    settles it in one read without a temporary array; only a non-finite sum (which finite values can
-    also give, by overflowing) needs the element-wise check."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.add.reduce(rows, axis=None)):
-            return True
-    return bool(np.isfinite(rows).all())

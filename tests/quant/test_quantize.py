@@ -8,7 +8,13 @@ import pytest
 
 from phiquant.errors import PhiquantError
 from phiquant.quant import ggml
-from phiquant.quant.quantize import MIN_CHUNK_VALUES, check_source_data, plan_row_chunks, quantize_rows
+from phiquant.quant.quantize import (
+    MIN_CHUNK_VALUES,
+    all_finite,
+    check_source_data,
+    plan_row_chunks,
+    quantize_rows,
+)
 from phiquant.quant.types import PRESETS_BY_NAME, GGMLType
 from tests.quant.conftest import Oracle, reference_layout, reference_tensor_bytes
 from tests.quant.synthetic import MAIN, PHIMOE
@@ -107,3 +113,19 @@ def test_source_check_uses_ggml_for_quantized_blocks() -> None:
     packed[0:2] = np.frombuffer(np.float16(np.inf).tobytes(), dtype=np.uint8)
     with pytest.raises(PhiquantError, match="malformed Q8_0"):
         check_source_data(GGMLType.Q8_0, packed, "t")
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([1.0, -2.0, 3.5], True),
+        ([3e38, 3e38, 3e38], True),  # the sum overflows; the element-wise check settles it
+        ([1.0, np.inf], False),
+        ([-np.inf, 2.0], False),
+        ([np.inf, -np.inf], False),
+        ([0.0, np.nan], False),
+        ([3e38, 3e38, np.nan], False),
+    ],
+)
+def test_all_finite(values: list[float], finite: bool) -> None:
+    assert all_finite(np.array([values], dtype=np.float32)) is finite

@@ -85,7 +85,7 @@ def _quantize_rows(
     # F32 and BF16 hold any finite float32; F16 overflows past 65504 and block types can go wrong,
     # so their output is validated as llama.cpp validates each chunk.
     validate = not store_nonfinite and info.type not in (GGMLType.F32, GGMLType.BF16)
-    if not (store_nonfinite or assume_finite) and not np.isfinite(experts).all():
+    if not (store_nonfinite or assume_finite) and not all_finite(experts):
         # llama.cpp's loader refuses such input (check_tensors), and some kernels assert on NaN.
         raise PhiquantError("the tensor contains NaN or infinite values; it cannot be quantized")
     out = np.empty((n_experts, rows_per_expert, ggml.row_size(info.type, n_per_row)), dtype=np.uint8)
@@ -114,6 +114,16 @@ def _quantize_rows(
             for future in [pool.submit(run, chunk) for chunk in chunks]:
                 future.result()
     return out.reshape(data.shape[:-1] + (out.shape[-1],))
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite.  A NaN or an infinity makes the sum non-finite, so a finite sum
+    settles it in one read without a temporary array; only a non-finite sum (which finite values can
+    also give, by overflowing) needs the element-wise check."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(values, axis=None)):
+            return True
+    return bool(np.isfinite(values).all())
 
 
 # numpy views of the float source types; BF16 is checked on its raw bits (exponent all ones = inf/NaN).
