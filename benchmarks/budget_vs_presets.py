@@ -11,6 +11,11 @@ tools/train_bundled_model.py into build/, where present):
 
     python benchmarks/budget_vs_presets.py [MODEL_DIR ...] [--windows N] [--keep DIR]
 
+The second model of the README's table (4 layers, seed 1, float32 training; ~20 minutes on 2 cores):
+
+    python tools/train_bundled_model.py --out build/phiquant-tiny-phi35-pydocs-seed1 --seed 1 \
+        --layers 4 --steps 500 --float32
+
 Prints a table per model, then one JSON line (the last line of stdout).
 """
 
@@ -104,7 +109,8 @@ def run_model(model: Path, work: Path, windows: int) -> dict:
             (budgeted,) = budget.files
             rows.append({"imatrix": mode, "preset": preset.type, "preset_path": preset.path,
                          "preset_size": preset.file_size, "budget_path": budgeted.path,
-                         "budget_size": budgeted.file_size, "predicted_kld": budget.budget.predicted_kld})  # fmt: skip
+                         "budget_size": budgeted.file_size, "predicted_kld": budget.budget.predicted_kld,
+                         "anchor": budget.budget.anchor})  # fmt: skip
             files += [preset.path, budgeted.path]
     lowest = api.quantize(f16, list(LOWEST), work / "lowest", imatrix=imatrix.path).files
     files += [f.path for f in lowest]
@@ -132,16 +138,17 @@ def print_model(result: dict) -> None:
     print(f"\n{result['model']}: held-out KLD vs F16 over {result['scored_tokens']} tokens; imatrix "
           f"{result['imatrix_chunks']} chunks in {result['imatrix_seconds']:.1f} s; collecting costs "
           f"{result['collection']['ratio']:.2f}x a plain decode of the same chunks")  # fmt: skip
-    print("| imatrix | preset | preset size | preset KLD | budget size | budget KLD | predicted | budget wins |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| imatrix | preset | preset size | preset KLD | budget size | budget KLD | predicted | plan | budget wins |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in result["rows"]:
         wins = row["budget_size"] <= row["preset_size"] and row["budget_kld"] < row["preset_kld"]
         print(f"| {row['imatrix']} | {row['preset']} | {row['preset_size']:,} | {row['preset_kld']:.5f} | "
-              f"{row['budget_size']:,} | {row['budget_kld']:.5f} | {row['predicted_kld']:.5f} | {'yes' if wins else 'NO'} |")  # fmt: skip
+              f"{row['budget_size']:,} | {row['budget_kld']:.5f} | {row['predicted_kld']:.5f} | {row['anchor']} | "
+              f"{'yes' if wins else 'NO'} |")  # fmt: skip
     for item in result["lowest"]:
-        print(f"| ours | {item['type']} | {item['size']:,} | {item['kld']:.5f} | - | - | - | - |")
+        print(f"| ours | {item['type']} | {item['size']:,} | {item['kld']:.5f} | - | - | - | - | - |")
     for type_name, kld in result["heldout_oracle"].items():
-        print(f"| held-out text (diagnostic) | {type_name} | - | {kld:.5f} | - | - | - | - |")
+        print(f"| held-out text (diagnostic) | {type_name} | - | {kld:.5f} | - | - | - | - | - |")
 
 
 def main() -> int:
@@ -158,8 +165,9 @@ def main() -> int:
         results = [run_model(model, work / model.name, args.windows) for model in models]
     for result in results:
         print_model(result)
+    keys = ("imatrix", "preset", "preset_size", "preset_kld", "budget_size", "budget_kld", "anchor")
     summary = [
-        {key: row[key] for key in ("imatrix", "preset", "preset_size", "preset_kld", "budget_size", "budget_kld")}
+        {key: row[key] for key in keys}
         | {"model": result["model"]}
         for result in results
         for row in result["rows"]

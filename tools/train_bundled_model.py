@@ -22,10 +22,13 @@ Everything intermediate (the .deb, extracted sources, checkpoints, the log) goes
 (default build/bundled-training/<name>-seed<seed>); an interrupted run resumes from its last
 checkpoint when started again with the same arguments.  --minutes N sizes the step count to a time
 budget instead (measured on this machine, so not bit-reproducible elsewhere; the chosen count is
-logged).  A second, smaller model for benchmarks, e.g. ~6 minutes:
+logged).  Training uses BF16 autocast, which is fast only where the CPU has BF16 matrix instructions
+(AVX512-BF16, AMX); elsewhere --float32 is far faster (on a 2-core AVX2 EPYC, 2.4 s a step against
+80 s) and gives other weights.  A second, smaller model for benchmarks, ~6 minutes with AMX and BF16,
+~20 minutes on 2 AVX2 cores in float32:
 
     python tools/train_bundled_model.py --out build/phiquant-tiny-phi35-pydocs-seed1 --seed 1 \\
-        --layers 4 --steps 500
+        --layers 4 --steps 500 --float32
 """
 
 import os

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phiquant.quant.budget import TensorOptions, TypeOption, allocate, predicted_loss_of
+from phiquant.quant.budget import Sensitivities, TensorOptions, TypeOption, allocate, predicted_loss_of
 from phiquant.quant.budget_anchor import (
     TRUST_MARGIN,
     anchor_preset,
@@ -27,7 +27,7 @@ ROLES = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
         min_size=2,
         max_size=7,
     ),
-    st.dictionaries(st.sampled_from(ROLES), st.floats(0.01, 10.0), min_size=4, max_size=4),
+    st.dictionaries(st.sampled_from(ROLES), st.floats(0.01, 10.0), min_size=4, max_size=4).map(Sensitivities),
 )
 def test_never_predicted_worse_than_the_preset_of_the_same_size(specs, sensitivities) -> None:
     tensors = [tensor(f"t{i}", 256 * n, scale, role) for i, (n, scale, role, _) in enumerate(specs)]
@@ -47,7 +47,7 @@ def test_a_small_predicted_gain_does_not_move_the_preset() -> None:
     # two equal tensors whose roles differ by 10% in sensitivity: the free allocation trades one step of
     # one for one step of the other, the anchored plan keeps the preset (the gain is within the margin)
     tensors = [tensor("a", 4096, 1.0, "ffn_up"), tensor("b", 4096, 1.0, "ffn_down")]
-    sensitivities = {"ffn_up": 1.0, "ffn_down": 1.1}
+    sensitivities = Sensitivities({"ffn_up": 1.0, "ffn_down": 1.1})
     preset = {"a": GGMLType.Q5_K, "b": GGMLType.Q5_K}
     budget = tensor_bytes(tensors, preset)
     assert budget is not None
@@ -60,7 +60,7 @@ def test_a_small_predicted_gain_does_not_move_the_preset() -> None:
 def test_a_large_predicted_gain_is_taken() -> None:
     # the preset spends its bits on a role 100x less sensitive: swapping steps is a confident gain
     tensors = [tensor("a", 4096, 1.0, "ffn_up"), tensor("b", 4096, 1.0, "ffn_down")]
-    sensitivities = {"ffn_up": 0.01, "ffn_down": 1.0}
+    sensitivities = Sensitivities({"ffn_up": 0.01, "ffn_down": 1.0})
     preset = {"a": GGMLType.Q6_K, "b": GGMLType.Q3_K}
     budget = tensor_bytes(tensors, preset)
     assert budget is not None
@@ -73,7 +73,7 @@ def test_a_large_predicted_gain_is_taken() -> None:
 def test_a_budget_just_under_the_preset_takes_the_cheapest_downgrade() -> None:
     # the budget's metadata makes a file of a preset's size a little short of the preset's tensor bytes
     tensors = [tensor("small", 256, 0.5, "ffn_up"), tensor("large", 65536, 1.0, "ffn_down")]
-    sensitivities = {"ffn_up": 1.0, "ffn_down": 1.0}
+    sensitivities = Sensitivities({"ffn_up": 1.0, "ffn_down": 1.0})
     preset = {"small": GGMLType.Q5_K, "large": GGMLType.Q5_K}
     budget = tensor_bytes(tensors, preset)
     assert budget is not None
@@ -97,6 +97,7 @@ def test_the_anchor_is_the_largest_preset_that_fits() -> None:
 def test_a_preset_outside_the_candidates_is_no_anchor() -> None:
     only_k = TensorOptions("a", "ffn_up", (TypeOption(GGMLType.Q4_K, 100, 0.1),))
     assert tensor_bytes([only_k], {"a": GGMLType.Q4_0}) is None
-    assert anchored_allocation([only_k], {"a": GGMLType.Q4_0}, 100, {}) is None
-    allocation, anchor = choose_allocation([only_k], 100, {}, {"Q4_0": {"a": GGMLType.Q4_0}})
-    assert anchor == "free" and allocation == allocate([only_k], 100, {})
+    none = Sensitivities({})
+    assert anchored_allocation([only_k], {"a": GGMLType.Q4_0}, 100, none) is None
+    allocation, anchor = choose_allocation([only_k], 100, none, {"Q4_0": {"a": GGMLType.Q4_0}})
+    assert anchor == "free" and allocation == allocate([only_k], 100, none)

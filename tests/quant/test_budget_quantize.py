@@ -38,6 +38,12 @@ def test_budgeted_file_fits_and_records_its_plan(source_and_imatrix, tmp_path: P
         "attn_qkv",
         "ffn_down",
     }
+    # one factor per layer of the fixture, fitted from the layer probes
+    factors = [float(v) for v in layout.get("phiquant.budget.layer_factors")]
+    assert len(factors) == len({t.name.split(".")[1] for t in layout.tensors if t.name.startswith("blk.")})
+    assert all(v > 0 for v in factors) and factors == pytest.approx(
+        list(result.budget.layer_factors.values()), rel=1e-3
+    )
     # the budget equals Q3_K_M's size, so Q3_K_M is the anchor the plan is measured against
     anchor = layout.get("phiquant.budget.anchor")
     assert anchor.split(":")[0] == result.budget.anchor in {"free", "Q3_K_M"}

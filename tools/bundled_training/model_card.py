@@ -94,7 +94,7 @@ paragraph as the answer, ended by `<|end|>`), so the model answers in the chat f
 Seed {seed}; {steps} AdamW steps of {tokens_per_step} tokens ({tokens:,} tokens, ~{epochs:.1f} passes over the
 training text); every {long_every}th step uses {long_length}-token sequences so the LongRoPE long factors are
 trained too (llama.cpp uses them for the whole sequence once its context exceeds {original}).  Peak learning
-rate {peak_lr}, {warmup} warmup steps, cosine decay to {final_fraction:.0%}; BF16 autocast, fp32 master weights.
+rate {peak_lr}, {warmup} warmup steps, cosine decay to {final_fraction:.0%}; {precision}.
 
 Training took {train_minutes:.1f} minutes of wall time on {threads} CPU threads and {train_cpu_minutes:.1f}
 CPU-minutes: the process had {utilisation:.0%} of {threads} cores on average, the rest going to other
@@ -218,6 +218,7 @@ def _card_fields(summary: TrainingSummary, rope_scaling: dict, eos_ids: list[int
         "peak_lr": plan.peak_learning_rate,
         "warmup": plan.warmup_steps,
         "final_fraction": plan.final_learning_rate_fraction,
+        "precision": "BF16 autocast, fp32 master weights" if plan.bf16_autocast else "float32 throughout",
         "wall_minutes": summary.run["wall_s"] / 60,
         "train_minutes": result.wall_seconds / 60,
         "threads": summary.run["threads"],

@@ -51,6 +51,7 @@ from .trainer import (
     TrainingPlan,
     batch_at,
     make_optimizer,
+    precision,
     process_cpu_seconds,
     save_log_line,
     train,
@@ -91,6 +92,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--vocab-size", type=int, default=8000, help="SentencePiece pieces (chat tokens come on top)"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--float32",
+        action="store_true",
+        help="train without BF16 autocast: for CPUs without BF16 matrix instructions (AVX512-BF16/AMX), "
+        "where autocast is about 100x slower; the weights differ from a BF16-autocast run",
+    )
     parser.add_argument(
         "--work-dir", type=Path, help="downloads, checkpoints and logs (default under build/)"
     )
@@ -169,17 +176,19 @@ def training_stream(split: CorpusSplit, export_dir: Path, seed: int) -> Training
 
 
 def steps_for_time_budget(
-    model: Phi3ForCausalLM, stream: TrainingStream, seed: int, minutes: float, log
+    model: Phi3ForCausalLM, stream: TrainingStream, seed: int, minutes: float, bf16_autocast: bool, log
 ) -> int:
     """Time a few steps (long ones included) on a throwaway copy of the model and fit the budget."""
-    plan = TrainingPlan(steps=1, seed=seed, data_fingerprint=stream.fingerprint())
+    plan = TrainingPlan(
+        steps=1, seed=seed, data_fingerprint=stream.fingerprint(), bf16_autocast=bf16_autocast
+    )
     scratch = copy.deepcopy(model)
     optimizer = make_optimizer(scratch, plan)
     probe_steps = 2 * plan.long_sequence_every
     started = time.monotonic()
     for step in range(probe_steps):
         batch = batch_at(stream, plan, step)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with precision(plan):
             scratch(input_ids=batch, labels=batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -223,8 +232,15 @@ def run(arguments: argparse.Namespace) -> None:
     stream = training_stream(split, export_dir, arguments.seed)
     steps = arguments.steps
     if arguments.minutes:
-        steps = steps_for_time_budget(model, stream, arguments.seed, arguments.minutes, log)
-    plan = TrainingPlan(steps=steps, seed=arguments.seed, data_fingerprint=stream.fingerprint())
+        steps = steps_for_time_budget(
+            model, stream, arguments.seed, arguments.minutes, not arguments.float32, log
+        )
+    plan = TrainingPlan(
+        steps=steps,
+        seed=arguments.seed,
+        data_fingerprint=stream.fingerprint(),
+        bf16_autocast=not arguments.float32,
+    )
     log(
         {
             "plan": asdict(plan),

@@ -1,5 +1,5 @@
-"""The training loop: AdamW with warmup and cosine decay, BF16 autocast on CPU, periodic evaluation and
-checkpoints.
+"""The training loop: AdamW with warmup and cosine decay, BF16 autocast on CPU (or float32 throughout, for
+CPUs without BF16 matrix instructions), periodic evaluation and checkpoints.
 
 Every fourth step trains on sequences four times the original context.  transformers (like llama.cpp
 once its context exceeds original_max_position_embeddings) then rotates with LongRoPE's *long* factors,
@@ -42,6 +42,9 @@ class TrainingPlan:
     gradient_clip: float = 1.0
     evaluate_every: int = 250
     checkpoint_every: int = 250
+    # BF16 autocast is fast where the CPU multiplies BF16 natively (AVX512-BF16, AMX); on an AVX2-only
+    # EPYC a BF16 matmul ran at 0.9 GFLOPS against 110 in float32, so such machines train in float32.
+    bf16_autocast: bool = True
 
     def sequence_length_at(self, step: int) -> int:
         return (
@@ -96,11 +99,16 @@ def batch_at(stream: TrainingStream, plan: TrainingPlan, step: int) -> torch.Ten
     return torch.from_numpy(tokens.astype(np.int64)).view(plan.tokens_per_step // length, length)
 
 
-def heldout_loss(model: Phi3ForCausalLM, windows: torch.Tensor) -> float:
-    """Mean next-token loss over held-out windows (one forward pass per window, BF16 like training)."""
+def precision(plan: TrainingPlan) -> torch.autocast:
+    """The autocast context of training and evaluation: BF16, or disabled (float32)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.bf16_autocast)
+
+
+def heldout_loss(model: Phi3ForCausalLM, windows: torch.Tensor, plan: TrainingPlan) -> float:
+    """Mean next-token loss over held-out windows (one forward pass per window, at training's precision)."""
     model.eval()
     losses = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), precision(plan):
         for window in windows:
             losses.append(model(input_ids=window[None], labels=window[None]).loss.float().item())
     model.train()
@@ -133,7 +141,7 @@ def train(
             "elapsed_s": round(progress.wall_seconds, 1),
         }
         if progress.step % plan.evaluate_every == 0 or progress.step == plan.steps:
-            heldout = heldout_loss(model, heldout_windows)
+            heldout = heldout_loss(model, heldout_windows, plan)
             log(
                 record
                 | {
@@ -155,7 +163,7 @@ def train(
         wall_seconds=progress.wall_seconds,
         cpu_seconds=progress.cpu_seconds,
         final_train_loss=progress.train_loss,
-        final_heldout_loss=heldout if not math.isnan(heldout) else heldout_loss(model, heldout_windows),
+        final_heldout_loss=heldout if not math.isnan(heldout) else heldout_loss(model, heldout_windows, plan),
     )
 
 
@@ -168,7 +176,7 @@ def _train_step(
 ) -> float:
     for group in optimizer.param_groups:
         group["lr"] = plan.learning_rate_at(step)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with precision(plan):
         loss = model(input_ids=batch, labels=batch).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), plan.gradient_clip)

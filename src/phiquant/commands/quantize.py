@@ -190,7 +190,10 @@ def run(args: argparse.Namespace, output: Any) -> int:
                 f"budget ({budget.request}): predicted mean KLD {budget.predicted_kld:.5f} nats, "
                 f"{format_bytes(budget.predicted_size)} (smallest possible {format_bytes(budget.minimum_size)}); "
                 f"plan: {'free allocation' if budget.anchor == 'free' else 'anchored to ' + budget.anchor}; "
-                "sensitivities " + ", ".join(f"{k} {v:.3g}" for k, v in budget.sensitivities.items()),
+                "sensitivities "
+                + ", ".join(f"{k} {v:.3g}" for k, v in budget.sensitivities.items())
+                + "; layer factors "
+                + " ".join(f"{v:.2g}" for v in budget.layer_factors.values()),
                 markup=False,
                 highlight=False,
                 soft_wrap=True,

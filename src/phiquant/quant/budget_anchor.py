@@ -2,12 +2,15 @@
 
 Why.  A preset's per-tensor plan (quant.plan) is a feasible point of the same knapsack that
 quant.budget.allocate solves, and it encodes knowledge the predictor lacks: the predictor has one
-sensitivity per tensor *role*, fitted from probes at one bit level (quant.budget_calibration), so it
-cannot see that the V third of a fused attn_qkv matters more than Q and K, nor that some layers matter
-more than others, which llama.cpp's rules (use_more_bits, attn_v/ffn_down upgrades) do encode.  Measured
-on the bundled model, the free allocation won by a wide margin where presets are poor (Q2_K, Q3_K_M:
-held-out KLD 0.030 -> 0.016) and lost narrowly where they are good (Q4_K_M, Q5_K_M: predicted 10-15%
-better, measured 1-6% worse): there the predictor's own error is larger than the gain it claims.
+sensitivity per tensor role and one factor per layer, fitted from probes at one bit level
+(quant.budget_calibration), so it cannot see that the V third of a fused attn_qkv matters more than Q
+and K, nor how a role's weight varies from layer to layer beyond the shared factor, which llama.cpp's
+rules (use_more_bits, attn_v/ffn_down upgrades) partly encode.  Measured on the
+bundled model with role sensitivities alone, the free allocation won by a wide margin where presets are
+poor (Q2_K, Q3_K_M: held-out KLD 0.030 -> 0.016) and lost narrowly where they are good (Q4_K_M, Q5_K_M:
+predicted 10-15% better, measured 1-6% worse): there the predictor's own error was larger than the gain
+it claimed.  Layer factors (quant.budget_calibration) shrank that error, and the free allocation now
+wins at Q4_K_M too; at Q5_K_M its predicted gain stays under FREE_MARGIN and the anchored plan is used.
 
 How.  Take the largest preset that fits the budget (give or take FIT_SLACK; anchor_preset), start from
 its plan and move only where the predictor is confident:
@@ -16,7 +19,7 @@ its plan and move only where the predictor is confident:
 2. fill: spend bytes left over on the upgrades that save the most predicted loss per byte;
 3. exchange: swap one step up on one tensor against one step down on another only when the predicted
    gain exceeds TRUST_MARGIN times the predicted loss of the two tensors touched (the part of the
-   prediction that could be wrong), so a swap rests on a clear difference, not on role-level noise.
+   prediction that could be wrong), so a swap rests on a clear difference, not on the predictor's noise.
 The free allocation is then chosen only if it is predicted better than the anchored plan by more than
 FREE_MARGIN of that plan's loss; otherwise the anchored plan is, and the file records which.  The margin
 is smaller than TRUST_MARGIN because it is relative to the whole model's loss, most of which both plans
@@ -30,10 +33,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from phiquant.quant.budget import Allocation, TensorOptions, TypeOption, allocate, predicted_loss
+from phiquant.quant.budget import (
+    Allocation,
+    Sensitivities,
+    TensorOptions,
+    TypeOption,
+    allocate,
+    predicted_loss,
+)
 from phiquant.quant.types import GGMLType
 
-# The relative error the role-level predictor is trusted to: a move must beat this share of the loss
+# The relative error the predictor is trusted to: a move must beat this share of the loss
 # it touches.  At Q4_K_M/Q5_K_M the free plan's predicted gains were 10-15% and measured as losses.
 TRUST_MARGIN = 0.25
 FREE_MARGIN = 0.10  # the free allocation must beat the anchored one's total predicted loss by this share
@@ -44,9 +54,9 @@ FIT_SLACK = 0.02
 
 
 def _state_loss(
-    tensors: Sequence[TensorOptions], chosen: Mapping[str, TypeOption], sens: Mapping[str, float]
+    tensors: Sequence[TensorOptions], chosen: Mapping[str, TypeOption], sens: Sensitivities
 ) -> float:
-    return sum(predicted_loss(chosen[t.name], sens.get(t.role, 1.0)) for t in tensors)
+    return sum(predicted_loss(chosen[t.name], sens.of(t)) for t in tensors)
 
 
 def _sorted_options(tensor: TensorOptions) -> list[TypeOption]:
@@ -62,7 +72,6 @@ def _neighbours(tensor: TensorOptions, current: TypeOption) -> tuple[TypeOption 
 
 Tensors = Sequence[TensorOptions]
 Chosen = dict[str, TypeOption]
-Sensitivities = Mapping[str, float]
 
 
 def _fit(tensors: Tensors, chosen: Chosen, budget: int, sens: Sensitivities) -> int:
@@ -71,7 +80,7 @@ def _fit(tensors: Tensors, chosen: Chosen, budget: int, sens: Sensitivities) -> 
     spent = sum(o.n_bytes for o in chosen.values())
     while spent > budget:
         moves = [
-            (predicted_loss(o, sens.get(t.role, 1.0)) - predicted_loss(chosen[t.name], sens.get(t.role, 1.0)),
+            (predicted_loss(o, sens.of(t)) - predicted_loss(chosen[t.name], sens.of(t)),
              chosen[t.name].n_bytes - o.n_bytes, t.name, o)
             for t in tensors for o in t.options if o.n_bytes < chosen[t.name].n_bytes
         ]  # fmt: skip
@@ -90,7 +99,7 @@ def _fill(tensors: Tensors, chosen: Chosen, spent: int, budget: int, sens: Sensi
     """Upgrade by most predicted loss saved per byte while an upgrade fits; returns the bytes."""
     while True:
         moves = [
-            ((predicted_loss(o, sens.get(t.role, 1.0)) - predicted_loss(chosen[t.name], sens.get(t.role, 1.0)))
+            ((predicted_loss(o, sens.of(t)) - predicted_loss(chosen[t.name], sens.of(t)))
              / (o.n_bytes - chosen[t.name].n_bytes), t.name, o)
             for t in tensors for o in t.options
             if chosen[t.name].n_bytes < o.n_bytes <= chosen[t.name].n_bytes + budget - spent
@@ -108,12 +117,12 @@ def _best_exchange(
 ) -> tuple[str, TypeOption, str, TypeOption] | None:
     """The confident one-step-up/one-step-down swap with the largest predicted gain, if any."""
     steps = {t.name: _neighbours(t, chosen[t.name]) for t in tensors}
-    roles = {t.name: sens.get(t.role, 1.0) for t in tensors}
+    weight = {t.name: sens.of(t) for t in tensors}
     best, best_gain = None, 0.0
     for up_name, (_, up) in steps.items():
         if up is None:
             continue
-        up_delta = predicted_loss(up, roles[up_name]) - predicted_loss(chosen[up_name], roles[up_name])
+        up_delta = predicted_loss(up, weight[up_name]) - predicted_loss(chosen[up_name], weight[up_name])
         for down_name, (down, _) in steps.items():
             if down is None or down_name == up_name:
                 continue
@@ -122,9 +131,9 @@ def _best_exchange(
                 > budget
             ):
                 continue
-            down_loss = predicted_loss(down, roles[down_name])
-            gain = -(up_delta + down_loss - predicted_loss(chosen[down_name], roles[down_name]))
-            touched = predicted_loss(chosen[up_name], roles[up_name]) + down_loss
+            down_loss = predicted_loss(down, weight[down_name])
+            gain = -(up_delta + down_loss - predicted_loss(chosen[down_name], weight[down_name]))
+            touched = predicted_loss(chosen[up_name], weight[up_name]) + down_loss
             if gain > TRUST_MARGIN * touched and gain > best_gain:
                 best, best_gain = (up_name, up, down_name, down), gain
     return best
@@ -134,7 +143,7 @@ def anchored_allocation(
     tensors: Sequence[TensorOptions],
     start: Mapping[str, GGMLType],
     budget_bytes: int,
-    sensitivities: Mapping[str, float],
+    sensitivities: Sensitivities,
 ) -> Allocation | None:
     """The preset plan `start` fitted to the budget and improved by confident moves only; None when the
     preset uses a type that is not among a tensor's candidates (it is then no point of this knapsack)."""
@@ -186,7 +195,7 @@ def anchor_preset(
 def choose_allocation(
     tensors: Sequence[TensorOptions],
     budget_bytes: int,
-    sensitivities: Mapping[str, float],
+    sensitivities: Sensitivities,
     presets: Mapping[str, Mapping[str, GGMLType]],
 ) -> tuple[Allocation, str]:
     """The free allocation, unless the one anchored to the nearest preset (anchor_preset) is predicted

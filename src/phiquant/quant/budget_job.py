@@ -15,7 +15,7 @@ from pathlib import Path
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 from phiquant.progress import SILENT, Reporter
-from phiquant.quant.budget import TensorOptions
+from phiquant.quant.budget import Sensitivities, TensorOptions
 from phiquant.quant.budget_calibration import load_profile, measure_sensitivities, profile_key, save_profile
 from phiquant.quant.budget_plan import BudgetPlan, BudgetRequest, plan_budget
 from phiquant.quant.job import Source, plan_files
@@ -56,8 +56,8 @@ def model_profile(
     *,
     threads: int | None = None,
     reporter: Reporter = SILENT,
-) -> tuple[list[TensorOptions], dict[str, float]]:
-    """Every quantizable tensor's options and the fitted role sensitivities, from the cache if there."""
+) -> tuple[list[TensorOptions], Sensitivities]:
+    """Every quantizable tensor's options and the fitted sensitivities (per role and layer), from the cache if there."""
     from phiquant.imatrix.run import source_fingerprint
     from phiquant.runtime.loader import cache_dir
 

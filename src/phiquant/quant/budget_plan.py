@@ -1,8 +1,8 @@
 """`quantize --max-size / --target-bpw`: a per-tensor type plan for a size budget, and what the file records.
 
 The steps: measure every quantizable tensor's error for each candidate type (quant.tensor_error),
-calibrate one sensitivity per tensor role against KL divergences measured on the model over the
-calibration text (quant.budget_calibration), allocate under the budget (quant.budget.allocate), and hand
+calibrate one sensitivity per tensor role and one factor per layer against KL divergences measured on the
+model over the calibration text (quant.budget_calibration), allocate under the budget (quant.budget.allocate), and hand
 the choice to the ordinary planner as exact per-tensor overrides, so the file is written by the same path
 as every preset.  The measured profile is cached per model and importance matrix.
 """
@@ -18,14 +18,14 @@ from gguf import GGUFValueType
 
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
-from phiquant.quant.budget import Allocation, TensorOptions, minimum_bytes
+from phiquant.quant.budget import Allocation, Sensitivities, TensorOptions, minimum_bytes
 from phiquant.quant.budget_anchor import FREE_MARGIN, TRUST_MARGIN, choose_allocation
 from phiquant.quant.plan import TensorPlan
 from phiquant.quant.types import GGMLType
 
 METHOD = (
     "greedy on the convex hull of each tensor's (bytes, predicted KLD); predicted KLD = role sensitivity x "
-    "importance-weighted relative ggml quantization error; sensitivities fitted to measured KLD; "
+    "layer factor x importance-weighted relative ggml quantization error; both fitted to measured KLD; "
     "anchored to a preset of about the same size unless clearly predicted better (quant.budget_anchor)"
 )
 KEY_PREFIX = "phiquant.budget."
@@ -49,7 +49,7 @@ class BudgetRequest:
 class BudgetPlan:
     request: BudgetRequest
     allocation: Allocation
-    sensitivities: dict[str, float]
+    sensitivities: Sensitivities
     predicted_size: int  # the file's bytes
     minimum_size: int  # the smallest file the candidates allow
     anchor: str = "free"  # the preset the plan started from, or "free" (quant.budget_anchor)
@@ -82,7 +82,13 @@ class BudgetPlan:
             ),
             Metadatum(
                 KEY_PREFIX + "sensitivities",
-                [f"{role}={value:.6g}" for role, value in sorted(self.sensitivities.items())],
+                [f"{role}={value:.6g}" for role, value in sorted(self.sensitivities.roles.items())],
+                array,
+                string,
+            ),
+            Metadatum(
+                KEY_PREFIX + "layer_factors",
+                [f"{value:.4g}" for _, value in sorted(self.sensitivities.layers.items())],
                 array,
                 string,
             ),
@@ -102,7 +108,7 @@ SizeOf = Callable[[dict[str, str], list[Metadatum]], int]
 def plan_budget(
     request: BudgetRequest,
     tensors: list[TensorOptions],
-    sensitivities: dict[str, float],
+    sensitivities: Sensitivities,
     size_of: SizeOf,
     n_elements: int,
     fixed_tensor_bytes: int,
@@ -191,7 +197,8 @@ class BudgetSummary:
     predicted_size: int
     minimum_size: int
     predicted_kld: float
-    sensitivities: dict[str, float]
+    sensitivities: dict[str, float]  # per tensor role
+    layer_factors: dict[int, float]  # per layer index
     types: dict[str, str]
     anchor: str = "free"
 
@@ -204,7 +211,8 @@ def summarise(budget: BudgetPlan | None) -> BudgetSummary | None:
         predicted_size=budget.predicted_size,
         minimum_size=budget.minimum_size,
         predicted_kld=budget.allocation.predicted_loss,
-        sensitivities=budget.sensitivities,
+        sensitivities=dict(budget.sensitivities.roles),
+        layer_factors=dict(budget.sensitivities.layers),
         types={name: t.name for name, t in sorted(budget.allocation.types.items())},
         anchor=budget.anchor,
     )

@@ -18,7 +18,7 @@ from phiquant.model_source import SourceTensor
 from phiquant.quant import ggml
 from phiquant.quant.budget import TensorOptions, TypeOption
 from phiquant.quant.quantize import quantize_rows
-from phiquant.quant.rules import tensor_category
+from phiquant.quant.rules import layer_from_name, tensor_category
 from phiquant.quant.types import GGMLType, type_info
 
 # Candidates, cheapest first.  The IQ types need an importance matrix (ggml refuses IQ2_XXS/IQ2_XS/IQ1_S
@@ -94,7 +94,9 @@ def measure_tensor(
         )
         for t in types
     )
-    return TensorOptions(tensor.name, tensor_category(tensor.name).value, options)
+    return TensorOptions(
+        tensor.name, tensor_category(tensor.name).value, options, layer_from_name(tensor.name)
+    )
 
 
 def measure_tensors(
