@@ -9,8 +9,8 @@ Each probe's KL divergence against the unquantized model, minus the base's, is w
 increase cost.  The model s_t = s_role * f_layer is fitted to both kinds by alternating: role
 sensitivities given the layer factors, then layer factors given the role sensitivities (each step
 matches its own probes exactly; a few rounds settle both).  Measured on the bundled model against
-probes of every (layer, role) pair, this predicts each pair's KLD to a factor of 1.4 (root mean square
-of the log ratio), where role sensitivities alone missed by a factor of 3.
+probes of every (layer, role) pair (benchmarks/sensitivity_fit.py), this predicts each pair's KLD to a
+factor of 1.4 (root mean square of the log ratio), where role sensitivities alone missed by a factor of 3.
 The probes run over the calibration text, never the evaluation text, so the held-out figures that judge
 the plan stay independent of the fit.  The measured profile (options and sensitivities) is cached per
 model and importance matrix.
