@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -27,32 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from phiquant import api  # noqa: E402
-from phiquant.bundled import DEFAULT_MODEL_DIR, calibration_text_path  # noqa: E402
+from phiquant.bundled import DEFAULT_MODEL_DIR  # noqa: E402
 from phiquant.quant.budget import Sensitivities, TensorOptions  # noqa: E402
 from phiquant.quant.budget_calibration import (  # noqa: E402
-    BASE_TYPE,
-    PROBE_OPTIONS,
-    band_label,
+    calibration_probes,
     error_increase,
-    layer_bands,
-    probe_overrides,
-    sensitivities_from_kld,
+    fit_probes,
+    probe_klds,
 )
 from phiquant.quant.job import open_source  # noqa: E402
 from phiquant.quant.tensor_error import measure_tensors  # noqa: E402
-
-
-def probe_klds(model: Path, reference: Path, probes: dict[str, set[str]], tensors, work: Path) -> dict[str, float]:
-    """Each probe's mean KLD against the reference over the calibration text."""
-    paths = {}
-    for label, members in probes.items():
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", label)
-        result = api.quantize(model, BASE_TYPE.name, work / name, tensor_types=probe_overrides(tensors, members))
-        paths[label] = result.files[0].path.resolve()
-    evaluation = api.evaluate(list(paths.values()), reference=reference, text=calibration_text_path(),
-                              options=PROBE_OPTIONS)  # fmt: skip
-    klds = {Path(f.path).resolve(): f.divergence.kld_mean for f in evaluation.files if f.divergence}
-    return {label: klds[path] for label, path in paths.items()}
 
 
 def log_errors(tensors: list[TensorOptions], fitted: Sensitivities, measured: dict[str, float]) -> list[float]:
@@ -68,23 +51,15 @@ def main() -> int:
     source = open_source(args.model)
     names = {t.name for t in source.model.tensors if len(t.shape) > 1}
     tensors = measure_tensors([t for t in source.model.tensors if t.name in names], {})
-    roles = sorted({t.role for t in tensors})
-    bands = layer_bands([t.layer for t in tensors if t.layer is not None])
-    probes: dict[str, set[str]] = {"base": set()}
-    probes |= {role: {t.name for t in tensors if t.role == role} for role in roles}
-    probes |= {band_label(band): {t.name for t in tensors if t.layer in band} for band in bands}
+    probes = calibration_probes(tensors)
     probes |= {f"pair:{t.name}": {t.name} for t in tensors if t.layer is not None}
     with tempfile.TemporaryDirectory(prefix="phiquant-sensitivity-") as temporary:
-        work = Path(temporary)
-        reference = api.convert(args.model, work / "reference.gguf", "auto").path
-        measured = probe_klds(args.model, reference, probes, tensors, work)
-    base = measured.pop("base")
-    role_kld = {role: measured[role] for role in roles}
-    band_kld = {band: measured[band_label(band)] for band in bands}
-    pairs = {label[5:]: kld - base for label, kld in measured.items() if label.startswith("pair:")}
+        reference = api.convert(args.model, Path(temporary) / "reference.gguf", "auto").path
+        measured = probe_klds(args.model, None, tensors, probes, reference)
+    pairs = {label[5:]: kld - measured["base"] for label, kld in measured.items() if label.startswith("pair:")}
     predictors = {
-        "role": sensitivities_from_kld(tensors, base, role_kld),
-        "role x layer": sensitivities_from_kld(tensors, base, role_kld, band_kld),
+        "role": fit_probes(tensors, measured, layers=False),
+        "role x layer": fit_probes(tensors, measured),
     }
     summary = {}
     for label, fitted in predictors.items():

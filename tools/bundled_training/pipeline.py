@@ -96,7 +96,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--float32",
         action="store_true",
         help="train without BF16 autocast: for CPUs without BF16 matrix instructions (AVX512-BF16/AMX), "
-        "where autocast is about 100x slower; the weights differ from a BF16-autocast run",
+        "where BF16 matmuls run up to 100x slower than float32; the weights differ from a BF16-autocast run",
     )
     parser.add_argument(
         "--work-dir", type=Path, help="downloads, checkpoints and logs (default under build/)"

@@ -109,8 +109,8 @@ def allocate(tensors: Sequence[TensorOptions], budget_bytes: int, sensitivities:
         raise PhiquantError(
             f"the budget leaves {budget_bytes} bytes for the quantized tensors; the smallest types need {floor}"
         )
-    hulls = {t.name: convex_hull(t.options, sensitivities.of(t)) for t in tensors}
     sensitivity = {t.name: sensitivities.of(t) for t in tensors}
+    hulls = {t.name: convex_hull(t.options, sensitivity[t.name]) for t in tensors}
     position = {name: 0 for name in hulls}
     spent = sum(hull[0].n_bytes for hull in hulls.values())
     queue: list[tuple[float, str]] = []

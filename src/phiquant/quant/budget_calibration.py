@@ -25,6 +25,7 @@ import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from phiquant.evaluate.options import EvalOptions
 from phiquant.progress import SILENT, Reporter
@@ -38,6 +39,8 @@ PROFILE_VERSION = 2
 MIN_SENSITIVITY_SHARE = 0.01  # a probe that moved KLD by noise only gets 1% of the median
 MAX_LAYER_BANDS = 8  # layer probes per model: each costs a Q8_0-sized file and its evaluation
 FIT_ROUNDS = 50
+
+K = TypeVar("K")
 
 
 def error_increase(tensor: TensorOptions) -> float:
@@ -59,7 +62,7 @@ def band_label(band: Sequence[int]) -> str:
     return f"blk.{band[0]}" if len(band) == 1 else f"blk.{band[0]}-{band[-1]}"
 
 
-def _floored(raw: dict[str, float]) -> dict[str, float]:
+def _floored(raw: dict[K, float]) -> dict[K, float]:
     positive = [v for v in raw.values() if v > 0]
     floor = MIN_SENSITIVITY_SHARE * statistics.median(positive) if positive else 1.0
     return {key: max(value, floor) for key, value in raw.items()}
@@ -90,10 +93,36 @@ def sensitivities_from_kld(
         raw_bands = {}
         for band, kld in band_kld.items():
             predicted = sum(roles.get(t.role, 1.0) * increase[t.name] for t in tensors if t.layer in band)
-            raw_bands[band_label(band)] = max(kld - base_kld, 0.0) / predicted if predicted > 0 else 0.0
-        bands = _floored(raw_bands) if raw_bands else {}
-        factor = {layer: bands[band_label(band)] for layer, band in band_of_layer.items()}
+            raw_bands[band] = max(kld - base_kld, 0.0) / predicted if predicted > 0 else 0.0
+        bands = _floored(raw_bands)
+        factor = {layer: bands[band] for layer, band in band_of_layer.items()}
     return Sensitivities(roles, dict(sorted(factor.items())))
+
+
+def calibration_probes(tensors: Sequence[TensorOptions]) -> dict[str, set[str]]:
+    """Probe label -> the tensors it puts at the probe type: the base (none), each role, each layer band."""
+    bands = layer_bands([t.layer for t in tensors if t.layer is not None])
+    probes: dict[str, set[str]] = {"base": set()}
+    probes |= {
+        role: {t.name for t in tensors if t.role == role} for role in sorted({t.role for t in tensors})
+    }
+    probes |= {band_label(band): {t.name for t in tensors if t.layer in band} for band in bands}
+    return probes
+
+
+def fit_probes(
+    tensors: Sequence[TensorOptions], measured: dict[str, float], *, layers: bool = True
+) -> Sensitivities:
+    """Sensitivities from the KLD of calibration_probes' files (labels as there, "base" included);
+    `layers=False` fits the role sensitivities alone, ignoring the band probes."""
+    roles = sorted({t.role for t in tensors})
+    bands = layer_bands([t.layer for t in tensors if t.layer is not None]) if layers else []
+    return sensitivities_from_kld(
+        tensors,
+        measured["base"],
+        {role: measured[role] for role in roles},
+        {band: measured[band_label(band)] for band in bands},
+    )
 
 
 def probe_overrides(tensors: Sequence[TensorOptions], members: set[str]) -> list[tuple[str, str]]:
@@ -105,6 +134,47 @@ def probe_overrides(tensors: Sequence[TensorOptions], members: set[str]) -> list
     ]
 
 
+def probe_klds(
+    source: str | Path,
+    imatrix: str | Path | None,
+    tensors: Sequence[TensorOptions],
+    probes: dict[str, set[str]],
+    reference: Path,
+    *,
+    threads: int | None = None,
+    reporter: Reporter = SILENT,
+) -> dict[str, float]:
+    """Probe label -> mean KLD over the calibration text of a file with the label's tensors at the probe
+    type and the rest at the base type (files written to, and removed with, a temporary directory)."""
+    from phiquant import api
+    from phiquant.bundled import calibration_text_path
+
+    with tempfile.TemporaryDirectory(prefix="phiquant-calibration-") as temporary:
+        paths = {}
+        for index, (label, members) in enumerate(probes.items()):
+            result = api.quantize(
+                source,
+                BASE_TYPE.name,
+                Path(temporary) / f"probe-{index}",
+                imatrix=imatrix,
+                tensor_types=probe_overrides(tensors, members),
+                threads=threads,
+            )
+            paths[label] = result.files[0].path.resolve()
+        reporter.note(
+            f"calibrating sensitivities: {len(probes)} files (base and probes) against {reference.name}"
+        )
+        evaluation = api.evaluate(
+            list(paths.values()),
+            reference=reference,
+            text=calibration_text_path(),
+            options=PROBE_OPTIONS,
+            reporter=reporter,
+        )
+    klds = {Path(f.path).resolve(): f.divergence.kld_mean for f in evaluation.files if f.divergence}
+    return {label: klds.get(path, 0.0) for label, path in paths.items()}
+
+
 def measure_sensitivities(
     source: str | Path,
     imatrix: str | Path | None,
@@ -114,44 +184,12 @@ def measure_sensitivities(
     threads: int | None = None,
     reporter: Reporter = SILENT,
 ) -> tuple[Sensitivities, float, dict[str, float]]:
-    """(sensitivities, base KLD, each probe's KLD by label) from probe files in a temporary directory."""
-    from phiquant import api
-    from phiquant.bundled import calibration_text_path
-
-    roles = sorted({t.role for t in tensors})
-    bands = layer_bands([t.layer for t in tensors if t.layer is not None])
-    probes: dict[str, set[str]] = {"base": set()}
-    probes |= {role: {t.name for t in tensors if t.role == role} for role in roles}
-    probes |= {band_label(band): {t.name for t in tensors if t.layer in band} for band in bands}
-    with tempfile.TemporaryDirectory(prefix="phiquant-calibration-") as temporary:
-        paths = {}
-        for label, members in probes.items():
-            result = api.quantize(
-                source,
-                BASE_TYPE.name,
-                Path(temporary) / label,
-                imatrix=imatrix,
-                tensor_types=probe_overrides(tensors, members),
-                threads=threads,
-            )
-            paths[label] = result.files[0].path.resolve()
-        reporter.note(f"calibrating sensitivities: {len(probes) - 1} probe files against {reference.name}")
-        evaluation = api.evaluate(
-            list(paths.values()),
-            reference=reference,
-            text=calibration_text_path(),
-            options=PROBE_OPTIONS,
-            reporter=reporter,
-        )
-    klds = {Path(f.path).resolve(): f.divergence.kld_mean for f in evaluation.files if f.divergence}
-    measured = {label: klds.get(path, 0.0) for label, path in paths.items()}
-    base = measured.pop("base")
-    fitted = sensitivities_from_kld(
-        tensors,
-        base,
-        {role: measured[role] for role in roles},
-        {band: measured[band_label(band)] for band in bands},
+    """(sensitivities, base KLD, each other probe's KLD by label) from the calibration probes."""
+    measured = probe_klds(
+        source, imatrix, tensors, calibration_probes(tensors), reference, threads=threads, reporter=reporter
     )
+    fitted = fit_probes(tensors, measured)
+    base = measured.pop("base")
     return fitted, base, measured
 
 
