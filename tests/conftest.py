@@ -1,4 +1,9 @@
-"""Test-wide fixtures: the checkpoint factory's pytest fixtures (tests/fixtures/checkpoint_fixtures.py)."""
+"""Test-wide fixtures: the checkpoint factory's pytest fixtures (tests/fixtures/checkpoint_fixtures.py),
+and a cache of the run's own, so no test reads or writes the user's (~/.cache/phiquant)."""
+
+from collections.abc import Iterator
+
+import pytest
 
 from tests.fixtures.bpe_fixtures import (  # noqa: E402,F401
     bpe_vocab_cache,
@@ -25,3 +30,13 @@ from tests.fixtures.phimoe_fixtures import (  # noqa: E402,F401
     make_phimoe_checkpoint,
     shared_phimoe_checkpoint,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """PHIQUANT_CACHE for the whole run: one folder, shared by the tests (what one test cached, such
+    as a kernel probe's verdict, serves the next) and removed with the run's temporary files.  Tests
+    that need an empty cache set their own on top."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PHIQUANT_CACHE", str(tmp_path_factory.mktemp("phiquant-cache")))
+        yield

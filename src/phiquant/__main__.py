@@ -1,3 +1,27 @@
-from phiquant.cli import main
+"""The `phiquant` command's entry point (`python -m phiquant` and the console script).
 
-raise SystemExit(main())
+Ctrl-C and SIGTERM are answered from the first moment: before `main` takes over they end the
+command with its exit code (nothing has been written yet), not with a traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import NoReturn
+
+
+def _exit_terminated(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(143)
+
+
+def run() -> NoReturn:
+    signal.signal(signal.SIGTERM, _exit_terminated)
+    try:
+        from phiquant.cli import main
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
 from phiquant.gguf_io import Metadatum
@@ -375,14 +376,13 @@ def report_quantized(
     """`quantize --eval`: evaluate the files `quantize` wrote against an unquantized file of the same
     source (the source GGUF itself, a written F32/BF16/F16 file, or a conversion made in a temporary
     directory), and write the report beside them."""
-    import tempfile
 
     from phiquant.evaluate.report import build_report, write_report
 
     written = [f.path for f in result.files]
     if not written:
         raise PhiquantError("nothing was written to evaluate")
-    with tempfile.TemporaryDirectory(prefix="phiquant-reference-") as temporary:
+    with temporary_files.temporary_directory("phiquant-reference-") as temporary:
         reference = _unquantized_reference(Path(source), result, Path(temporary), reporter)
         files = (
             written if reference in written or reference.parent == Path(temporary) else [reference, *written]

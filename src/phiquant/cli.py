@@ -17,7 +17,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from phiquant import __version__
+from phiquant import __version__, temporary_files
 from phiquant.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, PhiquantError
 from phiquant.progress import Reporter
 
@@ -168,6 +168,20 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _cleanup_report() -> str:
+    """Remove what an interrupted command left unfinished and say what that was, truthfully.  A second
+    Ctrl-C while this runs is ignored: the command is already on its way out."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in temporary_files.HELD_SIGNALS}
+    try:
+        removed = temporary_files.remove_pending()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if not removed:
+        return "no partial output was left to remove"
+    return "partial output removed: " + ", ".join(terminal_text(path.name) for path in removed)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -175,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
         return int(exc.code or 0)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    temporary_files.forget_removed()
     output = Output(args)
     try:
         return int(args.run(args, output) or EXIT_OK)
@@ -188,10 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return EXIT_OK
     except Terminated:
-        print("phiquant: terminated; partial output removed", file=sys.stderr)
+        print(f"phiquant: terminated; {_cleanup_report()}", file=sys.stderr)
         return EXIT_TERMINATED
     except KeyboardInterrupt:
-        print("phiquant: interrupted; partial output removed", file=sys.stderr)
+        print(f"phiquant: interrupted; {_cleanup_report()}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 from gguf import GGUFValueType
 
-from phiquant.archs.config_schema import check_config_values
+from phiquant.archs.config_schema import check_config_values, check_sizes_against_tensors
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.checkpoint.tensor_entry import TensorEntry
 from phiquant.errors import PhiquantError
@@ -40,6 +40,9 @@ class HParams:
         self.config = config
         self.file = checkpoint.path / "config.json"
         check_config_values(config, self.file)
+        check_sizes_against_tensors(
+            config, {name: entry.shape for name, entry in checkpoint.tensors.items()}, self.file
+        )
 
     def get(self, *names: str, default: Any = None) -> Any:
         for name in names:

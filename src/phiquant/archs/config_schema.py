@@ -10,7 +10,8 @@ reads), and null is accepted everywhere because HParams treats null as absent.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,67 @@ def _check(values: dict[str, Any], table: dict[str, tuple[Check, str]], prefix: 
             shown = repr(value)
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise PhiquantError(f"{prefix}{key} must be {expected}, not {shown}", path=file)
+
+
+# Counts that become loops over tensor names (one per layer, one per expert): bounded by the
+# layers and experts the checkpoint's tensors actually hold, so a config.json that claims a billion
+# layers is refused at once instead of planning a billion layers' tensors.
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+EXPERT_KEYS = ("num_local_experts", "num_experts")
+# Sizes that become tensor dimensions: none can exceed the largest dimension of any tensor.
+DIMENSION_KEYS = (
+    "hidden_size",
+    "n_embd",
+    "vocab_size",
+    "intermediate_size",
+    "n_inner",
+    "head_dim",
+    "num_attention_heads",
+    "n_head",
+    "num_key_value_heads",
+    "n_head_kv",
+    "num_experts_per_tok",
+    "num_experts_per_token",
+)
+# Positions are not stored in any tensor; this is far beyond every Phi model (131,072) and keeps a
+# default context from asking llama.cpp for an absurd allocation.
+MAX_POSITIONS = 1 << 24
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "original_max_position_embeddings")
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+_EXPERT_INDEX = re.compile(r"\.experts\.(\d+)\.")
+
+
+def check_sizes_against_tensors(
+    config: dict[str, Any], tensor_shapes: Mapping[str, tuple[int, ...]], file: Path
+) -> None:
+    """Refuse sizes the checkpoint's tensors cannot hold, naming the key and the limit, before any
+    family module loops over them.  Costs one pass over the tensor names, never over the value.  A
+    dense model's config may carry an expert count it never uses: with no expert tensors it is left
+    to the families, which read it only for MoE checkpoints."""
+    layers = {int(m.group(1)) for name in tensor_shapes if (m := _LAYER_INDEX.search(name))}
+    experts = {int(m.group(1)) for name in tensor_shapes if (m := _EXPERT_INDEX.search(name))}
+    largest = max((max(shape, default=0) for shape in tensor_shapes.values()), default=0)
+    stacked_experts = max((shape[0] for shape in tensor_shapes.values() if len(shape) == 3), default=0)
+    limits = {
+        **{key: (len(layers), "layers the checkpoint's tensors hold") for key in LAYER_KEYS},
+        **{
+            key: (max(len(experts), stacked_experts), "experts the checkpoint's tensors hold")
+            for key in EXPERT_KEYS
+        },
+        **{key: (largest, "the largest dimension of any tensor in the checkpoint") for key in DIMENSION_KEYS},
+        **{
+            key: (MAX_POSITIONS, "positions phiquant accepts (Phi models have at most 131072)")
+            for key in POSITION_KEYS
+        },
+    }
+    scopes = [("", config)] + [
+        (f"{key}.", config[key])
+        for key in ("rope_scaling", "rope_parameters")
+        if isinstance(config.get(key), dict)
+    ]
+    for prefix, values in scopes:
+        for key, (limit, what) in limits.items():
+            value = values.get(key)
+            if _is_int(value) and value > limit and not (limit == 0 and key in EXPERT_KEYS):
+                raise PhiquantError(f"{prefix}{key} is {value}, more than the {limit} {what}", path=file)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def plot_size_vs_kld(report: Report, path: Path) -> Path:
     plt = _pyplot()
     figure = draw_size_vs_kld(report)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
+    temporary_files.write_with(path, lambda file: figure.savefig(file, format="png"))
     plt.close(figure)
     return path
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
 
+from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.files import ModelFile, content_hash
 from phiquant.evaluate.output_layer import OUTPUT_WEIGHT, TIED_WEIGHT, OutputLayer
@@ -132,9 +132,10 @@ def save(states: ReferenceStates, reference: ModelFile) -> None:
     path = states.path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez_compressed(temp, hidden=states.hidden, meta=np.array(json.dumps(meta)))
-        os.replace(temp, path)
+        temporary_files.write_with(
+            path,
+            lambda file: np.savez_compressed(file, hidden=states.hidden, meta=np.array(json.dumps(meta))),
+        )
     except OSError:
         pass  # a read-only cache only costs recomputing the reference next time
 

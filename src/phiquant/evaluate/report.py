@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from phiquant import temporary_files
 from phiquant.evaluate.evaluation import Evaluation, FileEvaluation
 from phiquant.evaluate.options import DEFAULT_MAX_KLD
 from phiquant.gguf_io import format_bytes
@@ -227,6 +228,6 @@ def write_report(report: Report, directory: Path, *, plot: bool = True) -> Repor
         report.plot_path = plot_size_vs_kld(report, directory / f"{stem}.png")
     report.markdown_path = directory / f"{stem}.md"
     report.json_path = directory / f"{stem}.json"
-    report.markdown_path.write_text(to_markdown(report), encoding="utf-8")
-    report.json_path.write_text(json.dumps(to_json(report), indent=2) + "\n", encoding="utf-8")
+    temporary_files.write_text(report.markdown_path, to_markdown(report))
+    temporary_files.write_text(report.json_path, json.dumps(to_json(report), indent=2) + "\n")
     return report

@@ -22,9 +22,10 @@ import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFValueType, GGUFWriter
 from gguf.gguf_writer import WriterState
 
+from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 
-TEMP_SUFFIX = ".phiquant-partial"
+TEMP_SUFFIX = temporary_files.PARTIAL_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,9 @@ def predicted_file_size(
 class GGUFOutput:
     """A GGUF file being written: header first, then each tensor's bytes in header order.
 
-    Use as a context manager; the file appears at `path` only if the block completes.
+    Use as a context manager (or through `open_outputs` for several); the file appears at `path`
+    only if the block completes, and its temporary file is registered for removal before it exists
+    (phiquant.temporary_files), so no moment of an interrupt leaves it behind.
     """
 
     def __init__(
@@ -116,8 +119,8 @@ class GGUFOutput:
         self.arch = arch
         self.metadata = list(metadata)
         self.tensors = list(tensors)
-        self.temp_path = self.path.with_name(f".{self.path.name}{TEMP_SUFFIX}")
-        self._file: io.BufferedWriter | None = None
+        self.temp_path = temporary_files.partial_name(self.path)
+        self._partial: temporary_files.PartialFile | None = None
         self._next_tensor = 0
         self._written_in_tensor = 0
 
@@ -125,29 +128,29 @@ class GGUFOutput:
     def predicted_size(self) -> int:
         return predicted_file_size(self.arch, self.metadata, self.tensors)
 
-    def __enter__(self) -> GGUFOutput:
+    def open(self) -> None:
+        """Create the temporary file and write the header (after a free-space check)."""
         header = serialise_header(self.arch, self.metadata, self.tensors)
         directory = self.path.parent
         if not directory.is_dir():
             raise PhiquantError("output directory does not exist (or is not a directory)", path=directory)
         try:
-            self._file = open(self.temp_path, "wb")  # noqa: SIM115 - closed in __exit__
+            self._partial = temporary_files.create(self.path)
         except OSError as exc:
             raise _write_error(exc, self.path) from exc
         try:
             check_free_space(self.path, len(header) + sum(padded(t.nbytes) for t in self.tensors))
-            self._file.write(header)
+            self._partial.file.write(header)
         except OSError as exc:
-            self._discard()
+            self.discard()
             raise _write_error(exc, self.path) from exc
-        except PhiquantError:
-            self._discard()
+        except BaseException:
+            self.discard()
             raise
-        return self
 
     def write(self, chunk: np.ndarray | bytes) -> None:
         """Append bytes of the current tensor; the tensor is finished when its byte count is reached."""
-        assert self._file is not None, "GGUFOutput used outside its with-block"
+        assert self._partial is not None, "GGUFOutput used before open()"
         if self._next_tensor >= len(self.tensors):
             raise ValueError(f"{self.path}: more tensor data than the header declares")
         info = self.tensors[self._next_tensor]
@@ -155,39 +158,54 @@ class GGUFOutput:
         if self._written_in_tensor + len(data) > info.nbytes:
             raise ValueError(f"{info.name}: more than its {info.nbytes} bytes written")
         try:
-            self._file.write(data)
+            self._partial.file.write(data)
             self._written_in_tensor += len(data)
             if self._written_in_tensor == info.nbytes:
-                self._file.write(bytes(padded(info.nbytes) - info.nbytes))
+                self._partial.file.write(bytes(padded(info.nbytes) - info.nbytes))
                 self._next_tensor += 1
                 self._written_in_tensor = 0
         except OSError as exc:
             raise _write_error(exc, self.path) from exc
 
-    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        if exc_type is not None:
-            self._discard()
-            return
+    def check_complete(self) -> None:
         if self._next_tensor != len(self.tensors):
-            self._discard()
             missing = self.tensors[self._next_tensor].name
             raise ValueError(f"{self.path}: tensor data ended before {missing}")
-        assert self._file is not None
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self.temp_path, self.path)
-        except OSError as exc:
-            self._discard()
-            raise _write_error(exc, self.path) from exc
 
-    def _discard(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.temp_path)
+    def discard(self) -> None:
+        if self._partial is not None:
+            temporary_files.discard(self._partial)
+            self._partial = None
+
+    def __enter__(self) -> GGUFOutput:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if exc_type is not None:
+            self.discard()
+            return
+        commit_outputs([self])
+
+
+def commit_outputs(outputs: Sequence[GGUFOutput]) -> None:
+    """Rename every complete output into place together, or remove them all."""
+    try:
+        for output in outputs:
+            output.check_complete()
+        partials = [output._partial for output in outputs]
+        assert all(partial is not None for partial in partials), "commit_outputs before open()"
+        temporary_files.commit([partial for partial in partials if partial is not None])
+    except OSError as exc:
+        for output in outputs:
+            output.discard()
+        raise _write_error(exc, outputs[0].path) from exc
+    except BaseException:
+        for output in outputs:
+            output.discard()
+        raise
+    for output in outputs:
+        output._partial = None
 
 
 def check_free_space(path: Path, needed: int) -> None:
@@ -219,13 +237,18 @@ def format_bytes(n: float) -> str:
 
 @contextlib.contextmanager
 def open_outputs(outputs: Sequence[GGUFOutput]) -> Iterator[Sequence[GGUFOutput]]:
-    """Enter several outputs (a quantization ladder) so they all complete or all vanish."""
+    """Open several outputs (a quantization ladder) so they all complete or all vanish."""
     if len(outputs) > 1:
         check_ladder_free_space(outputs)
-    with contextlib.ExitStack() as stack:
+    try:
         for output in outputs:
-            stack.enter_context(output)
+            output.open()
         yield outputs
+    except BaseException:
+        for output in outputs:
+            output.discard()
+        raise
+    commit_outputs(outputs)
 
 
 def check_ladder_free_space(outputs: Sequence[GGUFOutput]) -> None:

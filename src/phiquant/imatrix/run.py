@@ -10,12 +10,12 @@ never the evaluation text.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.imatrix.collect import Collection, calibration_chunks, collect_importance, unrouted_experts
 from phiquant.progress import SILENT, Reporter
@@ -66,7 +66,7 @@ def gguf_of(source: str | Path, reporter: Reporter = SILENT) -> Iterator[Path]:
         raise PhiquantError("no such file or directory", path=source)
     from phiquant import api
 
-    with tempfile.TemporaryDirectory(prefix="phiquant-imatrix-") as temporary:
+    with temporary_files.temporary_directory("phiquant-imatrix-") as temporary:
         reporter.note("converting the checkpoint to GGUF for llama.cpp's evaluation")
         yield api.convert(source, Path(temporary) / "model.gguf", "auto", reporter=reporter).path
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phiquant import __version__
+from phiquant import __version__, temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes, read_gguf
 from phiquant.inspection import inspect_gguf
@@ -331,7 +331,7 @@ def _joined(values: Sequence[str]) -> str:
 def write_card(card: ModelCard, output: str | os.PathLike[str] | None = None) -> ModelCard:
     path = Path(output) if output is not None else card.directory / "README.md"
     try:
-        path.write_text(card.text, encoding="utf-8")
+        temporary_files.write_text(path, card.text)
     except OSError as error:
         raise PhiquantError(f"cannot write the model card: {error.strerror}", path=path) from None
     card.path = path

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import GGUFFile, read_gguf
 from phiquant.inspection import end_of_generation_tokens
@@ -229,7 +230,7 @@ def _token(tokens: Sequence[str], token_id: object) -> str:
 def write_modelfile(modelfile: Modelfile, output: str | os.PathLike[str]) -> Modelfile:
     path = Path(output)
     try:
-        path.write_text(modelfile.text, encoding="utf-8")
+        temporary_files.write_text(path, modelfile.text)
     except OSError as error:
         raise PhiquantError(f"cannot write the Modelfile: {error.strerror}", path=path) from None
     modelfile.path = path

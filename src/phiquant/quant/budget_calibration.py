@@ -22,11 +22,11 @@ import hashlib
 import json
 import re
 import statistics
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from phiquant import temporary_files
 from phiquant.evaluate.options import EvalOptions
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant.budget import Sensitivities, TensorOptions, TypeOption
@@ -149,7 +149,7 @@ def probe_klds(
     from phiquant import api
     from phiquant.bundled import calibration_text_path
 
-    with tempfile.TemporaryDirectory(prefix="phiquant-calibration-") as temporary:
+    with temporary_files.temporary_directory("phiquant-calibration-") as temporary:
         paths = {}
         for index, (label, members) in enumerate(probes.items()):
             result = api.quantize(
@@ -213,9 +213,7 @@ def save_profile(path: Path, tensors: Sequence[TensorOptions], sensitivities: Se
         "layers": {str(layer): factor for layer, factor in sensitivities.layers.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data))
-    temporary.replace(path)
+    temporary_files.write_text(path, json.dumps(data))
 
 
 def load_profile(path: Path) -> tuple[list[TensorOptions], Sensitivities] | None:

@@ -6,12 +6,12 @@ Kept apart from quant.budget_plan so that the planning stays free of file and ll
 from __future__ import annotations
 
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
 from phiquant.progress import SILENT, Reporter
@@ -45,7 +45,7 @@ def unquantized_reference(source_path: Path, reporter: Reporter) -> Iterator[Pat
         return
     from phiquant import api
 
-    with tempfile.TemporaryDirectory(prefix="phiquant-reference-") as temporary:
+    with temporary_files.temporary_directory("phiquant-reference-") as temporary:
         yield api.convert(source_path, Path(temporary) / "reference.gguf", "auto", reporter=reporter).path
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import llama_cpp
 
+from phiquant import temporary_files
 from phiquant.gguf_io import read_gguf
 from phiquant.runtime.llama import LoadedModel, LoadOptions
 
@@ -122,9 +123,7 @@ def _read_cache(file: Path) -> dict[str, bool]:
 def _write_cache(file: Path, data: dict[str, bool]) -> None:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        temp = file.with_suffix(f".{os.getpid()}.tmp")
-        temp.write_text(json.dumps(data, indent=1))
-        os.replace(temp, file)
+        temporary_files.write_text(file, json.dumps(data, indent=1))
     except OSError:
         pass  # a read-only cache only costs a probe next time
 

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from phiquant import __version__
+from phiquant import __version__, temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.hub import resolve_source
 from phiquant.progress import SILENT, Reporter
@@ -82,7 +82,7 @@ def _converted(directory: Path, reporter: Reporter) -> ModelFile:
     except OSError as error:
         raise PhiquantError(f"cannot create the conversion cache: {error.strerror}", path=entry) from None
     api.convert(source, target, "auto", reporter=reporter)
-    (entry / SOURCE_RECORD).write_text(json.dumps({"source": str(source)}))
+    temporary_files.write_text(entry / SOURCE_RECORD, json.dumps({"source": str(source)}))
     _remove_stale_entries(source, keep=entry)
     return ModelFile(gguf=target, source=directory, converted=True)
 
