@@ -7,10 +7,15 @@ command with its exit code (nothing has been written yet), not with a traceback.
 from __future__ import annotations
 
 import signal
+import sys
 from typing import NoReturn
+
+# Said as phiquant.cli says it once it runs; here nothing can have been written yet.
+NOTHING_WRITTEN = "no partial output was left to remove"
 
 
 def _exit_terminated(signum: int, frame: object) -> NoReturn:
+    sys.stderr.write(f"phiquant: terminated; {NOTHING_WRITTEN}\n")
     raise SystemExit(143)
 
 
@@ -19,6 +24,7 @@ def run() -> NoReturn:
     try:
         from phiquant.cli import main
     except KeyboardInterrupt:
+        sys.stderr.write(f"phiquant: interrupted; {NOTHING_WRITTEN}\n")
         raise SystemExit(130) from None
     raise SystemExit(main())
 

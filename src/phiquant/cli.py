@@ -183,13 +183,26 @@ def _cleanup_report() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    temporary_files.forget_removed()
+    try:
+        return _run(argv)
+    except Terminated:
+        print(f"phiquant: terminated; {_cleanup_report()}", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print(f"phiquant: interrupted; {_cleanup_report()}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
         return int(exc.code or 0)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    temporary_files.forget_removed()
     output = Output(args)
     try:
         return int(args.run(args, output) or EXIT_OK)
@@ -202,14 +215,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`phiquant inspect x --json | head`): not an error worth a traceback.
         sys.stderr.close()
         return EXIT_OK
-    except Terminated:
-        print(f"phiquant: terminated; {_cleanup_report()}", file=sys.stderr)
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        print(f"phiquant: interrupted; {_cleanup_report()}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = ["EXIT_BAD_INPUT", "Output", "main"]

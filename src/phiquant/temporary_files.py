@@ -104,6 +104,14 @@ def discard(partial: PartialFile) -> None:
         _remove(partial.temp_path)
 
 
+def abandon(temp_path: Path) -> None:
+    """Remove a registered temporary file whose handle was lost (a signal landed between its creation
+    and the caller receiving it); a path this process did not register is left alone."""
+    with signals_held(), _lock:
+        if temp_path in _pending:
+            _remove(temp_path)
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """`path` holds `data` or is untouched: never a truncated file, whatever interrupts the write."""
     write_with(path, lambda file: file.write(data))

@@ -176,6 +176,8 @@ class GGUFOutput:
         if self._partial is not None:
             temporary_files.discard(self._partial)
             self._partial = None
+        else:
+            temporary_files.abandon(self.temp_path)
 
     def __enter__(self) -> GGUFOutput:
         self.open()
