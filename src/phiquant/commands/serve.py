@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model-alias", metavar="NAME", help="the model id clients use (default: the file name)"
     )
+    group.add_argument(
+        "--reasoning-format", choices=("deepseek", "none"), default="deepseek",
+        help="a reasoning model's <think> section: 'deepseek' returns it as reasoning_content, 'none' "
+        "leaves it inline in the content (default %(default)s)",
+    )  # fmt: skip
     limits = parser.add_argument_group(
         "limits",
         "Requests beyond --parallel wait in a first-come-first-served queue of --max-queue; beyond that, "
@@ -112,6 +117,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         model_alias=args.model_alias,
         limits=limits_from(args),
         access_log=args.access_log,
+        reasoning_format=args.reasoning_format,
     )
     with api.load(
         args.model, runner_options(args, n_contexts=args.parallel), reporter=output.reporter()

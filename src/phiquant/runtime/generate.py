@@ -68,7 +68,9 @@ class Sampler:
     One Sampler serves one sequence; `sample(context, index)` reads that sequence's row of logits, so a
     batched decode of several sequences samples each with its own Sampler."""
 
-    def __init__(self, options: SamplingOptions, n_vocab: int, seed: int, *, model: LoadedModel | None = None):
+    def __init__(
+        self, options: SamplingOptions, n_vocab: int, seed: int, *, model: LoadedModel | None = None
+    ):
         options.validate(n_vocab)
         self._chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         if options.logit_bias:
@@ -115,7 +117,7 @@ class Sampler:
 
 
 def _grammar_sampler(model: LoadedModel, grammar: str) -> lc.llama_sampler_p:
-    sampler = lc.llama_sampler_init_grammar(model._vocab, grammar.encode(), b"root")
+    sampler: lc.llama_sampler_p = lc.llama_sampler_init_grammar(model._vocab, grammar.encode(), b"root")
     if not sampler:
         raise PhiquantError("llama.cpp could not parse the grammar (see its log with PHIQUANT_LLAMA_LOG=1)")
     return sampler

@@ -29,7 +29,9 @@ ANNOTATIONS = frozenset({
     "writeOnly",
 })  # fmt: skip
 # Formats the converter has rules for; any other format would be accepted as a plain string.
-ENFORCED_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
+ENFORCED_FORMATS = frozenset(
+    {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
+)
 # llama-cpp-python's `char` rule lets raw control characters into strings, which JSON forbids (a strict
 # parser rejects them); llama.cpp's own converter (common/json-schema-to-grammar.cpp) excludes them.
 STRICT_JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
@@ -80,10 +82,12 @@ def _check_values(schema: dict[str, Any], where: str) -> Iterator[str]:
     kind = schema.get("type")
     for key in ("minItems", "maxItems", "minLength", "maxLength"):
         value = schema.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value > MAX_REPETITIONS):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value > MAX_REPETITIONS
+        ):
             yield f"{key} above {MAX_REPETITIONS} (at {where})"
     if ("minLength" in schema or "maxLength" in schema) and kind != "string":
-        yield f"minLength/maxLength without \"type\": \"string\" (at {where})"
+        yield f'minLength/maxLength without "type": "string" (at {where})'
     if ("minItems" in schema or "maxItems" in schema) and "items" not in schema:
         yield f"minItems/maxItems without items (at {where})"
     if "items" in schema and "prefixItems" in schema:
@@ -126,11 +130,12 @@ def _convert(schema: Any, name: str) -> tuple[str, dict[str, str]]:
         raise UnsupportedSchema(features)
     from llama_cpp.llama_grammar import SchemaConverter
 
-    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    # llama-cpp-python's converter has no annotations.
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]
     copy = json.loads(json.dumps(schema))  # the converter rewrites $ref values in place
     try:
         resolved = converter.resolve_refs(copy, "input")
-        rule = converter.visit(resolved, name)
+        rule = converter.visit(resolved, name)  # type: ignore[no-untyped-call]
     except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise UnsupportedSchema([f"{type(error).__name__}: {error}"]) from None
     rules = dict(converter._rules)
