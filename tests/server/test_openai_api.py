@@ -8,7 +8,6 @@ import httpx
 import openai
 import pytest
 
-from tests.fixtures.phi3_specs import PHI35_MINI
 from tests.server.server_process import running_server
 
 QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Can you introduce .NET"}]

@@ -95,8 +95,8 @@ def test_schemas_the_grammar_cannot_enforce_are_refused_by_name(server) -> None:
     for feature, schema in cases.items():
         response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
         error = _request_error(
-            lambda: client.chat.completions.create(
-                model=server.model, messages=QUESTION, response_format=response_format, max_tokens=4
+            lambda fmt=response_format: client.chat.completions.create(
+                model=server.model, messages=QUESTION, response_format=fmt, max_tokens=4
             )
         )
         assert error.status_code == 400 and error.body["param"] == "response_format.json_schema.schema"
@@ -140,7 +140,7 @@ def _check_against_llama_cpp(gguf, prompt_ids, sent, top_n) -> None:
     ids = _token_ids_by_bytes(gguf)
     generated = [ids[piece] for piece, _, _ in sent]
     logprobs = _log_softmax(_llama_cpp_logits(gguf, prompt_ids, generated))
-    for step, (piece, logprob, top) in enumerate(sent):
+    for step, (_, logprob, top) in enumerate(sent):
         row = logprobs[step]
         assert logprob == pytest.approx(row[generated[step]], abs=1e-6)
         best = np.sort(row)[::-1][:top_n]
