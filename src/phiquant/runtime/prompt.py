@@ -114,6 +114,11 @@ class PromptTokenizer:
                 ids += self.model.tokenize(part, add_special=False, parse_special=False)
         return ids
 
+    def single_token_ids(self, texts: Sequence[str]) -> frozenset[int]:
+        """The ids of those `texts` that this vocabulary holds as one token each."""
+        ids = [self.tokenize(text) for text in texts]
+        return frozenset(found[0] for found in ids if len(found) == 1)
+
     def render(
         self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **variables: Any
     ) -> str:

@@ -20,6 +20,9 @@ from typing import Any
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<|tool_call|>", "<|/tool_call|>"
+# Where a vocabulary has these as control tokens, their text must reach the parser (llama-server's
+# "preserved tokens"): SamplingOptions.preserved_tokens.
+MARKERS = (THINK_OPEN, THINK_CLOSE, TOOL_CALL_OPEN, TOOL_CALL_CLOSE)
 
 
 @dataclass(frozen=True)

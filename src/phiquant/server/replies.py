@@ -14,10 +14,7 @@ from typing import Any
 from phiquant.errors import PhiquantError
 from phiquant.runtime.generate import Completion, TokenLogprob
 from phiquant.runtime.reply_parser import (
-    THINK_CLOSE,
-    THINK_OPEN,
-    TOOL_CALL_CLOSE,
-    TOOL_CALL_OPEN,
+    MARKERS,
     ReplyPart,
     ReplyStreamParser,
     parse_reply,
@@ -52,12 +49,7 @@ class ReplyFormat:
 
 def marker_tokens(runner: ModelRunner) -> frozenset[int]:
     """The reply markers this vocabulary has as single (control) tokens: their text must be kept."""
-    ids = set()
-    for marker in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE, THINK_OPEN, THINK_CLOSE):
-        tokens = runner.prompt.tokenize(marker)
-        if len(tokens) == 1:
-            ids.add(tokens[0])
-    return frozenset(ids)
+    return runner.prompt.single_token_ids(MARKERS)
 
 
 def token_piece(runner: ModelRunner) -> Callable[[int], bytes]:
