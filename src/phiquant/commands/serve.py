@@ -149,7 +149,10 @@ COMMAND = Command(
     description=(
         "Serve one model at /v1/models, /v1/chat/completions and /v1/completions (streamed or not), plus "
         "/health. Prompts use the model's own chat template; every end-of-generation token ends an answer "
-        "and none is ever sent. Invalid requests get OpenAI-style JSON errors with a 4xx status."
+        "and none is ever sent. Tools (tool_choice auto/none/required/named) for templates that take them "
+        "(Phi-4-mini-instruct, Phi-4-mini-reasoning); response_format json_object and json_schema through "
+        "llama.cpp grammars; logprobs and top_logprobs; n choices; a reasoning model's <think> section as "
+        "reasoning_content. Invalid requests get OpenAI-style JSON errors with a 4xx status."
     ),
     add_arguments=add_arguments,
     run=run,
