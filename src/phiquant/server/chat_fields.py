@@ -136,6 +136,8 @@ def _check_schema(schema: Any, param: str) -> None:
         raise wrong_type(param, schema, "an object (a JSON Schema)")
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
+    except RecursionError:
+        raise bad_request(f"Invalid schema for '{param}': it is nested too deeply.", param=param) from None
     except jsonschema.SchemaError as error:
         where = "/".join(str(p) for p in error.path) or "(top level)"
         raise bad_request(
