@@ -26,8 +26,7 @@ SCHEMA = {
         "kind": {"enum": ["cat", "dog", "bird"]},
         "indoor": {"type": "boolean"},
         "age": {"type": "integer"},
-        "name": {"type": "string", "maxLength": 4},
-        "born": {"anyOf": [{"type": "null"}, {"type": "string", "format": "date"}]},
+        "name": {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 4}]},
     },
     "required": ["kind", "indoor", "age", "name"],
     "additionalProperties": False,
@@ -184,6 +183,16 @@ def test_completion_logprobs_streamed_are_log_softmax_of_the_logits(server, phi3
         for t, lp, top in zip(tokens, token_logprobs, tops)
     ]
     _check_against_llama_cpp(phi35_gguf, prompt, sent, 3)
+
+
+def test_tools_on_a_template_without_tools_are_refused_naming_the_model(server) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(openai.BadRequestError) as error:
+        server.client().chat.completions.create(model=server.model, messages=QUESTION, tools=tools)
+    assert error.value.body["param"] == "tools" and f"`{server.model}`" in error.value.body["message"]
+    assert (
+        server.client().chat.completions.create(model=server.model, messages=QUESTION, max_tokens=2).choices
+    )
 
 
 def test_n_choices_are_the_requests_with_seeds_seed_plus_index(server) -> None:
