@@ -25,6 +25,7 @@ from phiquant.commands.runtime_flags import (
     sampling_options,
 )
 from phiquant.errors import PhiquantError
+from phiquant.runtime.reply_parser import ReplyPart, ReplyStreamParser, parse_reply
 
 if TYPE_CHECKING:
     from phiquant.runtime.chat import ChatSession
@@ -107,6 +108,7 @@ def _answer(session: ChatSession, text: str, out: TextIO, *, json_lines: bool) -
     # While the answer runs, Ctrl-C only asks the worker to stop (at the next token); it raises
     # nothing, so it cannot land between two statements and leave the session half updated.
     previous = signal.signal(signal.SIGINT, lambda signum, frame: cancel.set())
+    display = _ReasoningDisplay(out, sys.stderr)
     try:
         worker = threading.Thread(target=work, name="phiquant-chat", daemon=True)
         worker.start()
@@ -115,8 +117,9 @@ def _answer(session: ChatSession, text: str, out: TextIO, *, json_lines: bool) -
             if isinstance(item, PhiquantError):
                 failure = item
             elif not json_lines:
-                out.write(item)
-                out.flush()
+                display.show(item)
+        if not json_lines:
+            display.finish()
         worker.join()
         if failure is not None:
             raise failure
@@ -124,16 +127,56 @@ def _answer(session: ChatSession, text: str, out: TextIO, *, json_lines: bool) -
         signal.signal(signal.SIGINT, previous)
     last = session.last
     if json_lines and last is not None:
-        record: dict[str, Any] = {
-            "role": "assistant",
-            "content": last.text,
-            "finish_reason": last.finish_reason,
-        }
+        reply = parse_reply(last.text, reasoning=True, tools=False)
+        record: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.reasoning is not None:
+            record["reasoning_content"] = reply.reasoning
+        record["finish_reason"] = last.finish_reason
         record |= {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens}
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
     else:
         out.write(" [stopped]\n" if cancel.is_set() else "\n")
     out.flush()
+
+
+class _ReasoningDisplay:
+    """A reasoning model's <think> section goes to stderr, dimmed on a terminal, so the answer on stdout
+    stays the answer alone; the answer starts on a line of its own."""
+
+    DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+    def __init__(self, out: TextIO, side: TextIO):
+        self.out, self.side = out, side
+        self.parser = ReplyStreamParser(reasoning=True, tools=False)
+        self.dim = side.isatty()
+        self.reasoned = False
+
+    def show(self, text: str) -> None:
+        self._write(self.parser.push(text))
+
+    def finish(self) -> None:
+        self._write(self.parser.finish())
+        if self.reasoned:
+            self._end_reasoning()
+
+    def _write(self, parts: list[ReplyPart]) -> None:
+        for part in parts:
+            if part.kind == "reasoning":
+                if not self.reasoned:
+                    self.side.write((self.DIM if self.dim else "") + "[reasoning] ")
+                    self.reasoned = True
+                self.side.write(part.text)
+                self.side.flush()
+            else:
+                if self.reasoned:
+                    self._end_reasoning()
+                self.out.write(part.text)
+                self.out.flush()
+
+    def _end_reasoning(self) -> None:
+        self.side.write((self.RESET if self.dim else "") + "\n")
+        self.side.flush()
+        self.reasoned = False
 
 
 def _next(pieces: queue.Queue[Any]) -> Any:

@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model-alias", metavar="NAME", help="the model id clients use (default: the file name)"
     )
+    group.add_argument(
+        "--reasoning-format", choices=("deepseek", "none"), default="deepseek",
+        help="a reasoning model's <think> section: 'deepseek' returns it as reasoning_content, 'none' "
+        "leaves it inline in the content (default %(default)s)",
+    )  # fmt: skip
     limits = parser.add_argument_group(
         "limits",
         "Requests beyond --parallel wait in a first-come-first-served queue of --max-queue; beyond that, "
@@ -112,6 +117,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         model_alias=args.model_alias,
         limits=limits_from(args),
         access_log=args.access_log,
+        reasoning_format=args.reasoning_format,
     )
     with api.load(
         args.model, runner_options(args, n_contexts=args.parallel), reporter=output.reporter()
@@ -143,7 +149,10 @@ COMMAND = Command(
     description=(
         "Serve one model at /v1/models, /v1/chat/completions and /v1/completions (streamed or not), plus "
         "/health. Prompts use the model's own chat template; every end-of-generation token ends an answer "
-        "and none is ever sent. Invalid requests get OpenAI-style JSON errors with a 4xx status."
+        "and none is ever sent. Tools (tool_choice auto/none/required/named) for templates that take them "
+        "(Phi-4-mini-instruct, Phi-4-mini-reasoning); response_format json_object and json_schema through "
+        "llama.cpp grammars; logprobs and top_logprobs; n choices; a reasoning model's <think> section as "
+        "reasoning_content. Invalid requests get OpenAI-style JSON errors with a 4xx status."
     ),
     add_arguments=add_arguments,
     run=run,

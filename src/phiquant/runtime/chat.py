@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from phiquant.errors import PhiquantError
 from phiquant.runtime.generate import Completion, SamplingOptions, generate
 from phiquant.runtime.llama import Context
+from phiquant.runtime.reply_parser import MARKERS
 from phiquant.runtime.runner import ModelRunner
 
 
@@ -45,7 +46,9 @@ class ChatSession:
                 "/reset to start over, or restart with a larger --ctx"
             )
         options = dataclasses.replace(
-            self.options, max_tokens=min(self.options.max_tokens, n_ctx - len(tokens))
+            self.options,
+            max_tokens=min(self.options.max_tokens, n_ctx - len(tokens)),
+            preserved_tokens=self.runner.prompt.single_token_ids(MARKERS),
         )
         completion = Completion()
         try:

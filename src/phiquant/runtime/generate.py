@@ -8,18 +8,32 @@ complete UTF-8 characters; user stop strings are held back until it is clear the
 from __future__ import annotations
 
 import codecs
+import ctypes
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import llama_cpp as lc
+import numpy as np
 
 from phiquant.errors import PhiquantError
-from phiquant.runtime.llama import Context
+from phiquant.runtime.llama import Context, LoadedModel
 from phiquant.runtime.sampling import MAX_SEED, SamplingOptions, random_seed
 
-__all__ = ["MAX_SEED", "Completion", "Sampler", "SamplingOptions", "generate", "random_seed"]
+__all__ = [
+    "MAX_SEED", "Completion", "Sampler", "SamplingOptions", "TokenLogprob", "check_grammar", "generate",
+    "random_seed", "token_logprob",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability under the model, with the most likely tokens at that step."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token, logprob), most likely first
 
 
 @dataclass
@@ -34,6 +48,7 @@ class Completion:
     # "time" (the deadline passed) or "cancelled"
     finish_reason: str = ""
     end_token: int | None = None  # the end-of-generation id that ended it (never part of tokens or text)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token, when options.logprobs is set
     prompt_seconds: float = 0.0  # evaluating the prompt
     generation_seconds: float = 0.0  # sampling and evaluating the new tokens
 
@@ -47,10 +62,15 @@ class Completion:
 
 
 class Sampler:
-    """A llama.cpp sampler chain: logit bias, penalties, top-k, top-p, temperature, then a seeded draw
-    (greedy at t=0).  The same options and seed give the same tokens for the same logits."""
+    """A llama.cpp sampler chain: logit bias, a grammar, penalties, top-k, top-p, temperature, then a seeded
+    draw (greedy at t=0).  The same options and seed give the same tokens for the same logits.
 
-    def __init__(self, options: SamplingOptions, n_vocab: int, seed: int):
+    One Sampler serves one sequence; `sample(context, index)` reads that sequence's row of logits, so a
+    batched decode of several sequences samples each with its own Sampler."""
+
+    def __init__(
+        self, options: SamplingOptions, n_vocab: int, seed: int, *, model: LoadedModel | None = None
+    ):
         options.validate(n_vocab)
         self._chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         if options.logit_bias:
@@ -58,6 +78,10 @@ class Sampler:
             for entry, (token, bias) in zip(entries, options.logit_bias):
                 entry.token, entry.bias = token, bias
             self._add(lc.llama_sampler_init_logit_bias(n_vocab, len(options.logit_bias), entries))
+        if options.grammar is not None:
+            if model is None:
+                raise ValueError("a grammar needs the model's vocabulary")
+            self._add(_grammar_sampler(model, options.grammar))
         if options.frequency_penalty or options.presence_penalty:
             # Only sampled tokens are accepted into the penalty window, so the prompt is not penalised
             # (OpenAI's penalties count the generated text).
@@ -79,8 +103,9 @@ class Sampler:
     def _add(self, sampler: lc.llama_sampler_p) -> None:
         lc.llama_sampler_chain_add(self._chain, sampler)
 
-    def sample(self, context: Context) -> int:
-        return int(lc.llama_sampler_sample(self._chain, context._ctx, -1))
+    def sample(self, context: Context, index: int = -1) -> int:
+        """The next token from row `index` of the last decode's logits (-1: the last row)."""
+        return int(lc.llama_sampler_sample(self._chain, context._ctx, index))
 
     def close(self) -> None:
         if self._chain:
@@ -89,6 +114,35 @@ class Sampler:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _grammar_sampler(model: LoadedModel, grammar: str) -> lc.llama_sampler_p:
+    sampler: lc.llama_sampler_p = lc.llama_sampler_init_grammar(model._vocab, grammar.encode(), b"root")
+    if not sampler:
+        raise PhiquantError("llama.cpp could not parse the grammar (see its log with PHIQUANT_LLAMA_LOG=1)")
+    return sampler
+
+
+def check_grammar(model: LoadedModel, grammar: str) -> None:
+    """Raises PhiquantError unless llama.cpp's grammar parser accepts `grammar`."""
+    lc.llama_sampler_free(_grammar_sampler(model, grammar))
+
+
+def token_logprob(context: Context, index: int, token: int, top_n: int) -> TokenLogprob:
+    """log_softmax of the raw logits in row `index` of the last decode (before any bias, grammar or
+    temperature, as OpenAI and llama-server report them): the chosen token's and the top_n best."""
+    n_vocab = context.model.n_vocab
+    pointer = lc.llama_get_logits_ith(context._ctx, index)
+    row = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+    logits = row.astype(np.float64)
+    peak = logits.max()
+    logprobs = logits - (peak + np.log(np.exp(logits - peak).sum()))
+    top: tuple[tuple[int, float], ...] = ()
+    if top_n > 0:
+        best = np.argpartition(-logprobs, top_n - 1)[:top_n] if top_n < n_vocab else np.arange(n_vocab)
+        ordered = sorted(best.tolist(), key=lambda t: (-logprobs[t], t))
+        top = tuple((int(t), float(logprobs[t])) for t in ordered)
+    return TokenLogprob(token, float(logprobs[token]), top)
 
 
 class _StopStringFilter:
@@ -150,7 +204,7 @@ def generate(
         )
     result.seed = random_seed() if options.seed is None else options.seed
     model = context.model
-    sampler = Sampler(options, model.n_vocab, result.seed)
+    sampler = Sampler(options, model.n_vocab, result.seed, model=model)
     try:
         started = time.perf_counter()
         _evaluate_prompt(context, prompt_tokens, reuse_prefix)
@@ -199,12 +253,15 @@ def _sample_loop(
             result.finish_reason = "time"
             break
         token = sampler.sample(context)
+        if options.logprobs is not None and not (token in end_ids or model.is_end_of_generation(token)):
+            result.logprobs.append(token_logprob(context, -1, token, options.logprobs))
         if token in end_ids or model.is_end_of_generation(token):
             result.finish_reason = "stop"
             result.end_token = token
             break
         result.tokens.append(token)
-        text, hit_stop = stops.push(decoder.decode(model.token_piece(token)))
+        piece = model.token_piece(token, special=token in options.preserved_tokens)
+        text, hit_stop = stops.push(decoder.decode(piece))
         if text:
             result.text += text
             yield text

@@ -114,16 +114,24 @@ class PromptTokenizer:
                 ids += self.model.tokenize(part, add_special=False, parse_special=False)
         return ids
 
-    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
+    def single_token_ids(self, texts: Sequence[str]) -> frozenset[int]:
+        """The ids of those `texts` that this vocabulary holds as one token each."""
+        ids = [self.tokenize(text) for text in texts]
+        return frozenset(found[0] for found in ids if len(found) == 1)
+
+    def render(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **variables: Any
+    ) -> str:
+        """`variables`: more template variables, as `apply_chat_template` passes them (`tools`...)."""
         if self.template is None:
             # No template in the file: plain concatenation is the honest fallback.
             return "\n".join(str(m.get("content", "")) for m in messages) + "\n"
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, **variables)
 
     def chat_tokens(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **variables: Any
     ) -> list[int]:
-        return self.tokenize(self.render(messages, add_generation_prompt=add_generation_prompt))
+        return self.tokenize(self.render(messages, add_generation_prompt=add_generation_prompt, **variables))
 
 
 def _token_text(tokens: list[str], token_id: Any) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from phiquant.errors import PhiquantError
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 MAX_SEED = 0xFFFFFFFE  # 0xFFFFFFFF is LLAMA_DEFAULT_SEED, which asks llama.cpp for a random seed
 
 
@@ -29,6 +30,13 @@ class SamplingOptions:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # A llama.cpp GBNF grammar (root rule `root`) the output must follow: JSON schemas, forced tool calls.
+    grammar: str | None = None
+    # Log-probabilities of each sampled token and of its `logprobs` most likely alternatives (None: none).
+    logprobs: int | None = None
+    # Control tokens whose text belongs in the output (llama-server's "preserved tokens"): the markers a
+    # reply is parsed by, such as Phi-4-mini's <|tool_call|> or a reasoning model's <think>.
+    preserved_tokens: frozenset[int] = frozenset()
 
     def validate(self, n_vocab: int | None = None) -> None:
         if not 0 <= self.temperature <= 100:
@@ -44,6 +52,8 @@ class SamplingOptions:
         for name in ("frequency_penalty", "presence_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise PhiquantError(f"{name} must be in [-2, 2], not {getattr(self, name)}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise PhiquantError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], not {self.logprobs}")
         for token, bias in self.logit_bias:
             if n_vocab is not None and not 0 <= token < n_vocab:
                 raise PhiquantError(f"logit_bias names token {token}; the vocabulary has ids 0-{n_vocab - 1}")

@@ -27,8 +27,18 @@ from phiquant.errors import PhiquantError
 from phiquant.runtime.generate import Completion
 from phiquant.runtime.runner import ModelRunner
 from phiquant.server import responses as shapes
-from phiquant.server.errors import SERVER_ERROR, ApiError, bad_request, context_length_exceeded
+from phiquant.server.errors import ApiError, bad_request, context_length_exceeded
 from phiquant.server.limits import LimitsMiddleware, RequestCount, ServerLimits
+from phiquant.server.replies import (
+    ReplyFormat,
+    chat_events,
+    chat_prompt,
+    generation_failed,
+    marker_tokens,
+    text_events,
+    token_piece,
+    whole_response,
+)
 from phiquant.server.requests import (
     GenerationRequest,
     parse_chat_request,
@@ -46,6 +56,10 @@ class ServerState:
     model_id: str
     created: int
     in_progress: RequestCount = dataclasses.field(default_factory=RequestCount)
+    reasoning_format: str = "deepseek"  # --reasoning-format
+    markers: frozenset[int] = (
+        frozenset()
+    )  # reply-marker control tokens whose text is kept (replies.marker_tokens)
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -151,8 +165,10 @@ async def chat_completions(request: Request) -> Response:
     body = parse_json_body(await request.body())
     parsed = parse_chat_request(body, state.runner.model.n_vocab)
     _check_model(state, parsed.model)
-    tokens = await _tokenize(lambda: state.runner.chat_tokens(parsed.messages))
-    return await _generate(request, state, parsed, tokens, "chat")
+    tokens, reply = await _tokenize(
+        lambda: chat_prompt(state.runner, parsed, state.model_id, state.reasoning_format)
+    )
+    return await _generate(request, state, parsed, tokens, "chat", reply)
 
 
 async def text_completions(request: Request) -> Response:
@@ -164,19 +180,24 @@ async def text_completions(request: Request) -> Response:
     if isinstance(prompt, tuple):
         tokens = list(prompt)
     else:
-        tokens = await _tokenize(lambda: state.runner.text_tokens(prompt))
-    return await _generate(request, state, parsed, tokens, "text")
+        tokens, _ = await _tokenize(lambda: (state.runner.text_tokens(prompt), None))
+    reply = ReplyFormat(
+        piece=token_piece(state.runner),
+        logprobs=parsed.sampling.logprobs is not None,
+        echo=_echo(state, parsed) if parsed.echo else "",
+    )
+    return await _generate(request, state, parsed, tokens, "text", reply)
 
 
-async def _tokenize(make_tokens: Callable[[], list[int]]) -> list[int]:
+async def _tokenize(make_tokens: Callable[[], tuple[list[int], Any]]) -> tuple[list[int], Any]:
     """Render and tokenize off the event loop: a template may take up to its time bound."""
     try:
-        tokens = await run_in_threadpool(make_tokens)
+        tokens, extra = await run_in_threadpool(make_tokens)
     except PhiquantError as error:
         raise bad_request(error.message, code="chat_template_error") from None
     if not tokens:
         raise bad_request("the prompt is empty", param="prompt")
-    return tokens
+    return tokens, extra
 
 
 def _plan_max_tokens(state: ServerState, n_prompt: int, requested: int | None, where: str) -> int:
@@ -203,28 +224,29 @@ def _plan_max_tokens(state: ServerState, n_prompt: int, requested: int | None, w
 
 
 async def _generate(
-    request: Request, state: ServerState, parsed: GenerationRequest, tokens: list[int], kind: str
+    request: Request,
+    state: ServerState,
+    parsed: GenerationRequest,
+    tokens: list[int],
+    kind: str,
+    reply: ReplyFormat,
 ) -> Response:
     where = "messages" if kind == "chat" else "prompt"
     max_tokens = _plan_max_tokens(state, len(tokens), parsed.max_tokens, where)
-    options = dataclasses.replace(parsed.sampling, max_tokens=max_tokens)
+    options = dataclasses.replace(parsed.sampling, max_tokens=max_tokens, preserved_tokens=state.markers)
     slot = await _acquire_slot(request, state)
     if slot is None:
         return Response(status_code=499)  # the client left while queued; nobody reads this
-    job = GenerationJob(tokens, options, state.limits.request_timeout, asyncio.get_running_loop())
+    job = GenerationJob(
+        tokens, options, state.limits.request_timeout, asyncio.get_running_loop(), choices=parsed.n
+    )
     slot.submit(job)  # from here on the worker frees the slot, however the response ends
     header = shapes.ResponseHeader.new(kind, state.model_id)
-    echo = _echo(state, parsed) if parsed.echo else ""
     if parsed.stream:
-        events = _chat_events if kind == "chat" else _text_events
-        return GenerationStream(events(header, job, parsed.include_usage, echo), job)
-    completion = await _collect(request, job)
-    body = (
-        shapes.chat_response(header, completion)
-        if kind == "chat"
-        else shapes.text_response(header, completion, echo)
-    )
-    return JSONResponse(body)
+        events = chat_events if kind == "chat" else text_events
+        return GenerationStream(events(header, job, parsed.include_usage, reply), job)
+    completions = await _collect(request, job)
+    return JSONResponse(whole_response(header, kind, reply, completions))
 
 
 def _echo(state: ServerState, parsed: GenerationRequest) -> str:
@@ -264,24 +286,24 @@ async def _acquire_slot(request: Request, state: ServerState) -> Slot | None:
     return None
 
 
-async def _collect(request: Request, job: GenerationJob) -> Completion:
+async def _collect(request: Request, job: GenerationJob) -> list[Completion]:
+    """Every choice's completion, in choice order."""
     gone = asyncio.ensure_future(_wait_for_disconnect(request))
     gone.add_done_callback(lambda _: job.cancel.set())
+    completions: dict[int, Completion] = {}
     try:
         async for kind, value in job_events(job):
             if kind == "done":
-                return value  # type: ignore[no-any-return]
-            if kind == "error":
-                raise _generation_failed(value)
-        raise AssertionError("generation ended without a result")
+                index, completion = value
+                completions[index] = completion
+            elif kind == "error":
+                raise generation_failed(value)
+        if len(completions) < job.choices:
+            raise AssertionError("generation ended without a result")
+        return [completions[i] for i in range(job.choices)]
     finally:
         job.cancel.set()
         gone.cancel()
-
-
-def _generation_failed(error: Exception) -> ApiError:
-    message = error.message if isinstance(error, PhiquantError) else f"{type(error).__name__}: {error}"
-    return ApiError(500, f"generation failed: {message}", SERVER_ERROR)
 
 
 class GenerationStream(StreamingResponse):
@@ -299,40 +321,14 @@ class GenerationStream(StreamingResponse):
             self.job.cancel.set()
 
 
-async def _chat_events(
-    header: shapes.ResponseHeader, job: GenerationJob, include_usage: bool, echo: str
-) -> AsyncIterator[bytes]:
-    yield shapes.server_sent_event(shapes.chat_chunk(header, {"role": "assistant", "content": ""}))
-    async for kind, value in job_events(job):
-        if kind == "text":
-            yield shapes.server_sent_event(shapes.chat_chunk(header, {"content": value}))
-        elif kind == "error":
-            yield shapes.server_sent_event(_generation_failed(value).body())
-            break
-        else:
-            yield shapes.server_sent_event(shapes.chat_chunk(header, {}, shapes.finish_reason(value)))
-            if include_usage:
-                yield shapes.server_sent_event(shapes.usage_chunk(header, value, "chat.completion.chunk"))
-    yield shapes.DONE_EVENT
-
-
-async def _text_events(
-    header: shapes.ResponseHeader, job: GenerationJob, include_usage: bool, echo: str
-) -> AsyncIterator[bytes]:
-    if echo:
-        yield shapes.server_sent_event(shapes.text_chunk(header, echo))
-    async for kind, value in job_events(job):
-        if kind == "text":
-            yield shapes.server_sent_event(shapes.text_chunk(header, value))
-        elif kind == "error":
-            yield shapes.server_sent_event(_generation_failed(value).body())
-            break
-        else:
-            yield shapes.server_sent_event(shapes.text_chunk(header, "", shapes.finish_reason(value)))
-            if include_usage:
-                yield shapes.server_sent_event(shapes.usage_chunk(header, value, "text_completion"))
-    yield shapes.DONE_EVENT
-
-
-def new_state(runner: ModelRunner, pool: SlotPool, limits: ServerLimits, model_id: str | None) -> ServerState:
-    return ServerState(runner, pool, limits, model_id or runner.name, int(time.time()))
+def new_state(
+    runner: ModelRunner,
+    pool: SlotPool,
+    limits: ServerLimits,
+    model_id: str | None,
+    reasoning_format: str = "deepseek",
+) -> ServerState:
+    return ServerState(
+        runner, pool, limits, model_id or runner.name, int(time.time()),
+        reasoning_format=reasoning_format, markers=marker_tokens(runner),
+    )  # fmt: skip

@@ -15,9 +15,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from phiquant.runtime.generate import MAX_SEED, SamplingOptions
-from phiquant.server.errors import ApiError, bad_request
+from phiquant.server.chat_fields import (
+    ToolRequest,
+    chat_logprobs,
+    completion_logprobs,
+    forced_call_grammar,
+    parse_message,
+    parse_tools,
+    response_format_grammar,
+    wrong_type,
+)
+from phiquant.server.errors import bad_request
 
 DEFAULTS = SamplingOptions()
+MAX_CHOICES = 16  # `n`: choices are generated one after another, so each costs a full generation
 # name -> (minimum, maximum), both inclusive
 NUMBER_RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0),
@@ -30,7 +41,7 @@ INTEGER_RANGES: dict[str, tuple[int, int]] = {
     "max_completion_tokens": (1, 2**31 - 1),
     "top_k": (0, 2**31 - 1),
     "seed": (-(2**63), 2**63 - 1),
-    "n": (1, 1),
+    "n": (1, MAX_CHOICES),
     "best_of": (1, 1),
 }
 SHARED_FIELDS = {
@@ -44,15 +55,10 @@ CHAT_FIELDS = SHARED_FIELDS | {
 COMPLETION_FIELDS = SHARED_FIELDS | {"prompt", "echo", "suffix", "best_of"}
 # Fields accepted only while they ask for nothing this server lacks: name -> values that mean "off".
 UNSUPPORTED_UNLESS_OFF: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
-    "tools": (None, []),
     "functions": (None, []),
-    "tool_choice": (None, "none"),
     "function_call": (None, "none"),
     "suffix": (None, ""),
 }
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP_SEQUENCES = 4
 
 
@@ -65,9 +71,11 @@ class GenerationRequest:
     include_usage: bool
     max_tokens: int | None  # None: as many as the context leaves
     sampling: SamplingOptions  # max_tokens is decided later, against the prompt length
-    messages: tuple[Mapping[str, str], ...] = ()
+    messages: tuple[Mapping[str, Any], ...] = ()
     prompt: str | tuple[int, ...] = ""
     echo: bool = False
+    n: int = 1  # choices, generated with seeds seed, seed+1, ...
+    tools: ToolRequest = ToolRequest()
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -88,14 +96,30 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
 
 def parse_chat_request(body: dict[str, Any], n_vocab: int) -> GenerationRequest:
     _check_fields(body, CHAT_FIELDS)
-    messages = tuple(_message(m, i) for i, m in enumerate(_required(body, "messages", list)))
+    messages = tuple(parse_message(m, i) for i, m in enumerate(_required(body, "messages", list)))
     if not messages:
         raise bad_request("'messages' must contain at least one message.", param="messages")
-    _check_response_format(body.get("response_format"))
+    tools = parse_tools(body)
+    grammar = response_format_grammar(body.get("response_format"))
+    if tools.forced:
+        if grammar is not None:
+            raise bad_request(
+                "'response_format' and a 'tool_choice' that forces a call cannot both shape the reply.",
+                param="response_format",
+            )
+        grammar = forced_call_grammar(tools)
     max_tokens = _integer(body, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens")
-    return _request(body, n_vocab, max_tokens, messages=messages)
+    return _request(
+        body,
+        n_vocab,
+        max_tokens,
+        messages=messages,
+        tools=tools,
+        grammar=grammar,
+        logprobs=chat_logprobs(body),
+    )
 
 
 def parse_completion_request(body: dict[str, Any], n_vocab: int) -> GenerationRequest:
@@ -108,10 +132,21 @@ def parse_completion_request(body: dict[str, Any], n_vocab: int) -> GenerationRe
     max_tokens = _integer(body, "max_tokens")
     echo = _boolean(body, "echo", False)
     # OpenAI's /v1/completions defaults to 16 tokens.
-    return _request(body, n_vocab, 16 if max_tokens is None else max_tokens, prompt=prompt, echo=echo)
+    return _request(
+        body, n_vocab, 16 if max_tokens is None else max_tokens, prompt=prompt, echo=echo,
+        logprobs=completion_logprobs(body),
+    )  # fmt: skip
 
 
-def _request(body: dict[str, Any], n_vocab: int, max_tokens: int | None, **kind: Any) -> GenerationRequest:
+def _request(
+    body: dict[str, Any],
+    n_vocab: int,
+    max_tokens: int | None,
+    *,
+    grammar: str | None = None,
+    logprobs: int | None = None,
+    **kind: Any,
+) -> GenerationRequest:
     model = _required(body, "model", str)
     stream = _boolean(body, "stream", False)
     stream_options = body.get("stream_options")
@@ -121,7 +156,8 @@ def _request(body: dict[str, Any], n_vocab: int, max_tokens: int | None, **kind:
             param="stream_options",
         )
     include_usage = bool((stream_options or {}).get("include_usage", False))
-    _integer(body, "n"), _integer(body, "best_of")
+    n = _default(_integer(body, "n"), 1)
+    _integer(body, "best_of")
     sampling = SamplingOptions(
         temperature=_number(body, "temperature", DEFAULTS.temperature),
         top_p=_number(body, "top_p", DEFAULTS.top_p),
@@ -131,8 +167,10 @@ def _request(body: dict[str, Any], n_vocab: int, max_tokens: int | None, **kind:
         logit_bias=_logit_bias(body.get("logit_bias"), n_vocab),
         frequency_penalty=_number(body, "frequency_penalty", 0.0),
         presence_penalty=_number(body, "presence_penalty", 0.0),
+        grammar=grammar,
+        logprobs=logprobs,
     )
-    return GenerationRequest(model, stream, include_usage, max_tokens, sampling, **kind)
+    return GenerationRequest(model, stream, include_usage, max_tokens, sampling, n=n, **kind)
 
 
 def _check_fields(body: dict[str, Any], known: set[str]) -> None:
@@ -155,20 +193,8 @@ def _required(body: dict[str, Any], name: str, kind: type) -> Any:
         )
     value = body[name]
     if not isinstance(value, kind):
-        raise _wrong_type(name, value, "a string" if kind is str else "an array")
+        raise wrong_type(name, value, "a string" if kind is str else "an array")
     return value
-
-
-def _wrong_type(name: str, value: Any, expected: str) -> ApiError:
-    got = "boolean" if isinstance(value, bool) else type(value).__name__
-    got = {"str": "string", "list": "array", "dict": "object", "int": "integer", "NoneType": "null"}.get(
-        got, got
-    )
-    return bad_request(
-        f"Invalid type for '{name}': expected {expected}, but got {got} instead.",
-        param=name,
-        code="invalid_type",
-    )
 
 
 def _boolean(body: dict[str, Any], name: str, default: bool) -> bool:
@@ -176,7 +202,7 @@ def _boolean(body: dict[str, Any], name: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise _wrong_type(name, value, "a boolean")
+        raise wrong_type(name, value, "a boolean")
     return value
 
 
@@ -187,7 +213,7 @@ def _integer(body: dict[str, Any], name: str) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _wrong_type(name, value, "an integer")
+        raise wrong_type(name, value, "an integer")
     low, high = INTEGER_RANGES[name]
     if value < low:
         raise bad_request(
@@ -209,7 +235,7 @@ def _number(body: dict[str, Any], name: str, default: float) -> float:
     if value is None:
         return default
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise _wrong_type(name, value, "a number")
+        raise wrong_type(name, value, "a number")
     low, high = NUMBER_RANGES[name]
     if not low <= value <= high:
         raise bad_request(
@@ -235,7 +261,7 @@ def _stop(value: Any) -> tuple[str, ...]:
         return ()
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise _wrong_type("stop", value, "a string or an array of strings")
+        raise wrong_type("stop", value, "a string or an array of strings")
     if len(stops) > MAX_STOP_SEQUENCES:
         raise bad_request(
             f"Invalid 'stop': expected at most {MAX_STOP_SEQUENCES} sequences, but got {len(stops)}.",
@@ -251,7 +277,7 @@ def _logit_bias(value: Any, n_vocab: int) -> tuple[tuple[int, float], ...]:
     if value is None:
         return ()
     if not isinstance(value, dict):
-        raise _wrong_type("logit_bias", value, "an object")
+        raise wrong_type("logit_bias", value, "an object")
     biases = []
     for key, bias in value.items():
         if not key.isdigit() or int(key) >= n_vocab:
@@ -266,39 +292,6 @@ def _logit_bias(value: Any, n_vocab: int) -> tuple[tuple[int, float], ...]:
             )
         biases.append((int(key), float(bias)))
     return tuple(biases)
-
-
-def _message(message: Any, index: int) -> dict[str, str]:
-    where = f"messages[{index}]"
-    if not isinstance(message, dict):
-        raise _wrong_type(where, message, "an object")
-    role = message.get("role")
-    if role not in ROLES:
-        raise bad_request(
-            f"Invalid value for '{where}.role': {role!r}. Supported roles: {', '.join(sorted(ROLES))}.",
-            param=f"{where}.role",
-        )
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(_text_part(part, f"{where}.content") for part in content)
-    if not isinstance(content, str):
-        raise _wrong_type(f"{where}.content", content, "a string or an array of text parts")
-    return {"role": ROLES[role], "content": content}
-
-
-def _text_part(part: Any, where: str) -> str:
-    if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-        raise bad_request(
-            f"Invalid '{where}': this server accepts only text parts ({{'type': 'text', 'text': ...}}).",
-            param=where,
-        )
-    return str(part["text"])
-
-
-def _check_response_format(value: Any) -> None:
-    if value is None or (isinstance(value, dict) and value.get("type") == "text"):
-        return
-    raise bad_request("Only response_format {'type': 'text'} is supported.", param="response_format")
 
 
 def _prompt(value: Any, n_vocab: int) -> str | tuple[int, ...]:

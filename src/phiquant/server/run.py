@@ -23,6 +23,7 @@ class ServeOptions:
     model_alias: str | None = None
     limits: ServerLimits = ServerLimits()
     access_log: bool = False
+    reasoning_format: str = "deepseek"  # "none": <think> sections stay inline in the content
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -63,7 +64,7 @@ def serve(runner: ModelRunner, options: ServeOptions, on_listening: Callable[[st
     threads_per_slot = max(1, runner.threads // options.parallel)
     pool = SlotPool(runner, options.parallel, threads_per_slot)
     try:
-        state = new_state(runner, pool, options.limits, options.model_alias)
+        state = new_state(runner, pool, options.limits, options.model_alias, options.reasoning_format)
         app = build_app(state, api_key=options.api_key)
         config = uvicorn.Config(
             app,

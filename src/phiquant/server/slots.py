@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -21,7 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from phiquant.errors import PhiquantError
-from phiquant.runtime.generate import Completion, SamplingOptions, generate
+from phiquant.runtime.generate import (
+    MAX_SEED,
+    Completion,
+    SamplingOptions,
+    TokenLogprob,
+    generate,
+    random_seed,
+)
 from phiquant.runtime.llama import Context
 from phiquant.runtime.runner import ModelRunner
 from phiquant.server.errors import server_busy
@@ -30,12 +38,22 @@ log = logging.getLogger("phiquant.server")
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class ChoiceText:
+    """Text one choice produced, with the log-probabilities of the tokens sampled since the last one."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob]
+
+
 @dataclass
 class GenerationJob:
     tokens: list[int]
     options: SamplingOptions
     time_limit: float  # seconds of generation before it ends with finish_reason "time"
     loop: asyncio.AbstractEventLoop
+    choices: int = 1  # n: generated one after another, choice i with seed + i
     cancel: threading.Event = field(default_factory=threading.Event)
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
 
@@ -82,25 +100,43 @@ class Slot:
                     job.loop.call_soon_threadsafe(self.on_free, self)
 
     def _run(self, job: GenerationJob) -> None:
-        completion = Completion()
         deadline = time.monotonic() + job.time_limit
+        base_seed = job.options.seed
+        if job.choices > 1 and base_seed is None:
+            base_seed = random_seed()
         try:
-            for text in generate(
-                self.context,
-                job.tokens,
-                job.options,
-                self.end_ids,
-                cancel=job.cancel,
-                completion=completion,
-                deadline=deadline,
-            ):
-                job.emit("text", text)
-            job.emit("done", completion)
+            for index in range(job.choices):
+                options = job.options
+                if base_seed is not None:
+                    options = dataclasses.replace(options, seed=(base_seed + index) % (MAX_SEED + 1))
+                self._run_choice(job, index, options, deadline)
+                if job.cancel.is_set():
+                    break
         except PhiquantError as error:
             job.emit("error", error)
         except Exception as error:  # a bug: answer this request with a 500, keep the slot serving
             log.exception("generation failed in slot %d", self.index)
             job.emit("error", error)
+
+    def _run_choice(self, job: GenerationJob, index: int, options: SamplingOptions, deadline: float) -> None:
+        # Each choice evaluates the prompt again in the cleared context; a shared prompt cache is the
+        # batched engine's to give.
+        completion = Completion()
+        sent = 0
+        for text in generate(
+            self.context,
+            job.tokens,
+            options,
+            self.end_ids,
+            cancel=job.cancel,
+            completion=completion,
+            deadline=deadline,
+        ):
+            job.emit("text", ChoiceText(index, text, completion.logprobs[sent:]))
+            sent = len(completion.logprobs)
+        if sent < len(completion.logprobs):
+            job.emit("text", ChoiceText(index, "", completion.logprobs[sent:]))
+        job.emit("done", (index, completion))
 
 
 class QueueFull(Exception):
@@ -207,10 +243,13 @@ class SlotPool:
 
 
 async def job_events(job: GenerationJob) -> AsyncIterator[tuple[str, Any]]:
-    """A submitted job's ("text", str) events, then one ("done", Completion) or ("error", exception).
-    Whoever stops reading early must set job.cancel, or the slot stays busy until the job ends."""
-    while True:
+    """A submitted job's ("text", ChoiceText) and ("done", (index, Completion)) events, until every
+    choice is done or one ("error", exception) ends it.  Whoever stops reading early must set
+    job.cancel, or the slot stays busy until the job ends."""
+    done = 0
+    while done < job.choices:
         kind, value = await job.events.get()
         yield kind, value
-        if kind != "text":
+        if kind == "error":
             return
+        done += kind == "done"
