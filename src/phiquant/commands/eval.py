@@ -8,7 +8,7 @@ from typing import Any
 from phiquant import api
 from phiquant.commands import Command
 from phiquant.evaluate.evaluation import Evaluation
-from phiquant.evaluate.options import DEFAULT_CONTEXT, EvalOptions
+from phiquant.evaluate.options import DEFAULT_CONTEXT, DEFAULT_REL_ERROR, DEFAULT_SEED, EvalOptions
 from phiquant.evaluate.report import COLUMNS, Report, ReportRow, table_row
 
 
@@ -24,6 +24,23 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return 0 if text.strip() == "0" else positive_int(text)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
 def add_evaluation_arguments(parser: Any, *, prefix: str = "") -> None:
@@ -46,6 +63,27 @@ def add_evaluation_arguments(parser: Any, *, prefix: str = "") -> None:
         metavar="N",
         help="evaluate only the first N windows (default: the whole text)",
     )
+    parser.add_argument(
+        f"--{prefix}rel-error",
+        type=positive_float,
+        default=DEFAULT_REL_ERROR,
+        metavar="R",
+        help="measure windows in a random order until each file's mean KL divergence has at most this "
+        "relative standard error and the files' order is settled at 95%% confidence "
+        f"(default {DEFAULT_REL_ERROR})",
+    )
+    parser.add_argument(
+        f"--{prefix}full",
+        action="store_true",
+        help="measure every window in text order instead (llama.cpp's perplexity tool's figures)",
+    )
+    parser.add_argument(
+        f"--{prefix}seed",
+        type=whole_number,
+        default=DEFAULT_SEED,
+        metavar="N",
+        help=f"seed of the order windows are measured in (default {DEFAULT_SEED})",
+    )
     if not prefix:
         parser.add_argument(
             "--ref", metavar="REF.gguf", help="reference file (default: the F32/BF16/F16 file of the model)"
@@ -67,6 +105,9 @@ def evaluation_options(args: argparse.Namespace, *, prefix: str = "") -> EvalOpt
         max_windows=getattr(args, f"{key}chunks"),
         threads=getattr(args, "threads", None),
         speed_runs=getattr(args, f"{key}speed_runs"),
+        full=getattr(args, f"{key}full"),
+        rel_error=getattr(args, f"{key}rel_error"),
+        seed=getattr(args, f"{key}seed"),
     )
 
 

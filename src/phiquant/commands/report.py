@@ -7,19 +7,9 @@ from typing import Any
 
 from phiquant import api
 from phiquant.commands import Command
-from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, render_report
+from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, positive_float, render_report
 from phiquant.evaluate.options import DEFAULT_MAX_KLD
 from phiquant.evaluate.report import to_json
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
 
 
 def add_report_arguments(parser: Any) -> None:
