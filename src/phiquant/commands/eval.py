@@ -7,6 +7,7 @@ from typing import Any
 
 from phiquant import api
 from phiquant.commands import Command
+from phiquant.errors import PhiquantError
 from phiquant.evaluate.evaluation import Evaluation
 from phiquant.evaluate.options import DEFAULT_CONTEXT, DEFAULT_REL_ERROR, DEFAULT_SEED, EvalOptions
 from phiquant.evaluate.report import COLUMNS, Report, ReportRow, table_row
@@ -34,6 +35,13 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
+
+
+def a_number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
 def whole_number(text: str) -> int:
@@ -65,7 +73,7 @@ def add_evaluation_arguments(parser: Any, *, prefix: str = "") -> None:
     )
     parser.add_argument(
         f"--{prefix}rel-error",
-        type=positive_float,
+        type=a_number,
         default=DEFAULT_REL_ERROR,
         metavar="R",
         help="measure windows in a random order until each file's mean KL divergence has at most this "
@@ -99,14 +107,19 @@ def add_evaluation_arguments(parser: Any, *, prefix: str = "") -> None:
 
 
 def evaluation_options(args: argparse.Namespace, *, prefix: str = "") -> EvalOptions:
+    """The evaluation options given, checked (before any work, so quantize --eval refuses a bad value
+    before quantizing)."""
     key = prefix.replace("-", "_")
+    rel_error = getattr(args, f"{key}rel_error")
+    if not rel_error > 0:
+        raise PhiquantError(f"--{prefix}rel-error must be above 0, not {rel_error:g}")
     return EvalOptions(
         ctx=getattr(args, f"{key}ctx"),
         max_windows=getattr(args, f"{key}chunks"),
         threads=getattr(args, "threads", None),
         speed_runs=getattr(args, f"{key}speed_runs"),
         full=getattr(args, f"{key}full"),
-        rel_error=getattr(args, f"{key}rel_error"),
+        rel_error=rel_error,
         seed=getattr(args, f"{key}seed"),
     )
 
