@@ -168,6 +168,16 @@ def render_rows(console: Any, evaluation: Evaluation, rows: list[ReportRow]) -> 
         markup=False,
         soft_wrap=True,
     )
+    sequential = evaluation.sequential
+    if sequential is not None:
+        console.print(
+            f"sequential: {sequential.windows_used} of {sequential.windows_available} windows in a random "
+            f"order (seed {sequential.seed}), stopped: {sequential.stopped} (target relative error "
+            f"{sequential.rel_error:g}; ± is a {100 * sequential.confidence:g}% interval; --full for every window)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     for note in evaluation.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
 
@@ -209,7 +219,10 @@ COMMAND = Command(
         "Perplexity over a text in windows scored on their second half (as llama.cpp's perplexity tool), "
         "KL divergence per token, top-token agreement and probability change against the reference "
         "(default: the F32/BF16/F16 file of the same model, its logits cached on disk), prompt and "
-        "generation speed, file size and bits per weight."
+        "generation speed, file size and bits per weight.  Windows are measured in a seeded random "
+        "order, every file on each window in one sweep, until each file's mean KL divergence is known to "
+        "--rel-error and the files' order by it is settled at 95% confidence (intervals reported); "
+        "--full measures every window in text order, as llama-perplexity does."
     ),
     add_arguments=add_arguments,
     run=run,

@@ -63,7 +63,8 @@ COMMAND = Command(
     description=(
         "Evaluate every GGUF file of a model (as `phiquant eval`) and write <model>-report.md, .json and "
         ".png (file size against mean KL divergence, Pareto front marked), recommending the smallest file "
-        "whose mean KL divergence stays under --max-kld."
+        "whose mean KL divergence stays under --max-kld.  Sequential by default (see `phiquant eval`): the "
+        "report states each figure's 95% interval and the tokens used, and the plot draws error bars."
     ),
     add_arguments=add_arguments,
     run=run,
