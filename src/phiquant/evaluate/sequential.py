@@ -134,9 +134,9 @@ class SequentialEstimator:
 
     def add_window(
         self,
-        nll: Sequence[float],
-        kld: Sequence[float] | None = None,
-        same_top: Sequence[float] | None = None,
+        nll: Sequence[float] | np.ndarray,
+        kld: Sequence[float] | np.ndarray | None = None,
+        same_top: Sequence[float] | np.ndarray | None = None,
         reference_nll: float | None = None,
     ) -> None:
         self._nll.append(np.asarray(nll, dtype=np.float64))
