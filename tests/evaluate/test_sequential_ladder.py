@@ -31,18 +31,27 @@ def test_intervals_hold_the_full_text_kld_and_the_order_is_the_full_texts(ladder
 
 
 @pytest.mark.slow
-def test_sequential_run_to_the_end_equals_the_full_pass_exactly(ladder, eval_text) -> None:
+def test_sequential_run_to_the_end_equals_the_full_pass(ladder, eval_text) -> None:
+    """Every window used: the full pass's figures, to the rounding of decoding the windows in other batch
+    arrangements (k-quant kernels round a row's dot products by its place in the batch: 1e-10 relative
+    on Q2_K, nothing on F16 and Q8_0).  `--full` itself gives today's figures exactly."""
     files = [ladder[t] for t in ("F16", "Q8_0", "Q2_K")]
     options = dict(ctx=256, max_windows=6, speed_runs=0)
     full = api.evaluate(files, text=eval_text, options=EvalOptions(**options, full=True))
     sequential = api.evaluate(files, text=eval_text, options=EvalOptions(**options, rel_error=1e-9, seed=3))
     assert full.sequential is None and sequential.sequential is not None
     assert sequential.sequential.stopped == "text used up" and sequential.sequential.windows_used == 6
-    assert [f.perplexity for f in sequential.files] == [f.perplexity for f in full.files]
-    assert [f.divergence for f in sequential.files] == [f.divergence for f in full.files]
-    for file in sequential.files:
-        assert file.estimate.kld_mean.standard_error == 0
-        assert file.estimate.kld_mean.mean == pytest.approx(file.divergence.kld_mean, rel=1e-12)
+    assert sequential.n_scored_tokens == full.n_scored_tokens == 6 * 127
+    for ours, theirs in zip(sequential.files, full.files):
+        assert ours.perplexity.n_tokens == theirs.perplexity.n_tokens
+        assert ours.perplexity.value == pytest.approx(theirs.perplexity.value, rel=1e-8)
+        for name in ("kld_mean", "kld_median", "kld_max", "same_top", "ppl_ratio"):
+            expected = getattr(theirs.divergence, name)
+            assert getattr(ours.divergence, name) == pytest.approx(expected, rel=1e-7, abs=1e-12), name
+        interval = ours.estimate.kld_mean
+        assert interval.standard_error == 0 and interval.low == interval.high == interval.mean
+        assert interval.mean == pytest.approx(theirs.divergence.kld_mean, rel=1e-7, abs=1e-12)
+    assert sequential.reference_from_cache  # the full pass cached every window's reference states
 
 
 @pytest.mark.parametrize("value", ["0", "-0.05", "nan"])

@@ -140,6 +140,8 @@ def evaluate_pass(
         for group_number, group in enumerate(groups):
             with ExitStack() as stack:
                 spare = budget - sum(memory_estimate(files[i], plan) for i in group)
+                if estimator is not None:
+                    spare = 0  # each batch is scored before the next: a second context would sit idle
                 slots = [_open_slot(stack, files[i], plan, n_threads, spare, result.scores[i]) for i in group]
                 began = time.perf_counter()
                 for batch_number, indices in enumerate(plan.batches_of(windows)):
