@@ -67,7 +67,7 @@ def ladder_files(name: str, work: Path) -> dict[str, Path]:
     return {p.stem.rsplit("-", 1)[1]: p for p in sorted(directory.glob("*.gguf"))}
 
 
-def measure(name: str, work: Path, runs: int, rel_error: float) -> dict[str, object]:
+def measure(name: str, work: Path, runs: int, rel_error: float, first_seed: int) -> dict[str, object]:
     files = ladder_files(name, work)
     saved = work / f"{name}-full-pass.pickle"
     began = time.perf_counter()
@@ -77,12 +77,13 @@ def measure(name: str, work: Path, runs: int, rel_error: float) -> dict[str, obj
         full = full_pass([files["F16"], *(files[t] for t in LADDER)], files["F16"], heldout_text_path())
         saved.write_bytes(pickle.dumps(full))
     full_seconds = time.perf_counter() - began
-    result = coverage(full, runs, rel_error)
+    result = coverage(full, runs, rel_error, first_seed)
     return {
         "model": name,
         "windows_in_text": full.plan.n_windows,
         "full_pass_seconds": round(full_seconds, 1),
         "runs": runs,
+        "seeds": [first_seed, first_seed + runs - 1],
         "rel_error": rel_error,
         "windows_used_median": statistics.median(result.windows_used),
         "windows_used_min": min(result.windows_used),
@@ -98,7 +99,7 @@ def measure(name: str, work: Path, runs: int, rel_error: float) -> dict[str, obj
 
 def print_table(figures: dict[str, object]) -> None:
     print(
-        f"\n{figures['model']}: {figures['runs']} seeded runs at {100 * float(figures['rel_error']):g}% "  # type: ignore[arg-type]
+        f"\n{figures['model']}: {figures['runs']} seeded runs (seeds {figures['seeds']}) at {100 * float(figures['rel_error']):g}% "  # type: ignore[arg-type]
         f"target; windows used median {figures['windows_used_median']} "
         f"(min {figures['windows_used_min']}, max {figures['windows_used_max']}) of "
         f"{figures['windows_in_text']}; order right in {figures['order_right']}/{figures['runs']}"
@@ -112,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--rel-error", type=float, default=0.05)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed+runs-1")
     parser.add_argument("--work", type=Path, help="keep the ladders here (default: a temporary directory)")
     parser.add_argument("--model", action="append", choices=("bundled", "random"))
     args = parser.parse_args()
@@ -119,7 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
-        results = [measure(name, work, args.runs, args.rel_error) for name in models]
+        results = [measure(name, work, args.runs, args.rel_error, args.first_seed) for name in models]
     for figures in results:
         print_table(figures)
     print(json.dumps({"sequential_coverage": results}))

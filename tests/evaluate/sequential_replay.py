@@ -92,10 +92,10 @@ class Coverage:
     windows_used: list[int]  # per run
 
 
-def coverage(full: FullPass, runs: int, rel_error: float) -> Coverage:
+def coverage(full: FullPass, runs: int, rel_error: float, first_seed: int = 0) -> Coverage:
     covered = [0] * len(full.means)
     order_right, used = 0, []
-    for seed in range(runs):
+    for seed in range(first_seed, first_seed + runs):
         estimator = replay(full, seed, rel_error)
         used.append(estimator.n_windows)
         for i in range(len(full.means)):

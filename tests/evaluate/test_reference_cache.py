@@ -26,6 +26,12 @@ from phiquant.runtime.llama import LoadedModel, LoadOptions
 OPTIONS = EvalOptions(ctx=256, max_windows=3, speed_runs=0)
 
 
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache of this test's own, whatever other tests cached for the same reference and text."""
+    monkeypatch.setenv("PHIQUANT_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("file_type", ["F32", "F16", "BF16", "Q8_0", "Q2_K"])
 def test_output_layer_rebuilds_llama_cpp_logits_bit_for_bit(
@@ -72,7 +78,7 @@ def test_hidden_states_are_stored_rounded_as_ggml_rounds_them() -> None:
 
 
 @pytest.mark.slow
-def test_second_evaluation_reads_the_cache_and_scores_identically(ladder, eval_text) -> None:
+def test_second_evaluation_reads_the_cache_and_scores_identically(ladder, eval_text, fresh_cache) -> None:
     files = [ladder["F16"], ladder["Q4_K_M"]]
     first = api.evaluate(files, text=eval_text, options=OPTIONS)
     second = api.evaluate(files, text=eval_text, options=OPTIONS)
@@ -101,7 +107,7 @@ def _hidden(reference, plan, windows):
 
 
 @pytest.mark.slow
-def test_a_damaged_cache_is_rebuilt(ladder, eval_text) -> None:
+def test_a_damaged_cache_is_rebuilt(ladder, eval_text, fresh_cache) -> None:
     reference = describe(ladder["F16"])
     tokens, adds_bos, bos = tokenize_text(reference, eval_text.read_text(encoding="utf-8"))
     plan = plan_windows(tokens, 128, adds_bos=adds_bos, bos_id=bos, max_windows=2)
@@ -120,7 +126,7 @@ def test_a_damaged_cache_is_rebuilt(ladder, eval_text) -> None:
 
 
 @pytest.mark.slow
-def test_windows_are_cached_one_by_one_and_served_in_any_order(ladder, eval_text) -> None:
+def test_windows_are_cached_one_by_one_and_served_in_any_order(ladder, eval_text, fresh_cache) -> None:
     """A sequential run visits some windows in a random order: another run (another seed) computes only
     the windows the cache lacks, and each window's states are the same whichever batch made them."""
     reference = describe(ladder["F16"])

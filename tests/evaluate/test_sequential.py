@@ -25,11 +25,20 @@ def test_t_quantile_matches_the_printed_table(p: float, df: int, expected: float
     assert t_quantile(p, df) == pytest.approx(expected, abs=2e-3)
 
 
-def test_window_order_is_a_seeded_permutation() -> None:
-    order = window_order(100, 7)
-    assert sorted(order.tolist()) == list(range(100))
-    assert np.array_equal(order, window_order(100, 7))
-    assert not np.array_equal(order, window_order(100, 8))
+@pytest.mark.parametrize("n_windows", [1, 5, 16, 100, 157])
+def test_window_order_is_a_seeded_permutation(n_windows: int) -> None:
+    order = window_order(n_windows, 7)
+    assert sorted(order.tolist()) == list(range(n_windows))
+    assert np.array_equal(order, window_order(n_windows, 7))
+    if n_windows > 5:
+        assert not np.array_equal(order, window_order(n_windows, 8))
+
+
+def test_every_prefix_of_the_order_spreads_over_the_text() -> None:
+    """Each round of MIN_WINDOWS windows takes one from each sixteenth of the text."""
+    order = window_order(160, 3)
+    for start in range(0, 160, MIN_WINDOWS):
+        assert sorted(order[start : start + MIN_WINDOWS] // 10) == list(range(16))
 
 
 def population(n_windows: int, n_files: int, seed: int) -> np.ndarray:
