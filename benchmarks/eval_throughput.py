@@ -33,11 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 import llama_cpp as lc  # noqa: E402
+import numpy as np  # noqa: E402
 
 from phiquant import api  # noqa: E402
 from phiquant.evaluate.evaluation import tokenize_text  # noqa: E402
 from phiquant.evaluate.files import describe  # noqa: E402
-from phiquant.evaluate.reference import reference_states  # noqa: E402
+from phiquant.evaluate.reference import ReferenceSource  # noqa: E402
 from phiquant.evaluate.runner import evaluate_pass  # noqa: E402
 from phiquant.evaluate.windows import WindowPlan, plan_windows  # noqa: E402
 from phiquant.progress import SILENT  # noqa: E402
@@ -112,8 +113,12 @@ def raw_decode_seconds(path: Path, plan: WindowPlan) -> float:
 def phiquant_pass_seconds(paths: list[Path], plan: WindowPlan, reference: Path | None) -> float:
     files = [describe(p) for p in paths]
     reference_file = describe(reference) if reference else None
-    states = reference_states(reference_file, plan, None, SILENT) if reference_file else None
-    return evaluate_pass(files, plan, reference_file, states, n_threads=None, reporter=SILENT).seconds
+    if reference_file is None:
+        return evaluate_pass(files, plan, None, None, n_threads=None, reporter=SILENT).seconds
+    with ReferenceSource(reference_file, plan, None, SILENT) as source:
+        for indices in plan.batches_of(np.arange(plan.n_windows)):
+            source.hidden(indices)  # cached beforehand: the pass reads, never computes
+        return evaluate_pass(files, plan, reference_file, source, n_threads=None, reporter=SILENT).seconds
 
 
 def main() -> None:

@@ -7,14 +7,14 @@ import pytest
 
 from phiquant import api
 from phiquant.evaluate.evaluation import tokenize_text
-from phiquant.evaluate.files import describe
+from phiquant.evaluate.files import content_hash, describe
 from phiquant.evaluate.options import EvalOptions
 from phiquant.evaluate.output_layer import OutputLayer
 from phiquant.evaluate.reference import (
     ReferenceKey,
+    ReferenceSource,
     cache_file,
     from_storage,
-    reference_states,
     to_storage,
     tokens_hash,
 )
@@ -24,6 +24,12 @@ from phiquant.quant import ggml
 from phiquant.runtime.llama import LoadedModel, LoadOptions
 
 OPTIONS = EvalOptions(ctx=256, max_windows=3, speed_runs=0)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache of this test's own, whatever other tests cached for the same reference and text."""
+    monkeypatch.setenv("PHIQUANT_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.mark.slow
@@ -72,7 +78,7 @@ def test_hidden_states_are_stored_rounded_as_ggml_rounds_them() -> None:
 
 
 @pytest.mark.slow
-def test_second_evaluation_reads_the_cache_and_scores_identically(ladder, eval_text) -> None:
+def test_second_evaluation_reads_the_cache_and_scores_identically(ladder, eval_text, fresh_cache) -> None:
     files = [ladder["F16"], ladder["Q4_K_M"]]
     first = api.evaluate(files, text=eval_text, options=OPTIONS)
     second = api.evaluate(files, text=eval_text, options=OPTIONS)
@@ -95,20 +101,50 @@ def test_cache_key_follows_model_text_and_context(ladder, eval_text) -> None:
     assert key.digest != ReferenceKey("model", tokens_hash(tokens), 512).digest
 
 
+def _hidden(reference, plan, windows):
+    with ReferenceSource(reference, plan, None, SILENT) as source:
+        return source.hidden(np.asarray(windows)), source.from_cache, source.store.computed
+
+
 @pytest.mark.slow
-def test_a_damaged_cache_file_is_rebuilt(ladder, eval_text) -> None:
+def test_a_damaged_cache_is_rebuilt(ladder, eval_text, fresh_cache) -> None:
     reference = describe(ladder["F16"])
     tokens, adds_bos, bos = tokenize_text(reference, eval_text.read_text(encoding="utf-8"))
     plan = plan_windows(tokens, 128, adds_bos=adds_bos, bos_id=bos, max_windows=2)
-    made = reference_states(reference, plan, None, SILENT)
-    cache_file(made.key).write_bytes(b"not an npz")
-    again = reference_states(reference, plan, None, SILENT)
-    assert not again.from_cache and np.array_equal(again.hidden, made.hidden)
-    assert reference_states(reference, plan, None, SILENT).from_cache
+    made, from_cache, _ = _hidden(reference, plan, [0, 1])
+    assert not from_cache
+    path = cache_file(ReferenceKey(content_hash(reference.gguf), tokens_hash(tokens), 128))
+    assert path.is_file()
+    path.with_suffix(".json").write_text("not json")
+    again, from_cache, _ = _hidden(reference, plan, [0, 1])
+    assert not from_cache and np.array_equal(again, made)
+    with open(path, "r+b") as f:
+        f.truncate(100)  # a cut-off states file: its windows cannot be trusted
+    again, from_cache, _ = _hidden(reference, plan, [0, 1])
+    assert not from_cache and np.array_equal(again, made)
+    assert _hidden(reference, plan, [0, 1])[1]
+
+
+@pytest.mark.slow
+def test_windows_are_cached_one_by_one_and_served_in_any_order(ladder, eval_text, fresh_cache) -> None:
+    """A sequential run visits some windows in a random order: another run (another seed) computes only
+    the windows the cache lacks, and each window's states are the same whichever batch made them."""
+    reference = describe(ladder["F16"])
+    tokens, adds_bos, bos = tokenize_text(reference, eval_text.read_text(encoding="utf-8"))
+    plan = plan_windows(tokens, 256, adds_bos=adds_bos, bos_id=bos)
+    first, _, computed = _hidden(reference, plan, [5, 2])
+    assert computed == 2
+    second, from_cache, computed = _hidden(reference, plan, [2, 7, 5])
+    assert computed == 1 and not from_cache  # only window 7 was new
+    rows = plan.scored_per_window
+    assert np.array_equal(second[:rows], first[rows:]) and np.array_equal(second[2 * rows :], first[:rows])
+    together, _, _ = _hidden(reference, plan, [7])
+    assert np.array_equal(together, second[rows : 2 * rows])
 
 
 @pytest.mark.slow
 def test_cache_is_far_smaller_than_the_logits_it_stands_for(ladder, eval_text) -> None:
     evaluation = api.evaluate([ladder["F16"]], text=eval_text, options=OPTIONS)
     logits_bytes = evaluation.n_scored_tokens * evaluation.n_vocab * 4
-    assert evaluation.reference_cache.stat().st_size * 50 < logits_bytes
+    on_disk = evaluation.reference_cache.stat().st_blocks * 512  # sparse: windows never computed take none
+    assert on_disk * 50 < logits_bytes

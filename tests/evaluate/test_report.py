@@ -10,7 +10,8 @@ import pytest
 
 from phiquant.evaluate.evaluation import Evaluation, FileEvaluation, TextFacts
 from phiquant.evaluate.options import DEFAULT_MAX_KLD
-from phiquant.evaluate.report import build_report, pareto_front, recommend, to_markdown, write_report
+from phiquant.evaluate.report import build_report, pareto_front, recommend, to_json, to_markdown, write_report
+from phiquant.evaluate.sequential import FileEstimate, Interval, SequentialSummary
 from phiquant.evaluate.statistics import Divergence, Perplexity
 
 # (type, size in MB, mean KLD): a ladder where Q3_K_S is dominated (bigger and worse than Q3_K_M)
@@ -128,3 +129,42 @@ def test_identical_sizes_keep_both_on_the_front_only_when_neither_is_worse() -> 
     ladder = [("F16", 100, 0.0), ("A", 50, 0.1), ("B", 50, 0.2)]
     front = {p.name for p in pareto_front(evaluation(ladder).files)}
     assert front == {"model-F16.gguf", "model-A.gguf"}
+
+
+def sequential_evaluation() -> Evaluation:
+    """The LADDER as a sequential evaluation left it: 24 of 155 windows, each mean KLD with an interval."""
+    result = evaluation()
+    for f in result.files:
+        kld = f.divergence.kld_mean
+        error = 0.04 * kld
+        f.estimate = FileEstimate(
+            Interval(kld, error, kld - 2.07 * error, kld + 2.07 * error),
+            Interval(math.exp(kld), error, math.exp(kld - 2.07 * error), math.exp(kld + 2.07 * error)),
+            Interval(1 - kld, 0.001, 1 - kld - 0.002, 1 - kld + 0.002),
+            Interval(6.2, 0.05, 6.1, 6.3),
+        )
+    result.sequential = SequentialSummary(0.05, 0.95, 0, 24, 155, 255, 24 * 255, "settled", True, [1, 2])
+    return result
+
+
+def test_sequential_report_states_its_uncertainty_and_token_counts() -> None:
+    text = to_markdown(build_report(sequential_evaluation(), model="Phi-3-mini"))
+    assert "24 of 155 windows (6120 of 39525 scored tokens per file)" in text
+    assert "relative standard error of at most 5%" in text
+    assert "Q2_K 4.0%" in text  # the achieved relative error, per file
+    row = next(line for line in text.splitlines() if "| Q2_K |" in line)
+    assert "0.3300 ± 0.0273" in row  # mean KLD ± half the 95% interval
+    document = to_json(build_report(sequential_evaluation(), model="Phi-3-mini"))
+    assert document["evaluation"]["sequential"]["windows_used"] == 24
+    q2 = next(f for f in document["evaluation"]["files"] if f["type"] == "Q2_K")
+    assert q2["estimate"]["kld_mean"]["low"] == pytest.approx(0.33 - 2.07 * 0.04 * 0.33)
+
+
+def test_sequential_plot_draws_an_error_bar_per_quantized_file() -> None:
+    pytest.importorskip("matplotlib")
+    from phiquant.evaluate.plot import draw_size_vs_kld
+
+    axes = draw_size_vs_kld(build_report(sequential_evaluation(), model="Phi-3-mini")).axes[0]
+    bars = [c for c in axes.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(bars) == len(LADDER) - 1  # not the reference: KLD 0 exactly
+    assert "95% intervals" in axes.get_title()

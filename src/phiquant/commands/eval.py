@@ -7,8 +7,9 @@ from typing import Any
 
 from phiquant import api
 from phiquant.commands import Command
+from phiquant.errors import PhiquantError
 from phiquant.evaluate.evaluation import Evaluation
-from phiquant.evaluate.options import DEFAULT_CONTEXT, EvalOptions
+from phiquant.evaluate.options import DEFAULT_CONTEXT, DEFAULT_REL_ERROR, DEFAULT_SEED, EvalOptions
 from phiquant.evaluate.report import COLUMNS, Report, ReportRow, table_row
 
 
@@ -24,6 +25,30 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return 0 if text.strip() == "0" else positive_int(text)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def a_number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
 def add_evaluation_arguments(parser: Any, *, prefix: str = "") -> None:
@@ -46,6 +71,27 @@ def add_evaluation_arguments(parser: Any, *, prefix: str = "") -> None:
         metavar="N",
         help="evaluate only the first N windows (default: the whole text)",
     )
+    parser.add_argument(
+        f"--{prefix}rel-error",
+        type=a_number,
+        default=DEFAULT_REL_ERROR,
+        metavar="R",
+        help="measure windows in a random order until each file's mean KL divergence has at most this "
+        "relative standard error and the files' order is settled at 95%% confidence "
+        f"(default {DEFAULT_REL_ERROR})",
+    )
+    parser.add_argument(
+        f"--{prefix}full",
+        action="store_true",
+        help="measure every window in text order instead (llama.cpp's perplexity tool's figures)",
+    )
+    parser.add_argument(
+        f"--{prefix}seed",
+        type=whole_number,
+        default=DEFAULT_SEED,
+        metavar="N",
+        help=f"seed of the order windows are measured in (default {DEFAULT_SEED})",
+    )
     if not prefix:
         parser.add_argument(
             "--ref", metavar="REF.gguf", help="reference file (default: the F32/BF16/F16 file of the model)"
@@ -61,12 +107,20 @@ def add_evaluation_arguments(parser: Any, *, prefix: str = "") -> None:
 
 
 def evaluation_options(args: argparse.Namespace, *, prefix: str = "") -> EvalOptions:
+    """The evaluation options given, checked (before any work, so quantize --eval refuses a bad value
+    before quantizing)."""
     key = prefix.replace("-", "_")
+    rel_error = getattr(args, f"{key}rel_error")
+    if not rel_error > 0:
+        raise PhiquantError(f"--{prefix}rel-error must be above 0, not {rel_error:g}")
     return EvalOptions(
         ctx=getattr(args, f"{key}ctx"),
         max_windows=getattr(args, f"{key}chunks"),
         threads=getattr(args, "threads", None),
         speed_runs=getattr(args, f"{key}speed_runs"),
+        full=getattr(args, f"{key}full"),
+        rel_error=rel_error,
+        seed=getattr(args, f"{key}seed"),
     )
 
 
@@ -114,6 +168,16 @@ def render_rows(console: Any, evaluation: Evaluation, rows: list[ReportRow]) -> 
         markup=False,
         soft_wrap=True,
     )
+    sequential = evaluation.sequential
+    if sequential is not None:
+        console.print(
+            f"sequential: {sequential.windows_used} of {sequential.windows_available} windows in a random "
+            f"order (seed {sequential.seed}), stopped: {sequential.stopped} (target relative error "
+            f"{sequential.rel_error:g}; ± is a {100 * sequential.confidence:g}% interval; --full for every window)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     for note in evaluation.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
 
@@ -155,7 +219,10 @@ COMMAND = Command(
         "Perplexity over a text in windows scored on their second half (as llama.cpp's perplexity tool), "
         "KL divergence per token, top-token agreement and probability change against the reference "
         "(default: the F32/BF16/F16 file of the same model, its logits cached on disk), prompt and "
-        "generation speed, file size and bits per weight."
+        "generation speed, file size and bits per weight.  Windows are measured in a seeded random "
+        "order, every file on each window in one sweep, until each file's mean KL divergence is known to "
+        "--rel-error and the files' order by it is settled at 95% confidence (intervals reported); "
+        "--full measures every window in text order, as llama-perplexity does."
     ),
     add_arguments=add_arguments,
     run=run,

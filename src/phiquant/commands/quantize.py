@@ -118,6 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, output: Any) -> int:
     overrides = [tensor_type_override(text) for text in args.tensor_type]
+    eval_options = evaluation_options(args, prefix="eval-")  # a bad value refused before quantizing
     result = api.quantize(
         args.source,
         args.types,
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
             args.source,
             result,
             text=args.eval_text,
-            options=evaluation_options(args, prefix="eval-"),
+            options=eval_options,
             max_kld=args.max_kld,
             plot=not args.no_plot,
             reporter=output.reporter(),

@@ -7,19 +7,9 @@ from typing import Any
 
 from phiquant import api
 from phiquant.commands import Command
-from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, render_report
+from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, positive_float, render_report
 from phiquant.evaluate.options import DEFAULT_MAX_KLD
 from phiquant.evaluate.report import to_json
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
 
 
 def add_report_arguments(parser: Any) -> None:
@@ -73,7 +63,8 @@ COMMAND = Command(
     description=(
         "Evaluate every GGUF file of a model (as `phiquant eval`) and write <model>-report.md, .json and "
         ".png (file size against mean KL divergence, Pareto front marked), recommending the smallest file "
-        "whose mean KL divergence stays under --max-kld."
+        "whose mean KL divergence stays under --max-kld.  Sequential by default (see `phiquant eval`): the "
+        "report states each figure's 95% interval and the tokens used, and the plot draws error bars."
     ),
     add_arguments=add_arguments,
     run=run,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import numpy as np
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.files import ModelFile, describe, find_reference, require_same_model
 from phiquant.evaluate.options import DEFAULT_OPTIONS, EvalOptions
-from phiquant.evaluate.reference import reference_states
-from phiquant.evaluate.runner import evaluate_pass
+from phiquant.evaluate.reference import ReferenceSource
+from phiquant.evaluate.runner import PassResult, evaluate_pass
+from phiquant.evaluate.scoring import TokenScores
+from phiquant.evaluate.sequential import FileEstimate, SequentialEstimator, SequentialSummary, window_order
 from phiquant.evaluate.speed import Speed, measure_speed
 from phiquant.evaluate.statistics import Divergence, Perplexity, divergence, perplexity, uniform_perplexity
 from phiquant.evaluate.windows import WindowPlan, plan_windows
@@ -33,6 +36,7 @@ class FileEvaluation:
     divergence: Divergence | None  # None without a reference
     speed: Speed | None
     is_reference: bool = False
+    estimate: FileEstimate | None = None  # sequential evaluation's intervals (None with --full)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Evaluation:
     seconds: float
     evaluation_tokens_per_second: float  # tokens run through llama.cpp per second of the scoring pass
     notes: list[str] = field(default_factory=list)
+    sequential: SequentialSummary | None = None  # how far sequential evaluation went (None with --full)
 
 
 def read_text(path: str | Path) -> str:
@@ -110,6 +115,8 @@ def evaluate_files(
     reporter: Reporter = SILENT,
 ) -> Evaluation:
     started = time.perf_counter()
+    if not options.full and not options.rel_error > 0:
+        raise PhiquantError(f"--rel-error must be above 0, not {options.rel_error:g}")
     files, chosen = _resolve(paths, reference)
     content = read_text(text)
     tokens, adds_bos, bos_id = tokenize_text(chosen or files[0], content)
@@ -126,10 +133,36 @@ def evaluate_files(
         notes.append(
             "no F32/BF16/F16 file of this model found: perplexity only (give --ref for KL divergence)"
         )
-    states = reference_states(chosen, plan, options.threads, reporter) if chosen else None
-    result = evaluate_pass(files, plan, chosen, states, n_threads=options.threads, reporter=reporter)
+    estimator = None
+    if not options.full:
+        estimator = SequentialEstimator(
+            len(files),
+            plan.n_windows,
+            rel_error=options.rel_error,
+            is_reference=[_is_reference(f, chosen) for f in files],
+            has_reference=chosen is not None,
+        )
+    with ExitStack() as stack:
+        source = None
+        if chosen is not None:
+            source = stack.enter_context(ReferenceSource(chosen, plan, options.threads, reporter))
+        result = evaluate_pass(
+            files,
+            plan,
+            chosen,
+            source,
+            n_threads=options.threads,
+            reporter=reporter,
+            order=None if options.full else window_order(plan.n_windows, options.seed),
+            estimator=estimator,
+        )
+        from_cache, cache = (source.from_cache, source.path) if source else (False, None)
+    scores = [_in_text_order(s, result, plan) for s in result.scores]
+    reference_scores = (
+        _in_text_order(result.reference_scores, result, plan) if result.reference_scores else None
+    )
     evaluations = []
-    for file, scores in zip(files, result.scores):
+    for index, (file, file_scores) in enumerate(zip(files, scores)):
         speed = None
         if options.speed_runs > 0:
             reporter.note(f"measuring speed of {file.path.name}")
@@ -148,29 +181,54 @@ def evaluate_files(
                 file_size=file.file_size,
                 n_parameters=file.n_parameters,
                 bits_per_weight=file.bits_per_weight,
-                perplexity=perplexity(scores),
-                divergence=divergence(scores, result.reference_scores) if result.reference_scores else None,
+                perplexity=perplexity(file_scores),
+                divergence=divergence(file_scores, reference_scores) if reference_scores else None,
                 speed=speed,
-                is_reference=chosen is not None and file.path.resolve() == chosen.path.resolve(),
+                is_reference=_is_reference(file, chosen),
+                estimate=estimator.estimate(index) if estimator else None,
             )
         )
     n_vocab = len(files[0].gguf.get("tokenizer.ggml.tokens") or [])
+    n_used = len(result.windows)
     return Evaluation(
         text=TextFacts(Path(text), hashlib.sha256(content.encode()).hexdigest(), len(content), len(tokens)),
         ctx=plan.ctx,
-        n_windows=plan.n_windows,
-        n_scored_tokens=plan.n_scored,
+        n_windows=n_used,
+        n_scored_tokens=n_used * plan.scored_per_window,
         n_vocab=n_vocab,
         uniform_perplexity=uniform_perplexity(n_vocab),
         reference=chosen.path if chosen else None,
-        reference_perplexity=perplexity(result.reference_scores) if result.reference_scores else None,
-        reference_from_cache=bool(states and states.from_cache),
-        reference_cache=states.path if states else None,
+        reference_perplexity=perplexity(reference_scores) if reference_scores else None,
+        reference_from_cache=from_cache,
+        reference_cache=cache,
         files=evaluations,
         seconds=time.perf_counter() - started,
-        evaluation_tokens_per_second=plan.n_evaluated * len(files) / max(result.seconds, 1e-9),
+        evaluation_tokens_per_second=n_used * plan.ctx * len(files) / max(result.seconds, 1e-9),
         notes=notes,
+        sequential=(
+            estimator.summary(seed=options.seed, tokens_per_window=plan.scored_per_window)
+            if estimator
+            else None
+        ),
     )
+
+
+def _is_reference(file: ModelFile, chosen: ModelFile | None) -> bool:
+    return chosen is not None and file.path.resolve() == chosen.path.resolve()
+
+
+def _in_text_order(scores: TokenScores, result: PassResult, plan: WindowPlan) -> TokenScores:
+    """The scores of the windows used, window after window in text order (as a full pass has them), so
+    a sequential run that used every window gives a full pass's figures exactly."""
+    order = np.argsort(np.asarray(result.windows), kind="stable")
+    if np.array_equal(order, np.arange(len(order))):
+        return scores
+    ordered = TokenScores()
+    for name in ("nll", "top", "kld", "same_top", "dp_top", "dp_target"):
+        values = scores.joined(name)
+        if len(values):
+            getattr(ordered, name).append(values.reshape(len(order), -1)[order].reshape(-1))
+    return ordered
 
 
 def _context_notes(file: ModelFile, plan: WindowPlan) -> list[str]:

@@ -9,6 +9,8 @@ DEFAULT_SPEED_RUNS = 3
 DEFAULT_PP_TOKENS = 512  # llama-bench's pp512
 DEFAULT_TG_TOKENS = 128  # llama-bench's tg128
 DEFAULT_MAX_KLD = 0.05  # nats per token; the rationale is in evaluate/report.py
+DEFAULT_REL_ERROR = 0.05  # relative standard error each file's mean KLD is measured to (sequential.py)
+DEFAULT_SEED = 0  # of the order sequential evaluation visits windows in
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,9 @@ class EvalOptions:
     speed_runs: int = DEFAULT_SPEED_RUNS  # 0: do not measure speed
     pp_tokens: int = DEFAULT_PP_TOKENS
     tg_tokens: int = DEFAULT_TG_TOKENS
+    full: bool = False  # every window in text order (llama-perplexity's figures) instead of sequential
+    rel_error: float = DEFAULT_REL_ERROR
+    seed: int = DEFAULT_SEED
 
 
 DEFAULT_OPTIONS = EvalOptions()

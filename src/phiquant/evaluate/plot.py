@@ -64,6 +64,10 @@ def draw_size_vs_kld(report: Report) -> Figure:
         )
     for x, y, row, kld in zip(xs, ys, rows, klds):
         colour = "tab:blue" if row.on_pareto_front else "tab:gray"
+        interval = row.file.estimate.kld_mean if row.file.estimate else None
+        if interval is not None and interval.standard_error > 0:
+            low = max(interval.low, floor)
+            axes.errorbar([x], [y], yerr=[[y - low], [interval.high - y]], color=colour, capsize=3, zorder=2)
         marker = "s" if row.file.is_reference else "o"
         axes.scatter([x], [y], s=60, color=colour, marker=marker, zorder=3)
         label = row.file.type + (" (reference, KLD 0)" if kld <= 0 else "")
@@ -86,9 +90,11 @@ def draw_size_vs_kld(report: Report) -> Figure:
     axes.set_xlabel("file size (MB)")
     reference = report.evaluation.reference.name if report.evaluation.reference else "reference"
     axes.set_ylabel("mean KL divergence from the reference (nats/token, log)")
+    sequential = report.evaluation.sequential
+    bars = f", bars: {100 * sequential.confidence:g}% intervals" if sequential is not None else ""
     axes.set_title(
         f"{report.model}: size against quality loss\n"
-        f"reference {reference}, {report.evaluation.n_scored_tokens} scored tokens",
+        f"reference {reference}, {report.evaluation.n_scored_tokens} scored tokens{bars}",
         fontsize=10,
     )
     # Labels sit up and right of their points: leave room for the largest file's label.

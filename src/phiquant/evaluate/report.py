@@ -21,6 +21,7 @@ from typing import Any
 from phiquant import temporary_files
 from phiquant.evaluate.evaluation import Evaluation, FileEvaluation
 from phiquant.evaluate.options import DEFAULT_MAX_KLD
+from phiquant.evaluate.sequential import Interval
 from phiquant.gguf_io import format_bytes
 
 
@@ -115,8 +116,17 @@ def _number(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if abs(value) >= 10**-digits or value == 0 else f"{value:.2e}"
 
 
+def _plus_minus(value: float, interval: Interval | None, scale: float = 1.0, digits: int = 4) -> str:
+    """`value`, with the half-width of its confidence interval when sequential evaluation gave one."""
+    if interval is None or interval.standard_error == 0:
+        return _number(scale * value, digits)
+    half = scale * (interval.high - interval.low) / 2
+    return f"{_number(scale * value, digits)} ± {_number(half, digits)}"
+
+
 def table_row(row: ReportRow) -> list[str]:
     f, d, s = row.file, row.file.divergence, row.file.speed
+    e = f.estimate
     marks = " ".join(
         m
         for m, on in (
@@ -128,12 +138,12 @@ def table_row(row: ReportRow) -> list[str]:
     )
     divergence_cells = (
         [
-            _number(d.ppl_ratio),
-            _number(d.kld_mean),
+            _plus_minus(d.ppl_ratio, e.ppl_ratio if e else None),
+            _plus_minus(d.kld_mean, e.kld_mean if e else None),
             _number(d.kld_median),
             _number(d.kld_p99),
             _number(d.kld_max),
-            f"{100 * d.same_top:.2f}%",
+            _plus_minus(d.same_top, e.same_top if e else None, 100, 2) + "%",
             f"{100 * d.dp_top_mean:+.3f}%",
             f"{100 * d.dp_top_rms:.3f}%",
         ]
@@ -181,11 +191,40 @@ def to_markdown(report: Report) -> str:
         "(tokens per second, median of runs). Pareto: no other file is both smaller and closer to the "
         "reference.",
     ]
+    if e.sequential is not None:
+        lines += ["", sequential_sentence(report)]
     if report.plot_path is not None:
         lines += ["", f"![size against KL divergence]({report.plot_path.name})"]
     if e.notes:
         lines += ["", *[f"Note: {note}" for note in e.notes]]
     return "\n".join(lines) + "\n"
+
+
+def sequential_sentence(report: Report) -> str:
+    """What sequential evaluation aimed for, what it used and the uncertainty it reached."""
+    e = report.evaluation
+    q = e.sequential
+    assert q is not None
+    achieved = ", ".join(
+        f"{row.file.type} {100 * row.file.estimate.kld_mean.relative_error:.1f}%"
+        for row in report.rows
+        if row.file.estimate and row.file.estimate.kld_mean and not row.file.is_reference
+    )
+    reason = (
+        "each file's mean KLD reached the target and the order was settled"
+        if q.stopped == "settled"
+        else "the text was used up"
+    )
+    return (
+        f"Sequential evaluation: {q.windows_used} of {q.windows_available} windows "
+        f"({q.tokens_scored} of {q.windows_available * q.tokens_per_window} scored tokens per file), drawn in "
+        f"a random order (seed {q.seed}) until each file's mean KLD had a relative standard error of at "
+        f"most {100 * q.rel_error:g}% and the order by mean KLD was settled at {100 * q.confidence:g}% "
+        f"confidence; it stopped because {reason}. ± is the {100 * q.confidence:g}% confidence interval "
+        "(from the spread of window means, which accounts for tokens of one window being alike). "
+        + (f"Achieved relative standard error of the mean KLD: {achieved}. " if achieved else "")
+        + "`--full` measures every window."
+    )
 
 
 def plain(value: Any) -> Any:

@@ -14,14 +14,15 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from phiquant.evaluate.files import ModelFile
 from phiquant.evaluate.output_layer import OutputLayer
-from phiquant.evaluate.reference import ReferenceStates
+from phiquant.evaluate.reference import ReferenceSource
 from phiquant.evaluate.scoring import ReferenceRows, TokenScores, reference_rows, score_rows
+from phiquant.evaluate.sequential import SequentialEstimator, WindowMeans, feed_batch
 from phiquant.evaluate.windows import WindowPlan
 from phiquant.progress import Reporter
 from phiquant.runtime.llama import Context, LoadedModel
@@ -32,10 +33,11 @@ MEMORY_SHARE = 0.4  # of available memory for the files of one group (mapped wei
 
 @dataclass
 class PassResult:
-    scores: list[TokenScores]  # one per file, in the order given
+    scores: list[TokenScores]  # one per file, in the order given; windows in the order visited
     reference_scores: TokenScores | None  # the reference's own, from its rebuilt logits
     decode_seconds: float  # time spent inside llama.cpp's decode, all files together
     seconds: float  # the batch loops: decoding, rebuilding reference logits, scoring (not loading)
+    windows: list[int] = field(default_factory=list)  # the windows scored, in the order visited
 
 
 def available_memory() -> int:
@@ -88,7 +90,7 @@ class _FileSlot:
 
     contexts: list[Context]
     scores: TokenScores
-    in_flight: list[Future[None] | None]
+    in_flight: list[Future[WindowMeans] | None]
 
     def free_context(self, batch_number: int) -> Context:
         index = batch_number % len(self.contexts)
@@ -97,7 +99,7 @@ class _FileSlot:
             pending.result()  # its logits are scored: llama.cpp may overwrite them
         return self.contexts[index]
 
-    def scoring(self, batch_number: int, future: Future[None]) -> None:
+    def scoring(self, batch_number: int, future: Future[WindowMeans]) -> None:
         self.in_flight[batch_number % len(self.contexts)] = future
 
     def wait(self) -> None:
@@ -110,46 +112,64 @@ def evaluate_pass(
     files: Sequence[ModelFile],
     plan: WindowPlan,
     reference: ModelFile | None,
-    states: ReferenceStates | None,
+    source: ReferenceSource | None,
     *,
     n_threads: int | None,
     reporter: Reporter,
     memory_budget: int | None = None,
+    order: np.ndarray | None = None,
+    estimator: SequentialEstimator | None = None,
 ) -> PassResult:
-    """Decode every window with every file and score it.  Three threads share the work, each mostly
-    outside the GIL: this one runs llama.cpp's decode, one rebuilds the reference's logits of the next
-    batch (ggml), one scores the batch before (numpy)."""
+    """Decode the windows with every file and score them, in `order` (default: text order, every
+    window).  Three threads share the work, each mostly outside the GIL: this one runs llama.cpp's
+    decode, one rebuilds the reference's logits of the batch (ggml), one scores (numpy).
+
+    With an `estimator`, every file runs in one sweep (one group, whatever the memory budget) and the
+    pass stops after the first batch at which the estimator is settled."""
     budget = memory_budget if memory_budget is not None else int(MEMORY_SHARE * available_memory())
-    result = PassResult([TokenScores() for _ in files], TokenScores() if states else None, 0.0, 0.0)
-    reporter.start("evaluating", plan.n_windows * len(files), "windows")
+    windows = np.arange(plan.n_windows) if order is None else np.asarray(order)
+    result = PassResult([TokenScores() for _ in files], TokenScores() if source else None, 0.0, 0.0)
+    reporter.start("evaluating", len(windows) * len(files), "windows")
+    groups = [list(range(len(files)))] if estimator is not None else group_files(files, plan, budget)
     with ExitStack() as outer:
         output_layer = None
-        if reference is not None and states is not None:
+        if reference is not None and source is not None:
             output_layer = outer.enter_context(OutputLayer(reference.gguf, n_threads))
         rebuilder = outer.enter_context(ThreadPoolExecutor(1, thread_name_prefix="phiquant-reference"))
         scorer = outer.enter_context(ThreadPoolExecutor(1, thread_name_prefix="phiquant-scores"))
-        for group_number, group in enumerate(group_files(files, plan, budget)):
+        for group_number, group in enumerate(groups):
             with ExitStack() as stack:
                 spare = budget - sum(memory_estimate(files[i], plan) for i in group)
+                if estimator is not None:
+                    spare = 0  # each batch is scored before the next: a second context would sit idle
                 slots = [_open_slot(stack, files[i], plan, n_threads, spare, result.scores[i]) for i in group]
                 began = time.perf_counter()
-                for batch_number, (start, stop) in enumerate(plan.batches()):
-                    targets = plan.targets(start, stop).reshape(-1)
+                for batch_number, indices in enumerate(plan.batches_of(windows)):
+                    targets = plan.targets_at(indices).reshape(-1)
                     rows: Future[ReferenceRows] | None = None
-                    if output_layer is not None and states is not None:
-                        own = result.reference_scores if group_number == 0 else None
-                        rows = rebuilder.submit(
-                            _rebuild, output_layer, states.batch(start, stop), targets, own
-                        )
-                    windows = plan.window_tokens(start, stop)
+                    own = result.reference_scores if group_number == 0 else None
+                    if output_layer is not None and source is not None:
+                        hidden = source.hidden(indices)
+                        rows = rebuilder.submit(_rebuild, output_layer, hidden, targets, own)
+                    tokens = plan.windows_at(indices)
+                    batch: list[Future[WindowMeans]] = []
                     for slot in slots:
                         context = slot.free_context(batch_number)
                         decode_began = time.perf_counter()
-                        out = context.decode_windows(windows, plan.first_scored)
+                        out = context.decode_windows(tokens, plan.first_scored)
                         result.decode_seconds += time.perf_counter() - decode_began
                         logits = out.logits[:, : plan.scored_per_window]
-                        slot.scoring(batch_number, scorer.submit(_score, logits, targets, rows, slot.scores))
-                    reporter.advance((stop - start) * len(group))
+                        batch.append(scorer.submit(_score, logits, targets, rows, slot.scores))
+                        slot.scoring(batch_number, batch[-1])
+                    reporter.advance(len(indices) * len(group))
+                    if group_number == 0:
+                        result.windows += [int(w) for w in indices]
+                    if estimator is not None:
+                        own_nll = None
+                        if rows is not None:
+                            own_nll = rows.result().nll.reshape(-1, plan.scored_per_window).mean(axis=1)
+                        if feed_batch(estimator, [f.result() for f in batch], own_nll):
+                            break
                 for slot in slots:
                     slot.wait()
                 result.seconds += time.perf_counter() - began
@@ -169,14 +189,22 @@ def _rebuild(
 
 def _score(
     logits: np.ndarray, targets: np.ndarray, rows: Future[ReferenceRows] | None, scores: TokenScores
-) -> None:
-    """Score one file's batch: (windows, scored positions, vocab) logits, window after window."""
+) -> WindowMeans:
+    """Score one file's batch: (windows, scored positions, vocab) logits, window after window; return
+    each window's mean nll, KLD and same-top fraction (NaN without a reference)."""
     reference = rows.result() if rows is not None else None
     per_window = logits.shape[1]
+    means = np.full((logits.shape[0], 3), np.nan)
     for window in range(logits.shape[0]):
         span = slice(window * per_window, (window + 1) * per_window)
         part = _rows_of(reference, span) if reference is not None else None
+        mark = len(scores.nll), len(scores.kld), len(scores.same_top)
         score_rows(logits[window], targets[span], part, scores)
+        means[window, 0] = np.concatenate(scores.nll[mark[0] :]).mean()
+        if reference is not None:
+            means[window, 1] = np.concatenate(scores.kld[mark[1] :]).mean()
+            means[window, 2] = np.concatenate(scores.same_top[mark[2] :]).mean()
+    return means
 
 
 def _rows_of(reference: ReferenceRows, span: slice) -> ReferenceRows:

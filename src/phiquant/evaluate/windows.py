@@ -51,22 +51,43 @@ class WindowPlan:
         """Tokens run through the model (every position of every window)."""
         return self.n_windows * self.ctx
 
-    def window_tokens(self, start: int, stop: int) -> np.ndarray:
-        """Windows start..stop-1 as an (n, ctx) int32 array, BOS in front where the vocabulary adds it."""
-        windows = self.tokens[start * self.ctx : stop * self.ctx].reshape(stop - start, self.ctx).copy()
+    @property
+    def n_text_windows(self) -> int:
+        """Windows in the whole text (`n_windows` may be fewer: --chunks): what window indices refer to."""
+        return len(self.tokens) // self.ctx
+
+    def _rows(self, indices: np.ndarray) -> np.ndarray:
+        return self.tokens[: self.n_text_windows * self.ctx].reshape(-1, self.ctx)[indices]
+
+    def windows_at(self, indices: np.ndarray) -> np.ndarray:
+        """The windows numbered `indices` as an (n, ctx) int32 array, BOS in front where the vocabulary
+        adds it."""
+        windows = self._rows(np.asarray(indices, dtype=np.int64)).copy()
         if self.bos_id is not None:
             windows[:, 0] = self.bos_id
         return windows
 
+    def targets_at(self, indices: np.ndarray) -> np.ndarray:
+        """The scored tokens of the windows numbered `indices`: (n, scored_per_window) int32."""
+        return self._rows(np.asarray(indices, dtype=np.int64))[:, self.first_scored + 1 :]
+
+    def window_tokens(self, start: int, stop: int) -> np.ndarray:
+        """Windows start..stop-1 as an (n, ctx) int32 array, BOS in front where the vocabulary adds it."""
+        return self.windows_at(np.arange(start, stop))
+
     def targets(self, start: int, stop: int) -> np.ndarray:
         """The scored tokens of windows start..stop-1: (n, scored_per_window) int32."""
-        windows = self.tokens[start * self.ctx : stop * self.ctx].reshape(stop - start, self.ctx)
-        return windows[:, self.first_scored + 1 :]
+        return self.targets_at(np.arange(start, stop))
 
     def batches(self) -> Iterator[tuple[int, int]]:
         """(start, stop) window ranges, `windows_per_batch` at a time."""
         for start in range(0, self.n_windows, self.windows_per_batch):
             yield start, min(start + self.windows_per_batch, self.n_windows)
+
+    def batches_of(self, order: np.ndarray) -> Iterator[np.ndarray]:
+        """Window indices in the given order, `windows_per_batch` at a time."""
+        for start in range(0, len(order), self.windows_per_batch):
+            yield np.asarray(order[start : start + self.windows_per_batch], dtype=np.int64)
 
 
 def plan_windows(
