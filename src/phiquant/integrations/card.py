@@ -64,6 +64,7 @@ class ModelCard:
     plot: Path | None
     path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    base_model_relation: str = "quantized"  # or "finetune": the files are a fine-tune of base_model
 
 
 def build_card(
@@ -83,16 +84,18 @@ def build_card(
     files = sorted((_card_file(p) for p in paths), key=lambda f: (f.file_size, f.name))
     first = read_gguf(paths[0])
     warnings: list[str] = []
-    base = base_model or _base_model(first, warnings)
+    base, relation = (base_model, "quantized") if base_model else _base_model(first, warnings)
     card_license = license or _license(first, base, warnings)
     arch = str(first.get("general.architecture") or "")
+    model_name = str(first.get("general.name") or paths[0].stem)
     all_tags = list(dict.fromkeys([*BASE_TAGS, *([arch] if arch else []), *tags]))
     report = _find_report(folder, {p.name for p in paths})
     quality, recommendation, plot = _quality(report) if report else ([], "", None)
     versions = _versions(paths)
     text = render_card(
-        name=str(first.get("general.name") or paths[0].stem),
+        name=model_name,
         base_model=base,
+        relation=relation,
         license=card_license,
         quantized_by=quantized_by,
         tags=all_tags,
@@ -101,11 +104,23 @@ def build_card(
         recommendation=recommendation,
         plot=plot,
         versions=versions,
-        commands=commands(base, files, report is not None),
+        commands=commands(base if relation == "quantized" else f"./{model_name}", files, report is not None),
         example=_example_file(files, quality),
     )
     return ModelCard(
-        folder, text, base, card_license, quantized_by, all_tags, files, quality, report, plot, None, warnings
+        folder,
+        text,
+        base,
+        card_license,
+        quantized_by,
+        all_tags,
+        files,
+        quality,
+        report,
+        plot,
+        None,
+        warnings,
+        relation,
     )
 
 
@@ -121,21 +136,43 @@ def _card_file(path: Path) -> CardFile:
     )
 
 
-def _base_model(gguf: Any, warnings: list[str]) -> str:
-    """The Hub id of the model the files came from: llama.cpp's general.base_model.0.* or
-    general.source.huggingface.repository keys when present, else microsoft/<general.name>."""
-    organization, name = gguf.get("general.base_model.0.organization"), gguf.get("general.base_model.0.name")
-    if isinstance(organization, str) and isinstance(name, str) and organization and name:
-        return f"{organization}/{name}".replace(" ", "-")
+def _base_model(gguf: Any, warnings: list[str]) -> tuple[str, str]:
+    """The Hub id the card links to and how the files relate to it.
+
+    The repository the files were converted from (general.source.huggingface.repository, written when
+    the source was a Hugging Face id) is what they are a quantization of.  Without it, a source whose
+    model card named its base model (general.base_model.0.repo_url, as llama.cpp's converter writes
+    it) was a fine-tune of that model.  Only when the files carry neither is the id inferred."""
     repository = gguf.get("general.source.huggingface.repository")
-    if isinstance(repository, str) and "/" in repository:
-        return repository
+    if isinstance(repository, str) and _is_hub_id(repository):
+        return repository, "quantized"
+    base = _hub_id_of_url(gguf.get("general.base_model.0.repo_url"))
+    if base is not None:
+        warnings.append(
+            f"the files were converted from a local fine-tune of {base}: the card links to {base} as "
+            "base_model (relation: finetune); pass --base-model with the fine-tune's own id if it is published"
+        )
+        return base, "finetune"
     model_name = gguf.get("general.name")
     if not isinstance(model_name, str) or not model_name:
         raise PhiquantError("the files carry no model name: pass --base-model ORG/NAME", path=gguf.path)
     guess = f"microsoft/{model_name.replace(' ', '-')}"
     warnings.append(f"base_model {guess} is inferred from general.name; pass --base-model if it is not")
-    return guess
+    return guess, "quantized"
+
+
+def _is_hub_id(text: str) -> bool:
+    organization, _, name = text.partition("/")
+    return bool(organization and name and "/" not in name and " " not in text)
+
+
+def _hub_id_of_url(url: object) -> str | None:
+    if not isinstance(url, str):
+        return None
+    for prefix in ("https://huggingface.co/", "http://huggingface.co/"):
+        if url.startswith(prefix) and _is_hub_id(url[len(prefix) :].rstrip("/")):
+            return url[len(prefix) :].rstrip("/")
+    return None
 
 
 def _license(gguf: Any, base_model: str, warnings: list[str]) -> str:
@@ -225,6 +262,7 @@ def render_card(
     *,
     name: str,
     base_model: str,
+    relation: str = "quantized",
     license: str,
     quantized_by: str,
     tags: Sequence[str],
@@ -240,7 +278,7 @@ def render_card(
     front = [
         "---",
         f"base_model: {json.dumps(base_model)}",
-        "base_model_relation: quantized",
+        f"base_model_relation: {relation}",
         f"license: {json.dumps(license)}",
         f"quantized_by: {json.dumps(quantized_by)}",
         "library_name: gguf",
@@ -254,7 +292,8 @@ def render_card(
         "",
         f"# {name} GGUF",
         "",
-        f"llama.cpp GGUF files of [{base_model}](https://huggingface.co/{base_model}), made with "
+        f"llama.cpp GGUF files of {'' if relation == 'quantized' else 'a fine-tune of '}"
+        f"[{base_model}](https://huggingface.co/{base_model}), made with "
         f"[phiquant](https://pypi.org/project/phiquant/) {_joined(versions['phiquant']) or __version__} "
         f"(llama.cpp through llama-cpp-python {_joined(versions['llama-cpp-python']) or 'unknown'}).",
         "",
