@@ -19,6 +19,7 @@ from typing import Any
 from phiquant import __version__
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes, read_gguf
+from phiquant.gguf_io.split import SHARD_NAME, ordered_shard_sets, reproducing_option
 from phiquant.inspection import inspect_gguf
 
 # Every Phi model Microsoft published is MIT licensed (each model's LICENSE file on the Hub).
@@ -34,6 +35,14 @@ class CardFile:
     file_size: int
     bits_per_weight: float
     imatrix: str | None  # the importance matrix file named in quantize.imatrix.file
+    shards: int = 1  # a split model's file count (`name` is its first shard)
+    split_option: str = ""  # the phiquant option that makes these shards
+
+    @property
+    def output_name(self) -> str:
+        """The -o name that produces this file (a split model's name without -00001-of-0000N)."""
+        match = SHARD_NAME.match(self.name) if self.shards > 1 else None
+        return f"{match['prefix']}.gguf" if match else self.name
 
 
 @dataclass
@@ -78,7 +87,7 @@ def build_card(
     folder = Path(directory)
     if not folder.is_dir():
         raise PhiquantError("not a directory", path=folder)
-    paths = sorted(folder.glob("*.gguf"))
+    paths = ordered_shard_sets(sorted(folder.glob("*.gguf")))  # a split model by its first shard
     if not paths:
         raise PhiquantError("no .gguf files in this directory", path=folder)
     files = sorted((_card_file(p) for p in paths), key=lambda f: (f.file_size, f.name))
@@ -126,13 +135,16 @@ def build_card(
 
 def _card_file(path: Path) -> CardFile:
     report = inspect_gguf(path)
-    imatrix = read_gguf(path).get("quantize.imatrix.file")
+    gguf = read_gguf(path)
+    imatrix = gguf.get("quantize.imatrix.file")
     return CardFile(
         path.name,
         report.file_type or "?",
         report.file_size,
         report.bits_per_weight,
         imatrix if isinstance(imatrix, str) else None,
+        max(1, len(report.shards)),
+        reproducing_option(gguf) if gguf.is_split else "",
     )
 
 
@@ -246,12 +258,15 @@ def commands(base_model: str, files: Sequence[CardFile], evaluated: bool) -> lis
     lines = []
     for f in files:
         if f.type in UNQUANTIZED_TYPES:
-            lines.append(f"phiquant convert {base_model} --outtype {f.type.lower()} -o {f.name}")
-    by_imatrix: dict[str | None, list[str]] = {}
+            split = f" {f.split_option}" if f.split_option else ""
+            lines.append(
+                f"phiquant convert {base_model} --outtype {f.type.lower()} -o {f.output_name}{split}"
+            )
+    by_options: dict[tuple[str | None, str], list[str]] = {}
     for f in quantized:
-        by_imatrix.setdefault(f.imatrix, []).append(f.type)
-    for imatrix, types in by_imatrix.items():
-        option = f" --imatrix {Path(imatrix).name}" if imatrix else ""
+        by_options.setdefault((f.imatrix, f.split_option), []).append(f.type)
+    for (imatrix, split), types in by_options.items():
+        option = (f" --imatrix {Path(imatrix).name}" if imatrix else "") + (f" {split}" if split else "")
         lines.append(f"phiquant quantize {base_model} {' '.join(f'-t {t}' for t in types)}{option} -o .")
     if evaluated:
         lines.append("phiquant report .")
@@ -301,7 +316,20 @@ def render_card(
         "",
         "| file | type | size | bits/weight |",
         "|---|---|---|---|",
-        *[f"| {f.name} | {f.type} | {format_bytes(f.file_size)} | {f.bits_per_weight:.2f} |" for f in files],
+        *[
+            f"| {f.name}{f' (+{f.shards - 1} more shards)' if f.shards > 1 else ''} | {f.type} | "
+            f"{format_bytes(f.file_size)} | {f.bits_per_weight:.2f} |"
+            for f in files
+        ],
+        *(
+            [
+                "",
+                "Files over the Hub's size limit are split into shards `-00001-of-0000N.gguf`: download them all; "
+                "llama.cpp (and phiquant) load the model from the first shard.",
+            ]
+            if any(f.shards > 1 for f in files)
+            else []
+        ),
         "",
         "## Quality",
         "",
@@ -316,11 +344,20 @@ def render_card(
         "",
         "```bash",
         f"phiquant chat {example}",
-        f"phiquant ollama {example} -o Modelfile && ollama create {name.lower()} -f Modelfile",
+        *_ollama_lines(example, name, files),
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def _ollama_lines(example: str, name: str, files: Sequence[CardFile]) -> list[str]:
+    lines = [f"phiquant ollama {example} -o Modelfile && ollama create {name.lower()} -f Modelfile"]
+    match = SHARD_NAME.match(example)
+    if match and any(f.name == example and f.shards > 1 for f in files):
+        # Ollama's FROM takes one file; the Modelfile names the merged one.
+        lines.insert(0, f"llama-gguf-split --merge {example} {match['prefix']}.gguf  # Ollama reads one file")
+    return lines
 
 
 def _example_file(files: Sequence[CardFile], quality: Sequence[QualityRow]) -> str:
