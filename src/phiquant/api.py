@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the runtime loads llama.cpp: imported only by the functions
     from phiquant.integrations.ollama import Modelfile
     from phiquant.runtime.generate import Completion, SamplingOptions
     from phiquant.runtime.runner import ModelRunner, RunnerOptions
+    from phiquant.workflows.batch import BatchSummary
 
 CONVERT_OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 
@@ -540,4 +541,27 @@ def imatrix(
         entries=collection.imatrix.entries_count,
         seconds=time.perf_counter() - started,
         unrouted_experts=collection.unrouted_experts,
+    )
+
+
+def batch(
+    jobs: str | Path,
+    *,
+    address: str | None = None,
+    cpus_per_task: int = 1,
+    retries: int = 3,
+    reporter: Reporter = SILENT,
+) -> BatchSummary:
+    """Run a jobs file (workflows.batch_jobs: models x ladders, evaluation, report and card per model) on
+    Ray: an embedded local Ray by default, the cluster at `address` otherwise (`auto` finds the local
+    one).  A model's ladder is one task, each file's evaluation another (the reference logits computed
+    once per model and shared through phiquant's cache); a rerun skips what is done and verified; a
+    failed model is reported with its reason without stopping the others.  Needs `phiquant[cluster]`."""
+    from phiquant.workflows.batch import run_batch
+    from phiquant.workflows.batch_jobs import read_jobs
+
+    if cpus_per_task < 1:
+        raise PhiquantError(f"--cpus-per-task must be at least 1, not {cpus_per_task}")
+    return run_batch(
+        read_jobs(jobs), address=address, cpus_per_task=cpus_per_task, retries=retries, reporter=reporter
     )
