@@ -17,7 +17,9 @@ checksums (workflows.batch_jobs), so a rerun skips what is done.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -196,6 +198,21 @@ def run_batch(
     ray = import_ray()
     started = time.perf_counter()
     jobs.output.mkdir(parents=True, exist_ok=True)
+    # Ray's driver prints worker deaths and task errors on stdout; phiquant's stdout is its result
+    # (--json), so they go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run_on_ray(ray, jobs, address, cpus_per_task, retries, reporter, started)
+
+
+def _run_on_ray(
+    ray: Any,
+    jobs: BatchJobs,
+    address: str | None,
+    cpus_per_task: int,
+    retries: int,
+    reporter: Reporter,
+    started: float,
+) -> BatchSummary:
     owns_ray = not ray.is_initialized()
     if owns_ray:
         package_root = str(Path(__file__).resolve().parents[2])
