@@ -91,7 +91,9 @@ def compare_merge(gguf_split: Path, first_shard: Path, unsplit: Path, work: Path
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, help="a Hugging Face checkpoint folder (default: a fixture)")
     parser.add_argument("--workdir", type=Path, help="keep the files here (default: a temporary folder)")
     args = parser.parse_args()
@@ -116,7 +118,9 @@ def main() -> int:
             "merge": merge,
         }
         print(json.dumps(summary, indent=2))
-        ok = all(s["bytes_equal"] for s in splits) and merge["tensor_data_equal"] and merge["other_keys_equal"]
+        ok = (
+            all(s["bytes_equal"] for s in splits) and merge["tensor_data_equal"] and merge["other_keys_equal"]
+        )
         return 0 if ok else 1
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from phiquant import api
+from phiquant.errors import EXIT_SOME_FAILED
 from tests.cli.run import cli_environment
 from tests.fixtures.checkpoint_fixtures import SharedCheckpoints
 from tests.fixtures.phi3_specs import PHI3_MEDIUM_4K, PHI3_MINI_4K, PHI35_MINI
@@ -84,7 +85,7 @@ def test_matrix_on_two_nodes_survives_a_killed_worker_isolates_a_bad_model_and_r
     summary = json.loads(stdout)
     outcomes = {model["name"]: model for model in summary["models"]}
     # The bad model fails alone, with its reason; the exit status says a model failed.
-    assert process.returncode == 1, stderr
+    assert process.returncode == EXIT_SOME_FAILED, stderr
     assert outcomes["not-phi"]["status"] == "failed" and "ladder:" in outcomes["not-phi"]["reason"]
     for name, source in sources.items():
         outcome = outcomes[name]

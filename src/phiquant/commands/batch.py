@@ -7,6 +7,7 @@ from typing import Any
 
 from phiquant import api
 from phiquant.commands import Command
+from phiquant.errors import EXIT_OK, EXIT_SOME_FAILED
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         console.print(f"{summary.output} in {summary.seconds:.1f} s on Ray ({summary.address})", markup=False)
 
     output.result(summary, render)
-    return 1 if summary.failed else 0
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
 COMMAND = Command(

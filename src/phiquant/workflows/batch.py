@@ -139,12 +139,13 @@ def evaluate_task(
 
 def finish_task(
     job: ModelJob, directory: str, files: list[dict[str, Any]], evaluations: list[Any]
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """The model's report (from the per-file evaluations) and card; recorded in the manifest."""
     from dataclasses import replace
 
     from phiquant.integrations.card import build_card, write_card
 
+    started = time.perf_counter()
     folder = Path(directory)
     outputs: dict[str, str] = {}
     if evaluations:
@@ -165,7 +166,7 @@ def finish_task(
     manifest["outputs"] = outputs
     manifest["finished_for"] = sorted(s["sha256"] for f in files for s in f["shards"])
     write_manifest(folder, manifest)
-    return outputs
+    return {**outputs, "seconds": time.perf_counter() - started}
 
 
 def _can_plot() -> bool:
@@ -321,6 +322,7 @@ class _Driver:
     def _evaluated(self, job: ModelJob, index: int, total: int, evaluation: Any) -> None:
         done = self.evaluations[job.name]
         done[index] = evaluation
+        self.outcomes[job.name].task_seconds[f"evaluate {evaluation.files[0].path.name}"] = evaluation.seconds
         if len(done) == total:
             self._finish(job, [done[i] for i in range(total)])
 
@@ -331,6 +333,7 @@ class _Driver:
         ref = self.finish.remote(job, self._folder(job), outcome.files, evaluations)
         self._submit(job, "report", ref, partial(self._finished, job))
 
-    def _finished(self, job: ModelJob, outputs: dict[str, str]) -> None:
+    def _finished(self, job: ModelJob, outputs: dict[str, Any]) -> None:
         outcome = self.outcomes[job.name]
+        outcome.task_seconds["report"] = float(outputs.pop("seconds", 0.0))
         outcome.status, outcome.report, outcome.card = "done", outputs.get("report"), outputs.get("card")
