@@ -38,14 +38,18 @@ from phiquant.quant.job import open_source  # noqa: E402
 from phiquant.quant.tensor_error import measure_tensors  # noqa: E402
 
 
-def log_errors(tensors: list[TensorOptions], fitted: Sensitivities, measured: dict[str, float]) -> list[float]:
+def log_errors(
+    tensors: list[TensorOptions], fitted: Sensitivities, measured: dict[str, float]
+) -> list[float]:
     by_name = {t.name: t for t in tensors}
     return [math.log(fitted.of(by_name[name]) * error_increase(by_name[name]) / cost)
             for name, cost in measured.items() if cost > 0]  # fmt: skip
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL_DIR)
     args = parser.parse_args()
     source = open_source(args.model)
@@ -56,7 +60,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="phiquant-sensitivity-") as temporary:
         reference = api.convert(args.model, Path(temporary) / "reference.gguf", "auto").path
         measured = probe_klds(args.model, None, tensors, probes, reference)
-    pairs = {label[5:]: kld - measured["base"] for label, kld in measured.items() if label.startswith("pair:")}
+    pairs = {
+        label[5:]: kld - measured["base"] for label, kld in measured.items() if label.startswith("pair:")
+    }
     predictors = {
         "role": fit_probes(tensors, measured, layers=False),
         "role x layer": fit_probes(tensors, measured),
@@ -65,7 +71,11 @@ def main() -> int:
     for label, fitted in predictors.items():
         errors = log_errors(tensors, fitted, pairs)
         rms = math.sqrt(sum(e * e for e in errors) / len(errors))
-        summary[label] = {"rms_log_ratio": rms, "max_log_ratio": max(abs(e) for e in errors), "pairs": len(errors)}
+        summary[label] = {
+            "rms_log_ratio": rms,
+            "max_log_ratio": max(abs(e) for e in errors),
+            "pairs": len(errors),
+        }
         print(f"{label}: predicted/measured pair cost off by a factor of {math.exp(rms):.2f} (rms of the log "
               f"ratio {rms:.3f}, largest {summary[label]['max_log_ratio']:.3f}) over {len(errors)} pairs")  # fmt: skip
     factors = predictors["role x layer"].layers

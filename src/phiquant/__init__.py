@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 # name -> module that defines it
 _EXPORTS = {
     "convert": "phiquant.api",
+    "batch": "phiquant.api",
     "quantize": "phiquant.api",
     "inspect": "phiquant.api",
     "evaluate": "phiquant.evaluate",  # the package is callable: phiquant.api.evaluate (evaluate/__init__.py)
@@ -54,6 +55,7 @@ __all__ = [
     "RunnerOptions",
     "SamplingOptions",
     "__version__",
+    "batch",
     "convert",
     "evaluate",
     "inspect",
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
         ConvertResult,
         QuantizedFile,
         QuantizeResult,
+        batch,
         convert,
         evaluate,
         inspect,

@@ -17,6 +17,7 @@ from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
 from phiquant.gguf_io import Metadatum
+from phiquant.gguf_io.split import SplitLimits, parse_split_size
 from phiquant.hub import resolve_source
 from phiquant.inspection import GGUFReport, inspect_gguf
 from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, ModelSource
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # the runtime loads llama.cpp: imported only by the functions
     from phiquant.integrations.ollama import Modelfile
     from phiquant.runtime.generate import Completion, SamplingOptions
     from phiquant.runtime.runner import ModelRunner, RunnerOptions
+    from phiquant.workflows.batch import BatchSummary
 
 CONVERT_OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 
@@ -54,6 +56,7 @@ class ConvertResult:
     seconds: float
     source_bytes: int
     warnings: list[str] = field(default_factory=list)
+    shards: list[Path] = field(default_factory=list)  # a split file's shards (`path` is the first)
 
 
 @dataclass
@@ -64,6 +67,15 @@ class QuantizedFile:
     bits_per_weight: float
     seconds: float
     fallbacks: list[str] = field(default_factory=list)
+    shards: list[Path] = field(default_factory=list)  # a split file's shards (`path` is the first)
+
+
+def split_limits(split_max_size: int | str | None, split_max_tensors: int | None) -> SplitLimits | None:
+    """Shard limits from the --split-max-size / --split-max-tensors options (None: one file)."""
+    if split_max_size is None and split_max_tensors is None:
+        return None
+    size = parse_split_size(split_max_size) if isinstance(split_max_size, str) else split_max_size
+    return SplitLimits(size, split_max_tensors)
 
 
 @dataclass
@@ -104,6 +116,8 @@ def convert(
     allow_pickle: bool = False,
     text_only: bool = False,
     threads: int | None = None,
+    split_max_size: int | str | None = None,
+    split_max_tensors: int | None = None,
     reporter: Reporter = SILENT,
 ) -> ConvertResult:
     """Convert a Hugging Face Phi checkpoint directory to one GGUF file (f32, f16, bf16 or q8_0).
@@ -113,9 +127,11 @@ def convert(
     checkpoint that has only PyTorch pickles (pytorch_model.bin) through torch's weights-only
     loader, which never runs code from the file; without it such checkpoints are refused.
     `text_only` converts the language model of a multimodal checkpoint (Phi-4-multimodal) alone;
-    it is refused otherwise.
+    it is refused otherwise.  `split_max_size` (bytes, or text like "48G") or `split_max_tensors` write
+    llama.cpp's shards (`-00001-of-0000N.gguf`) when the model does not fit one.
     """
     started = time.perf_counter()
+    split = split_limits(split_max_size, split_max_tensors)
     source = resolve_source(source)
     if not Path(source).is_dir():
         raise PhiquantError(
@@ -130,16 +146,17 @@ def convert(
     path = Path(output) if output is not None else Path.cwd() / default_file_name(opened.name, preset)
     for warning in opened.model.warnings:
         reporter.warn(warning)
-    (planned,) = plan_files(opened, [preset.name], [path], QuantOptions())
+    (planned,) = plan_files(opened, [preset.name], [path], QuantOptions(), split=split)
     write_files(opened, [planned], threads=threads, allow_nonfinite=allow_nonfinite, reporter=reporter)
     return ConvertResult(
-        path=path,
+        path=planned.path,
         outtype=type_name,
-        file_size=path.stat().st_size,
+        file_size=planned.file_size,
         n_tensors=len(opened.model.tensors),
         seconds=time.perf_counter() - started,
         source_bytes=opened.model.source_bytes,
         warnings=list(opened.model.warnings),
+        shards=planned.paths if len(planned.paths) > 1 else [],
     )
 
 
@@ -162,6 +179,8 @@ def quantize(
     dry_run: bool = False,
     max_size: int | None = None,
     target_bpw: float | None = None,
+    split_max_size: int | str | None = None,
+    split_max_tensors: int | None = None,
     reporter: Reporter = SILENT,
 ) -> QuantizeResult:
     """Quantize a Hugging Face checkpoint or an F32/F16/BF16 GGUF to one or more llama.cpp types in
@@ -175,9 +194,11 @@ def quantize(
     `imatrix="auto"` computes (once, then from the cache) an importance matrix over the bundled
     calibration text when a chosen type needs or benefits from one.  `max_size` (bytes) or `target_bpw`
     replace the presets by one file whose per-tensor types minimise the predicted KL divergence under that
-    budget (quant.budget); `types` may then be empty.
+    budget (quant.budget); `types` may then be empty.  `split_max_size` / `split_max_tensors` write
+    every file of the ladder as llama.cpp's shards when it does not fit one (see `convert`).
     """
     started = time.perf_counter()
+    split = split_limits(split_max_size, split_max_tensors)
     names = [types] if isinstance(types, str) else list(types)
     budget_request = budget_plan.budget_request(
         max_size, target_bpw, names, tensor_types, output_type, embedding_type, pure
@@ -232,7 +253,7 @@ def quantize(
         allow_fallback=allow_fallback,
         allow_requantize=allow_requantize,
     )
-    planned = plan_files(opened, [p.name for p in presets], paths, options, imatrix, more_metadata)
+    planned = plan_files(opened, [p.name for p in presets], paths, options, imatrix, more_metadata, split)
     warnings = list(opened.model.warnings)
     if allow_requantize and any(_is_quantized_source(opened)):
         warnings.append(
@@ -269,7 +290,7 @@ def _is_quantized_source(source: Source) -> list[bool]:
 
 
 def _file_result(planned: PlannedFile, dry_run: bool) -> QuantizedFile:
-    size = planned.predicted_size if dry_run else planned.path.stat().st_size
+    size = planned.predicted_size if dry_run else planned.file_size
     return QuantizedFile(
         type=planned.preset.name,
         path=planned.path,
@@ -281,6 +302,7 @@ def _file_result(planned: PlannedFile, dry_run: bool) -> QuantizedFile:
             for t in planned.plan.fallbacks
             if t.fallback_from
         ],
+        shards=planned.paths if len(planned.paths) > 1 else [],
     )
 
 
@@ -519,4 +541,27 @@ def imatrix(
         entries=collection.imatrix.entries_count,
         seconds=time.perf_counter() - started,
         unrouted_experts=collection.unrouted_experts,
+    )
+
+
+def batch(
+    jobs: str | Path,
+    *,
+    address: str | None = None,
+    cpus_per_task: int = 1,
+    retries: int = 3,
+    reporter: Reporter = SILENT,
+) -> BatchSummary:
+    """Run a jobs file (workflows.batch_jobs: models x ladders, evaluation, report and card per model) on
+    Ray: an embedded local Ray by default, the cluster at `address` otherwise (`auto` finds the local
+    one).  A model's ladder is one task, each file's evaluation another (the reference logits computed
+    once per model and shared through phiquant's cache); a rerun skips what is done and verified; a
+    failed model is reported with its reason without stopping the others.  Needs `phiquant[cluster]`."""
+    from phiquant.workflows.batch import run_batch
+    from phiquant.workflows.batch_jobs import read_jobs
+
+    if cpus_per_task < 1:
+        raise PhiquantError(f"--cpus-per-task must be at least 1, not {cpus_per_task}")
+    return run_batch(
+        read_jobs(jobs), address=address, cpus_per_task=cpus_per_task, retries=retries, reporter=reporter
     )

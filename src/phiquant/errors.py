@@ -11,6 +11,7 @@ import os
 EXIT_OK = 0
 EXIT_INTERNAL_ERROR = 1
 EXIT_BAD_INPUT = 2
+EXIT_SOME_FAILED = 3  # phiquant batch: some models failed, the others are done
 EXIT_INTERRUPTED = 130
 
 

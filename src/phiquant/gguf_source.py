@@ -47,12 +47,13 @@ def gguf_tensor_source(gguf: GGUFFile, tensor: GGUFTensor, dequantize: Dequantiz
         np.prod(tensor.shape[1:], dtype=np.int64).item() if len(tensor.shape) > 1 else 1
     )
     row_bytes = tensor.nbytes // n_rows if n_rows else 0
+    file = gguf.file_of(tensor)
 
     def read_raw(start: int, stop: int) -> np.ndarray:
         if stop == start:
             return np.zeros(0, dtype=np.uint8)
         return np.memmap(
-            gguf.path,
+            file,
             dtype=np.uint8,
             mode="r",
             offset=tensor.offset + start * row_bytes,
@@ -72,7 +73,7 @@ def gguf_tensor_source(gguf: GGUFFile, tensor: GGUFTensor, dequantize: Dequantiz
             del raw
 
     def hint(start: int, stop: int) -> None:
-        read_ahead(gguf.path, tensor.offset + start * row_bytes, (stop - start) * row_bytes)
+        read_ahead(file, tensor.offset + start * row_bytes, (stop - start) * row_bytes)
 
     return SourceTensor(tensor.name, tensor.shape, tensor.ggml_type, read_rows, read_raw, hint)
 

@@ -65,6 +65,7 @@ class GGUFReport:
     end_of_generation: list[EndToken]
     has_chat_template: bool
     metadata_keys: list[str] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)  # every file of a split model, first first
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,7 +140,8 @@ def inspect_gguf(path: Path) -> GGUFReport:
     }
     return GGUFReport(
         path=str(path),
-        file_size=path.stat().st_size,
+        file_size=gguf.file_size,
+        shards=[str(shard) for shard in gguf.shards] if gguf.is_split else [],
         gguf_version=gguf.version,
         architecture=arch,
         name=gguf.get("general.name"),

@@ -24,7 +24,8 @@ import numpy as np
 from gguf import GGML_QUANT_VERSION, GGUFValueType
 
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import GGUFOutput, Metadatum, TensorInfo, open_outputs, predicted_file_size
+from phiquant.gguf_io import GGUFOutput, Metadatum, TensorInfo, open_outputs
+from phiquant.gguf_io.split import ShardedOutput, SplitLimits, model_output, output_parts, output_paths
 from phiquant.model_source import ModelSource, SourceTensor
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant.plan import QuantPlan, TensorDesc, llama_tensor_order
@@ -54,13 +55,18 @@ class OutputPlan:
     tensor_types: dict[str, int]  # GGUF tensor name -> ggml type
     extra_metadata: list[Metadatum] = field(default_factory=list)
     seconds: float = 0.0  # time spent encoding and writing this file (filled in by the writer)
+    split: SplitLimits | None = None  # write shards of at most this much (gguf_io.split)
 
     @classmethod
     def from_quant_plan(
-        cls, path: Path, plan: QuantPlan, extra_metadata: Sequence[Metadatum] = ()
+        cls,
+        path: Path,
+        plan: QuantPlan,
+        extra_metadata: Sequence[Metadatum] = (),
+        split: SplitLimits | None = None,
     ) -> OutputPlan:
         types = {tensor.name: int(tensor.target_type) for tensor in plan.tensors}
-        return cls(path, int(plan.preset.ftype), types, list(extra_metadata))
+        return cls(path, int(plan.preset.ftype), types, list(extra_metadata), split=split)
 
 
 def tensor_descs(source: ModelSource) -> list[TensorDesc]:
@@ -95,10 +101,25 @@ def tensor_infos(source: ModelSource, plan: OutputPlan, row_size: RowSize) -> li
     return infos
 
 
-def predicted_size(source: ModelSource, plan: OutputPlan, row_size: RowSize) -> int:
-    return predicted_file_size(
-        source.arch, output_metadata(source, plan), tensor_infos(source, plan, row_size)
+def planned_output(source: ModelSource, plan: OutputPlan, row_size: RowSize) -> GGUFOutput | ShardedOutput:
+    """The file (or the shards) `plan` makes, not yet opened."""
+    return model_output(
+        plan.path,
+        source.arch,
+        output_metadata(source, plan),
+        tensor_infos(source, plan, row_size),
+        plan.split,
     )
+
+
+def predicted_size(source: ModelSource, plan: OutputPlan, row_size: RowSize) -> int:
+    """Bytes on disk, over all shards of a split output."""
+    return planned_output(source, plan, row_size).predicted_size
+
+
+def planned_paths(source: ModelSource, plan: OutputPlan, row_size: RowSize) -> list[Path]:
+    """The files `plan` makes: its path, or its shards (the first is what llama.cpp loads)."""
+    return output_paths(planned_output(source, plan, row_size))
 
 
 def slab_bounds(tensor: SourceTensor) -> list[tuple[int, int]]:
@@ -125,7 +146,7 @@ class _BackgroundWriter:
     """Writes (output, bytes) pairs on one thread, in submission order; re-raises its errors."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[GGUFOutput, np.ndarray | bytes] | None] = queue.Queue(
+        self._queue: queue.Queue[tuple[GGUFOutput | ShardedOutput, np.ndarray | bytes] | None] = queue.Queue(
             WRITE_QUEUE_DEPTH
         )
         self._error: BaseException | None = None
@@ -140,7 +161,7 @@ class _BackgroundWriter:
                 except BaseException as error:  # noqa: BLE001 - handed to the main thread, re-raised there
                     self._error = error
 
-    def submit(self, output: GGUFOutput, data: np.ndarray | bytes) -> None:
+    def submit(self, output: GGUFOutput | ShardedOutput, data: np.ndarray | bytes) -> None:
         self._raise_pending()
         self._queue.put((output, data))
 
@@ -181,19 +202,15 @@ def write_gguf_files(
 
     Slabs of rows go to `threads` workers (default: every core), each reading, checking and encoding a
     slab for every output; `encode_rows` is called single-threaded per worker."""
-    outputs = [
-        GGUFOutput(
-            plan.path, source.arch, output_metadata(source, plan), tensor_infos(source, plan, row_size)
-        )
-        for plan in plans
-    ]
+    outputs = [planned_output(source, plan, row_size) for plan in plans]
     tensors = ordered_tensors(source)
     total = sum(4 * t.n_elements for t in tensors)
     reporter.start("writing" if len(plans) == 1 else f"writing {len(plans)} files", total, "B")
     workers = max(1, threads or os.cpu_count() or 1)
     encoder = _SlabEncoder(encode_rows, allow_nonfinite, source)
     in_flight: deque[tuple[_Slab, Future[_Encoded]]] = deque()
-    with open_outputs(outputs), ThreadPoolExecutor(workers, thread_name_prefix="phiquant-encode") as pool:
+    parts = [part for output in outputs for part in output_parts(output)]
+    with open_outputs(parts), ThreadPoolExecutor(workers, thread_name_prefix="phiquant-encode") as pool:
         writer = _BackgroundWriter()
         try:
             for slab in _slabs(tensors, plans, importance or {}):
@@ -211,7 +228,7 @@ def write_gguf_files(
             writer.abandon()
             raise
     reporter.finish()
-    return [plan.path for plan in plans]
+    return [output.path for output in outputs]
 
 
 @dataclass(frozen=True)
@@ -243,7 +260,7 @@ def _hand_to_writer(
     slab: _Slab,
     future: Future[_Encoded],
     plans: Sequence[OutputPlan],
-    outputs: Sequence[GGUFOutput],
+    outputs: Sequence[GGUFOutput | ShardedOutput],
     writer: _BackgroundWriter,
     workers: int,
     reporter: Reporter,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from phiquant.errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK
+from phiquant.errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
 from tests.cli.run import assert_one_line_error, cli_environment, run_phiquant
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_documented_codes_are_the_constants() -> None:
     text = README.read_text(encoding="utf-8")
-    for code in (EXIT_OK, EXIT_INTERNAL_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED, 143):
+    for code in (EXIT_OK, EXIT_INTERNAL_ERROR, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_INTERRUPTED, 143):
         assert f"\n| {code} | " in text
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from phiquant import api
 from phiquant.errors import PhiquantError
+from phiquant.gguf_io import read_gguf
 from phiquant.hub import ModelId, cached_snapshot, hub_cache_dir, parse_model_id, resolve_source
 from tests.cli.run import assert_one_line_error, run_phiquant
 from tests.fixtures.checkpoint_fixtures import SharedCheckpoints
@@ -34,9 +35,16 @@ def test_snapshot_files_are_links_into_blobs(cached_phi35: Path) -> None:
 def test_convert_by_model_id_equals_convert_of_the_folder(
     cached_phi35: Path, shared_phi3_checkpoint: SharedCheckpoints, tmp_path: Path
 ) -> None:
-    by_id = api.convert(REPO_ID, tmp_path / "by-id.gguf", "f16")
-    by_folder = api.convert(shared_phi3_checkpoint(PHI35_MINI), tmp_path / "by-folder.gguf", "f16")
-    assert by_id.path.read_bytes() == by_folder.path.read_bytes()
+    by_id = read_gguf(api.convert(REPO_ID, tmp_path / "by-id.gguf", "f16").path)
+    by_folder = read_gguf(
+        api.convert(shared_phi3_checkpoint(PHI35_MINI), tmp_path / "by-folder.gguf", "f16").path
+    )
+    # The same model, plus where it came from.
+    source_keys = {"general.source.huggingface.repository", "general.source.url"}
+    assert [m for m in by_id.metadata if m.key not in source_keys] == by_folder.metadata
+    assert by_id.get("general.source.huggingface.repository") == REPO_ID
+    id_bytes, folder_bytes = by_id.path.read_bytes(), by_folder.path.read_bytes()
+    assert id_bytes[by_id.data_offset :] == folder_bytes[by_folder.data_offset :]
 
 
 @pytest.mark.usefixtures("no_network")

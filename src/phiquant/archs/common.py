@@ -243,6 +243,19 @@ def tokenizer_metadata(
     )
 
 
+def with_source_metadata(metadata: list[Metadatum], checkpoint: Checkpoint) -> list[Metadatum]:
+    """`metadata` with the model card's and hub's keys after the general.* block, where llama.cpp's
+    converter writes them."""
+    from phiquant.archs.source_metadata import source_metadata
+
+    n_parameters = sum(entry.n_elements for entry in checkpoint.tensors.values())
+    extra = source_metadata(checkpoint.path, n_parameters)
+    general_end = next(
+        (i for i, item in enumerate(metadata) if not item.key.startswith("general.")), len(metadata)
+    )
+    return metadata[:general_end] + extra + metadata[general_end:]
+
+
 def checkpoint_model_source(
     checkpoint: Checkpoint,
     arch: str,
@@ -255,7 +268,7 @@ def checkpoint_model_source(
     shares (end-of-generation ids that llama.cpp's three slots cannot hold)."""
     source = ModelSource(
         arch=arch,
-        metadata=metadata + provenance_metadata(),
+        metadata=with_source_metadata(metadata, checkpoint) + provenance_metadata(),
         tensors=tensors,
         stored_type=dominant_stored_type(checkpoint),
         origin=str(checkpoint.path),

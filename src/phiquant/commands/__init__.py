@@ -22,6 +22,7 @@ class Command:
 
 def _all_commands() -> list[Command]:
     from phiquant.commands import (
+        batch,
         card,
         chat,
         convert,
@@ -48,6 +49,7 @@ def _all_commands() -> list[Command]:
         serve.COMMAND,
         ollama.COMMAND,
         card.COMMAND,
+        batch.COMMAND,
         demo.COMMAND,
     ]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from phiquant import api
 from phiquant.commands import Command
-from phiquant.commands.source_flags import add_checkpoint_reading_arguments
+from phiquant.commands.source_flags import add_checkpoint_reading_arguments, add_split_arguments
 from phiquant.gguf_io import format_bytes
 
 
@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tensor type for weight matrices; auto keeps the checkpoint's precision (BF16 stays BF16)",
     )
     add_checkpoint_reading_arguments(parser)
+    add_split_arguments(parser)
     parser.add_argument(
         "--allow-nonfinite", action="store_true", help="write weights holding NaN/Inf instead of refusing"
     )
@@ -40,13 +41,16 @@ def run(args: argparse.Namespace, output: Any) -> int:
         allow_nonfinite=args.allow_nonfinite,
         allow_pickle=args.allow_pickle,
         text_only=args.text_only,
+        split_max_size=args.split_max_size,
+        split_max_tensors=args.split_max_tensors,
         reporter=output.reporter(),
     )
 
     def render(console: Any) -> None:
         console.print(
             f"wrote {result.path} ({result.outtype.upper()}, {format_bytes(result.file_size)}, "
-            f"{result.n_tensors} tensors) in {result.seconds:.1f} s",
+            f"{result.n_tensors} tensors{f', {len(result.shards)} shards' if result.shards else ''}) "
+            f"in {result.seconds:.1f} s",
             highlight=False,
             markup=False,  # a path like "[/x].gguf" is text, not rich markup
         )

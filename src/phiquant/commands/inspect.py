@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from phiquant import api
@@ -28,6 +29,10 @@ def run(args: argparse.Namespace, output: Any) -> int:
             console.print(terminal_text(text), markup=False, highlight=False, soft_wrap=True)
 
         line(f"{report.path}  {format_bytes(report.file_size)}")
+        if report.shards:
+            line(
+                f"split model: {len(report.shards)} shards ({', '.join(Path(s).name for s in report.shards)})"
+            )
         line(
             f"architecture {report.architecture}  name {report.name!r}  file type {report.file_type}  "
             f"GGUF v{report.gguf_version}"

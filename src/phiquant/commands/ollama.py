@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, output: Any) -> int:
     template = read_chat_template(args.chat_template)
     modelfile = api.ollama_modelfile(args.model, args.output, num_ctx=args.ctx, chat_template=template)
+    if modelfile.merge_command:
+        output.reporter().warn(
+            f"Ollama takes one GGUF file: merge the shards first: {modelfile.merge_command}"
+        )
 
     def render(console: Any) -> None:
         if modelfile.path is None:

@@ -12,7 +12,7 @@ from phiquant.cli import terminal_text
 from phiquant.commands import Command
 from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, render_report
 from phiquant.commands.report import add_report_arguments
-from phiquant.commands.source_flags import add_checkpoint_reading_arguments
+from phiquant.commands.source_flags import add_checkpoint_reading_arguments, add_split_arguments
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes
 from phiquant.quant.budget import parse_size
@@ -98,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-requantize", action="store_true", help="accept an already quantized GGUF source"
     )
     add_checkpoint_reading_arguments(parser)
+    add_split_arguments(parser)
     parser.add_argument(
         "--allow-nonfinite", action="store_true", help="write F32/F16/BF16 weights holding NaN/Inf"
     )
@@ -137,6 +138,8 @@ def run(args: argparse.Namespace, output: Any) -> int:
         dry_run=args.dry_run,
         max_size=parse_size(args.max_size) if args.max_size is not None else None,
         target_bpw=args.target_bpw,
+        split_max_size=args.split_max_size,
+        split_max_tensors=args.split_max_tensors,
         reporter=output.reporter(),
     )
     report = None

@@ -18,3 +18,18 @@ def add_checkpoint_reading_arguments(parser: argparse.ArgumentParser) -> None:
         help="read a checkpoint that has only PyTorch pickles (pytorch_model.bin) with torch's weights-only "
         "loader, which never runs code from the file (needs torch: pip install 'phiquant[pickle]')",
     )
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """llama.cpp's shard options (convert_hf_to_gguf.py, llama-gguf-split), for hosts with a file size
+    limit such as the Hugging Face Hub's 50 GB."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--split-max-size",
+        metavar="SIZE",
+        help="write each file as shards <name>-00001-of-0000N.gguf of at most SIZE of tensor data "
+        "(e.g. 48G, 500M; decimal units as llama.cpp's tools); llama.cpp loads the first shard",
+    )
+    group.add_argument(
+        "--split-max-tensors", type=int, metavar="N", help="write each file as shards of at most N tensors"
+    )

@@ -21,6 +21,7 @@ from phiquant.evaluate.sequential import FileEstimate, SequentialEstimator, Sequ
 from phiquant.evaluate.speed import Speed, measure_speed
 from phiquant.evaluate.statistics import Divergence, Perplexity, divergence, perplexity, uniform_perplexity
 from phiquant.evaluate.windows import WindowPlan, plan_windows
+from phiquant.gguf_io.split import ordered_shard_sets
 from phiquant.progress import SILENT, Reporter
 from phiquant.runtime.llama import LoadedModel, LoadOptions
 
@@ -95,7 +96,8 @@ def _resolve(
 ) -> tuple[list[ModelFile], ModelFile | None]:
     if not paths:
         raise PhiquantError("give at least one GGUF file to evaluate")
-    files = [describe(p) for p in paths]
+    # The shards of a split model, listed in order, are one model (given by its first shard).
+    files = [describe(p) for p in ordered_shard_sets([Path(p) for p in paths])]
     seen: set[Path] = set()
     for file in files:
         if file.path.resolve() in seen:

@@ -135,9 +135,11 @@ def content_hash(gguf: GGUFFile) -> str:
     digest.update(size.to_bytes(8, "little"))
     with open(gguf.path, "rb") as f:
         digest.update(f.read(gguf.data_offset))
-        for tensor in gguf.tensors:
-            span = max(tensor.nbytes - HASH_SAMPLE_BYTES, 0)
-            for k in range(HASH_SAMPLES_PER_TENSOR):
-                f.seek(tensor.offset + span * k // max(HASH_SAMPLES_PER_TENSOR - 1, 1))
-                digest.update(f.read(min(HASH_SAMPLE_BYTES, tensor.nbytes)))
+    for shard in gguf.shards:  # one file, or each shard of a split model
+        with open(shard, "rb") as f:
+            for tensor in (t for t in gguf.tensors if gguf.file_of(t) == shard):
+                span = max(tensor.nbytes - HASH_SAMPLE_BYTES, 0)
+                for k in range(HASH_SAMPLES_PER_TENSOR):
+                    f.seek(tensor.offset + span * k // max(HASH_SAMPLES_PER_TENSOR - 1, 1))
+                    digest.update(f.read(min(HASH_SAMPLE_BYTES, tensor.nbytes)))
     return digest.hexdigest()

@@ -62,6 +62,7 @@ class GGUFTensor:
     ggml_type: int
     offset: int  # absolute offset of the first byte in the file
     nbytes: int
+    file: Path | None = None  # the shard holding it, for a split model; None: the model's file
 
 
 @dataclass
@@ -72,10 +73,12 @@ class GGUFFile:
     tensors: list[GGUFTensor]
     alignment: int
     data_offset: int
+    shards: list[Path] = field(default_factory=list)  # every file of a split model, first first
     _by_key: dict[str, Metadatum] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._by_key = {item.key: item for item in self.metadata}
+        self.shards = self.shards or [self.path]
 
     def get(self, key: str, default: Any = None) -> Any:
         item = self._by_key.get(key)
@@ -95,7 +98,15 @@ class GGUFFile:
 
     @property
     def file_size(self) -> int:
-        return self.path.stat().st_size
+        """Bytes on disk, over all shards of a split model."""
+        return sum(shard.stat().st_size for shard in self.shards)
+
+    @property
+    def is_split(self) -> bool:
+        return len(self.shards) > 1
+
+    def file_of(self, tensor: GGUFTensor) -> Path:
+        return tensor.file or self.path
 
     def tensor(self, name: str) -> GGUFTensor:
         for tensor in self.tensors:
@@ -107,11 +118,24 @@ class GGUFFile:
         """The tensor's bytes as a read-only uint8 memory map (released when dropped)."""
         if tensor.nbytes == 0:
             return np.zeros(0, dtype=np.uint8)
-        return np.memmap(self.path, dtype=np.uint8, mode="r", offset=tensor.offset, shape=(tensor.nbytes,))
+        return np.memmap(
+            self.file_of(tensor), dtype=np.uint8, mode="r", offset=tensor.offset, shape=(tensor.nbytes,)
+        )
 
 
 def read_gguf(path: str | Path) -> GGUFFile:
-    """Parse a GGUF file's header; raise PhiquantError naming the file on anything malformed."""
+    """Parse a GGUF file's header, or the headers of every shard of a split model given its first
+    shard (gguf_io.split); raise PhiquantError naming the file on anything malformed."""
+    first = read_gguf_file(path)
+    if first.get("split.count") is None:
+        return first
+    from phiquant.gguf_io.split import join_shards
+
+    return join_shards(first, read_gguf_file)
+
+
+def read_gguf_file(path: str | Path) -> GGUFFile:
+    """Parse one file's header; each tensor's `file` is set when the file is a shard."""
     path = Path(path)
     if not path.exists():
         raise PhiquantError("no such file", path=path)
@@ -182,7 +206,8 @@ class _HeaderParser:
         alignment = self.alignment(metadata)
         infos = [self.tensor_info(i) for i in range(n_tensors)]
         data_offset = (self.pos + alignment - 1) // alignment * alignment
-        tensors = self.place_tensors(infos, data_offset, alignment)
+        shard = self.path if any(m.key == "split.count" for m in metadata) else None
+        tensors = self.place_tensors(infos, data_offset, alignment, shard)
         return GGUFFile(self.path, version, metadata, tensors, alignment, data_offset)
 
     def key_value(self, index: int) -> Metadatum:
@@ -265,7 +290,11 @@ class _HeaderParser:
         return name, shape, ggml_type, offset
 
     def place_tensors(
-        self, infos: list[tuple[str, tuple[int, ...], int, int]], data_offset: int, alignment: int
+        self,
+        infos: list[tuple[str, tuple[int, ...], int, int]],
+        data_offset: int,
+        alignment: int,
+        shard: Path | None,
     ) -> list[GGUFTensor]:
         tensors: list[GGUFTensor] = []
         seen: set[str] = set()
@@ -291,7 +320,7 @@ class _HeaderParser:
                 raise self.fail(
                     f"tensor {name!r} data ({nbytes} bytes at {start}) runs past the end of the file"
                 )
-            tensors.append(GGUFTensor(name, shape, ggml_type, start, nbytes))
+            tensors.append(GGUFTensor(name, shape, ggml_type, start, nbytes, shard))
         ordered = sorted((t for t in tensors if t.nbytes), key=lambda t: t.offset)
         for before, after in zip(ordered, ordered[1:]):
             if before.offset + before.nbytes > after.offset:

@@ -19,6 +19,7 @@ from typing import Any
 from phiquant import __version__, temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes, read_gguf
+from phiquant.gguf_io.split import SHARD_NAME, ordered_shard_sets, reproducing_option
 from phiquant.inspection import inspect_gguf
 
 # Every Phi model Microsoft published is MIT licensed (each model's LICENSE file on the Hub).
@@ -34,6 +35,14 @@ class CardFile:
     file_size: int
     bits_per_weight: float
     imatrix: str | None  # the importance matrix file named in quantize.imatrix.file
+    shards: int = 1  # a split model's file count (`name` is its first shard)
+    split_option: str = ""  # the phiquant option that makes these shards
+
+    @property
+    def output_name(self) -> str:
+        """The -o name that produces this file (a split model's name without -00001-of-0000N)."""
+        match = SHARD_NAME.match(self.name) if self.shards > 1 else None
+        return f"{match['prefix']}.gguf" if match else self.name
 
 
 @dataclass
@@ -64,6 +73,7 @@ class ModelCard:
     plot: Path | None
     path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    base_model_relation: str = "quantized"  # or "finetune": the files are a fine-tune of base_model
 
 
 def build_card(
@@ -77,22 +87,24 @@ def build_card(
     folder = Path(directory)
     if not folder.is_dir():
         raise PhiquantError("not a directory", path=folder)
-    paths = sorted(folder.glob("*.gguf"))
+    paths = ordered_shard_sets(sorted(folder.glob("*.gguf")))  # a split model by its first shard
     if not paths:
         raise PhiquantError("no .gguf files in this directory", path=folder)
     files = sorted((_card_file(p) for p in paths), key=lambda f: (f.file_size, f.name))
     first = read_gguf(paths[0])
     warnings: list[str] = []
-    base = base_model or _base_model(first, warnings)
+    base, relation = (base_model, "quantized") if base_model else _base_model(first, warnings)
     card_license = license or _license(first, base, warnings)
     arch = str(first.get("general.architecture") or "")
+    model_name = str(first.get("general.name") or paths[0].stem)
     all_tags = list(dict.fromkeys([*BASE_TAGS, *([arch] if arch else []), *tags]))
     report = _find_report(folder, {p.name for p in paths})
     quality, recommendation, plot = _quality(report) if report else ([], "", None)
     versions = _versions(paths)
     text = render_card(
-        name=str(first.get("general.name") or paths[0].stem),
+        name=model_name,
         base_model=base,
+        relation=relation,
         license=card_license,
         quantized_by=quantized_by,
         tags=all_tags,
@@ -101,41 +113,78 @@ def build_card(
         recommendation=recommendation,
         plot=plot,
         versions=versions,
-        commands=commands(base, files, report is not None),
+        commands=commands(base if relation == "quantized" else f"./{model_name}", files, report is not None),
         example=_example_file(files, quality),
     )
     return ModelCard(
-        folder, text, base, card_license, quantized_by, all_tags, files, quality, report, plot, None, warnings
+        folder,
+        text,
+        base,
+        card_license,
+        quantized_by,
+        all_tags,
+        files,
+        quality,
+        report,
+        plot,
+        None,
+        warnings,
+        relation,
     )
 
 
 def _card_file(path: Path) -> CardFile:
     report = inspect_gguf(path)
-    imatrix = read_gguf(path).get("quantize.imatrix.file")
+    gguf = read_gguf(path)
+    imatrix = gguf.get("quantize.imatrix.file")
     return CardFile(
         path.name,
         report.file_type or "?",
         report.file_size,
         report.bits_per_weight,
         imatrix if isinstance(imatrix, str) else None,
+        max(1, len(report.shards)),
+        reproducing_option(gguf) if gguf.is_split else "",
     )
 
 
-def _base_model(gguf: Any, warnings: list[str]) -> str:
-    """The Hub id of the model the files came from: llama.cpp's general.base_model.0.* or
-    general.source.huggingface.repository keys when present, else microsoft/<general.name>."""
-    organization, name = gguf.get("general.base_model.0.organization"), gguf.get("general.base_model.0.name")
-    if isinstance(organization, str) and isinstance(name, str) and organization and name:
-        return f"{organization}/{name}".replace(" ", "-")
+def _base_model(gguf: Any, warnings: list[str]) -> tuple[str, str]:
+    """The Hub id the card links to and how the files relate to it.
+
+    The repository the files were converted from (general.source.huggingface.repository, written when
+    the source was a Hugging Face id) is what they are a quantization of.  Without it, a source whose
+    model card named its base model (general.base_model.0.repo_url, as llama.cpp's converter writes
+    it) was a fine-tune of that model.  Only when the files carry neither is the id inferred."""
     repository = gguf.get("general.source.huggingface.repository")
-    if isinstance(repository, str) and "/" in repository:
-        return repository
+    if isinstance(repository, str) and _is_hub_id(repository):
+        return repository, "quantized"
+    base = _hub_id_of_url(gguf.get("general.base_model.0.repo_url"))
+    if base is not None:
+        warnings.append(
+            f"the files were converted from a local fine-tune of {base}: the card links to {base} as "
+            "base_model (relation: finetune); pass --base-model with the fine-tune's own id if it is published"
+        )
+        return base, "finetune"
     model_name = gguf.get("general.name")
     if not isinstance(model_name, str) or not model_name:
         raise PhiquantError("the files carry no model name: pass --base-model ORG/NAME", path=gguf.path)
     guess = f"microsoft/{model_name.replace(' ', '-')}"
     warnings.append(f"base_model {guess} is inferred from general.name; pass --base-model if it is not")
-    return guess
+    return guess, "quantized"
+
+
+def _is_hub_id(text: str) -> bool:
+    organization, _, name = text.partition("/")
+    return bool(organization and name and "/" not in name and " " not in text)
+
+
+def _hub_id_of_url(url: object) -> str | None:
+    if not isinstance(url, str):
+        return None
+    for prefix in ("https://huggingface.co/", "http://huggingface.co/"):
+        if url.startswith(prefix) and _is_hub_id(url[len(prefix) :].rstrip("/")):
+            return url[len(prefix) :].rstrip("/")
+    return None
 
 
 def _license(gguf: Any, base_model: str, warnings: list[str]) -> str:
@@ -209,12 +258,15 @@ def commands(base_model: str, files: Sequence[CardFile], evaluated: bool) -> lis
     lines = []
     for f in files:
         if f.type in UNQUANTIZED_TYPES:
-            lines.append(f"phiquant convert {base_model} --outtype {f.type.lower()} -o {f.name}")
-    by_imatrix: dict[str | None, list[str]] = {}
+            split = f" {f.split_option}" if f.split_option else ""
+            lines.append(
+                f"phiquant convert {base_model} --outtype {f.type.lower()} -o {f.output_name}{split}"
+            )
+    by_options: dict[tuple[str | None, str], list[str]] = {}
     for f in quantized:
-        by_imatrix.setdefault(f.imatrix, []).append(f.type)
-    for imatrix, types in by_imatrix.items():
-        option = f" --imatrix {Path(imatrix).name}" if imatrix else ""
+        by_options.setdefault((f.imatrix, f.split_option), []).append(f.type)
+    for (imatrix, split), types in by_options.items():
+        option = (f" --imatrix {Path(imatrix).name}" if imatrix else "") + (f" {split}" if split else "")
         lines.append(f"phiquant quantize {base_model} {' '.join(f'-t {t}' for t in types)}{option} -o .")
     if evaluated:
         lines.append("phiquant report .")
@@ -225,6 +277,7 @@ def render_card(
     *,
     name: str,
     base_model: str,
+    relation: str = "quantized",
     license: str,
     quantized_by: str,
     tags: Sequence[str],
@@ -240,7 +293,7 @@ def render_card(
     front = [
         "---",
         f"base_model: {json.dumps(base_model)}",
-        "base_model_relation: quantized",
+        f"base_model_relation: {relation}",
         f"license: {json.dumps(license)}",
         f"quantized_by: {json.dumps(quantized_by)}",
         "library_name: gguf",
@@ -254,7 +307,8 @@ def render_card(
         "",
         f"# {name} GGUF",
         "",
-        f"llama.cpp GGUF files of [{base_model}](https://huggingface.co/{base_model}), made with "
+        f"llama.cpp GGUF files of {'' if relation == 'quantized' else 'a fine-tune of '}"
+        f"[{base_model}](https://huggingface.co/{base_model}), made with "
         f"[phiquant](https://pypi.org/project/phiquant/) {_joined(versions['phiquant']) or __version__} "
         f"(llama.cpp through llama-cpp-python {_joined(versions['llama-cpp-python']) or 'unknown'}).",
         "",
@@ -262,7 +316,20 @@ def render_card(
         "",
         "| file | type | size | bits/weight |",
         "|---|---|---|---|",
-        *[f"| {f.name} | {f.type} | {format_bytes(f.file_size)} | {f.bits_per_weight:.2f} |" for f in files],
+        *[
+            f"| {f.name}{f' (+{f.shards - 1} more shards)' if f.shards > 1 else ''} | {f.type} | "
+            f"{format_bytes(f.file_size)} | {f.bits_per_weight:.2f} |"
+            for f in files
+        ],
+        *(
+            [
+                "",
+                "Files over the Hub's size limit are split into shards `-00001-of-0000N.gguf`: download them all; "
+                "llama.cpp (and phiquant) load the model from the first shard.",
+            ]
+            if any(f.shards > 1 for f in files)
+            else []
+        ),
         "",
         "## Quality",
         "",
@@ -277,11 +344,20 @@ def render_card(
         "",
         "```bash",
         f"phiquant chat {example}",
-        f"phiquant ollama {example} -o Modelfile && ollama create {name.lower()} -f Modelfile",
+        *_ollama_lines(example, name, files),
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def _ollama_lines(example: str, name: str, files: Sequence[CardFile]) -> list[str]:
+    lines = [f"phiquant ollama {example} -o Modelfile && ollama create {name.lower()} -f Modelfile"]
+    match = SHARD_NAME.match(example)
+    if match and any(f.name == example and f.shards > 1 for f in files):
+        # Ollama's FROM takes one file; the Modelfile names the merged one.
+        lines.insert(0, f"llama-gguf-split --merge {example} {match['prefix']}.gguf  # Ollama reads one file")
+    return lines
 
 
 def _example_file(files: Sequence[CardFile], quality: Sequence[QualityRow]) -> str:

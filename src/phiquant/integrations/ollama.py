@@ -14,6 +14,7 @@ bare GGUF goes on past its answer into a made-up next turn.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import GGUFFile, read_gguf
+from phiquant.gguf_io.split import SHARD_NAME
 from phiquant.inspection import end_of_generation_tokens
 from phiquant.runtime.chat_template import ChatTemplate
 from phiquant.runtime.memory import ModelShape, default_context_size
@@ -77,6 +79,7 @@ class Modelfile:
     stops: list[str]
     num_ctx: int
     dropped_prefix: str  # template text left to llama.cpp's own BOS ("" when none)
+    merge_command: str | None = None  # a split model: the command making the one file FROM names
 
 
 def measure_layout(template: ChatTemplate) -> TurnLayout:
@@ -199,8 +202,26 @@ def build_modelfile(
     if context < 1:
         raise PhiquantError(f"--ctx must be at least 1, not {context}")
     base = Path(output).parent if output is not None else Path.cwd()
-    text = modelfile_text(_from_path(path, base), go, stops, context, gguf.get("general.license"))
-    return Modelfile(path, None, text, go, stops, context, layout.prefix if drop_prefix else "")
+    merge = merge_command(gguf)
+    source = merged_path(gguf) if merge else path
+    text = modelfile_text(_from_path(source, base), go, stops, context, gguf.get("general.license"))
+    if merge:
+        text = f"# Ollama reads one GGUF file: merge the shards first with\n# {merge}\n{text}"
+    return Modelfile(path, None, text, go, stops, context, layout.prefix if drop_prefix else "", merge)
+
+
+def merged_path(gguf: GGUFFile) -> Path:
+    """Where the merged file of a split model goes: the shards' name without -00001-of-0000N."""
+    match = SHARD_NAME.match(gguf.path.name)
+    return gguf.path.with_name(f"{match['prefix'] if match else gguf.path.stem}.gguf")
+
+
+def merge_command(gguf: GGUFFile) -> str | None:
+    """For a split model, llama.cpp's command that joins the shards (Ollama's `FROM` takes one file;
+    it does not open the other shards as llama.cpp does)."""
+    if not gguf.is_split:
+        return None
+    return f"llama-gguf-split --merge {shlex.quote(str(gguf.path))} {shlex.quote(str(merged_path(gguf)))}"
 
 
 def modelfile_text(from_path: str, template: str, stops: Sequence[str], num_ctx: int, license: object) -> str:

@@ -20,9 +20,10 @@ from phiquant.archs.common import provenance_metadata
 from phiquant.checkpoint.directory import open_checkpoint
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import Metadatum
+from phiquant.gguf_io.split import SplitLimits
 from phiquant.gguf_source import load_gguf_source
 from phiquant.model_source import ModelSource
-from phiquant.pipeline import OutputPlan, predicted_size, tensor_descs, write_gguf_files
+from phiquant.pipeline import OutputPlan, planned_paths, predicted_size, tensor_descs, write_gguf_files
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant import ggml
 from phiquant.quant.imatrix import ImportanceMatrix, imatrix_weights_for_model, read_imatrix
@@ -40,6 +41,15 @@ class PlannedFile:
     plan: QuantPlan
     predicted_size: int
     output: OutputPlan
+    paths: list[Path] = field(default_factory=list)  # the files written: `path`, or its shards
+
+    def __post_init__(self) -> None:
+        self.paths = self.paths or [self.path]
+
+    @property
+    def file_size(self) -> int:
+        """Bytes on disk of the written file or shards."""
+        return sum(path.stat().st_size for path in self.paths)
 
     @property
     def bits_per_weight(self) -> float:
@@ -116,8 +126,10 @@ def plan_files(
     options: QuantOptions,
     imatrix_path: str | Path | None = None,
     more_metadata: Sequence[Metadatum] = (),
+    split: SplitLimits | None = None,
 ) -> list[PlannedFile]:
-    """`more_metadata`: keys the files carry beyond the usual ones (a budget plan's phiquant.budget.*)."""
+    """`more_metadata`: keys the files carry beyond the usual ones (a budget plan's phiquant.budget.*);
+    `split`: write each file as shards (its `path` is then the first shard, what llama.cpp loads)."""
     facts = model_facts_from_metadata(model_metadata_map(source.model))
     descs = tensor_descs(source.model)
     extra = extra_metadata(source, imatrix_path) + list(more_metadata)
@@ -125,10 +137,10 @@ def plan_files(
     for name, path in zip(presets, output_paths):
         preset = parse_preset(name)
         plan = plan_quantization(descs, facts, preset, options)
-        output = OutputPlan.from_quant_plan(path, plan, extra)
-        planned.append(
-            PlannedFile(preset, path, plan, predicted_size(source.model, output, ggml.row_size), output)
-        )
+        output = OutputPlan.from_quant_plan(path, plan, extra, split)
+        paths = planned_paths(source.model, output, ggml.row_size)
+        size = predicted_size(source.model, output, ggml.row_size)
+        planned.append(PlannedFile(preset, paths[0], plan, size, output, paths))
     return planned
 
 

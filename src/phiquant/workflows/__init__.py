@@ -1,0 +1,1 @@
+"""Workflows built from the layers below: batches of models on Ray."""
