@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,9 @@ import numpy as np
 from phiquant.errors import PhiquantError
 from phiquant.runtime.llama import Context, LoadedModel
 from phiquant.runtime.sampling import MAX_SEED, SamplingOptions, random_seed
+
+# llama_token_data: {llama_token id; float logit; float p}
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 __all__ = [
     "MAX_SEED", "Completion", "Sampler", "SamplingOptions", "TokenLogprob", "check_grammar", "generate",
@@ -78,10 +82,11 @@ class Sampler:
             for entry, (token, bias) in zip(entries, options.logit_bias):
                 entry.token, entry.bias = token, bias
             self._add(lc.llama_sampler_init_logit_bias(n_vocab, len(options.logit_bias), entries))
+        self._grammar: lc.llama_sampler_p | None = None
         if options.grammar is not None:
             if model is None:
                 raise ValueError("a grammar needs the model's vocabulary")
-            self._add(_grammar_sampler(model, options.grammar))
+            self._grammar = _grammar_sampler(model, options.grammar)
         if options.frequency_penalty or options.presence_penalty:
             # Only sampled tokens are accepted into the penalty window, so the prompt is not penalised
             # (OpenAI's penalties count the generated text).
@@ -105,12 +110,47 @@ class Sampler:
 
     def sample(self, context: Context, index: int = -1) -> int:
         """The next token from row `index` of the last decode's logits (-1: the last row)."""
-        return int(lc.llama_sampler_sample(self._chain, context._ctx, index))
+        if self._grammar is None:
+            return int(lc.llama_sampler_sample(self._chain, context._ctx, index))
+        # As llama.cpp's common_sampler_sample (and so llama-server): draw without the grammar, and
+        # only when the grammar refuses that token filter the whole vocabulary and draw again.  Checking
+        # one token is far cheaper than matching every piece of a 200k vocabulary against the grammar;
+        # either way the token drawn is one the grammar allows.
+        logits = logits_row(context, index)
+        token = self._draw(logits, grammar_first=False)
+        if not self._grammar_allows(token):
+            token = self._draw(logits, grammar_first=True)
+        lc.llama_sampler_accept(self._grammar, token)
+        lc.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _draw(self, logits: np.ndarray, *, grammar_first: bool) -> int:
+        candidates = np.empty(len(logits), dtype=_TOKEN_DATA)
+        candidates["id"] = np.arange(len(logits), dtype=np.int32)
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        array = lc.llama_token_data_array(
+            candidates.ctypes.data_as(ctypes.POINTER(lc.llama_token_data)), len(logits), -1, False
+        )
+        if grammar_first:
+            lc.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        lc.llama_sampler_apply(self._chain, ctypes.byref(array))
+        return int(array.data[array.selected].id)
+
+    def _grammar_allows(self, token: int) -> bool:
+        single = (lc.llama_token_data * 1)()
+        single[0] = lc.llama_token_data(token, 1.0, 0.0)
+        array = lc.llama_token_data_array(single, 1, -1, False)
+        lc.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        return math.isfinite(single[0].logit)
 
     def close(self) -> None:
         if self._chain:
             lc.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar:
+            lc.llama_sampler_free(self._grammar)
+            self._grammar = None
 
     def __del__(self) -> None:
         self.close()
@@ -128,13 +168,19 @@ def check_grammar(model: LoadedModel, grammar: str) -> None:
     lc.llama_sampler_free(_grammar_sampler(model, grammar))
 
 
+def logits_row(context: Context, index: int) -> np.ndarray:
+    """Row `index` of the last decode's logits (-1: the last row), as a view into llama.cpp's buffer."""
+    pointer = lc.llama_get_logits_ith(context._ctx, index)
+    return np.ctypeslib.as_array(
+        ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(context.model.n_vocab,)
+    )
+
+
 def token_logprob(context: Context, index: int, token: int, top_n: int) -> TokenLogprob:
     """log_softmax of the raw logits in row `index` of the last decode (before any bias, grammar or
     temperature, as OpenAI and llama-server report them): the chosen token's and the top_n best."""
     n_vocab = context.model.n_vocab
-    pointer = lc.llama_get_logits_ith(context._ctx, index)
-    row = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
-    logits = row.astype(np.float64)
+    logits = logits_row(context, index).astype(np.float64)
     peak = logits.max()
     logprobs = logits - (peak + np.log(np.exp(logits - peak).sum()))
     top: tuple[tuple[int, float], ...] = ()
