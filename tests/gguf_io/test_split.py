@@ -78,6 +78,18 @@ def test_a_model_that_fits_one_shard_is_one_plain_file(converted_gguf: Converted
     assert read_gguf(result.files[0].path).get("split.count") is None
 
 
+@pytest.mark.parametrize("recorded_count", [0, 1])
+def test_a_file_whose_split_count_is_0_or_1_is_a_whole_model(
+    recorded_count: int, converted_gguf: ConvertedGGUF, tmp_path: Path
+) -> None:
+    """llama.cpp opens other shards only when split.count > 1; llama-gguf-split --merge writes 0."""
+    whole = converted_gguf(PHI35_MINI, "f16")
+    (single,) = split_with_gguf_py(whole, tmp_path / "m", max_tensors=1000, recorded_count=recorded_count)
+    assert read_gguf(single).get("split.count") == recorded_count
+    assert not read_gguf(single).is_split
+    assert [t.name for t in read_gguf(single).tensors] == [t.name for t in read_gguf(whole).tensors]
+
+
 def test_llama_cpp_loads_the_shards_with_the_unsplit_files_logits(
     split_f16: list[Path], converted_gguf: ConvertedGGUF
 ) -> None:
