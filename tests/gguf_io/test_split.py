@@ -3,6 +3,7 @@ takes the first shard, llama.cpp loads them with the unsplit file's logits, and 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -170,3 +171,20 @@ def test_wrong_split_count(split_f16: list[Path], tmp_path: Path) -> None:
 
 def test_a_shard_given_out_of_order(split_f16: list[Path]) -> None:
     assert_one_line_error(run_phiquant("inspect", split_f16[1]), "shard 2 of 3", split_f16[0].name)
+
+
+def test_generate_and_eval_take_a_split_model(split_f16: list[Path], converted_gguf: ConvertedGGUF) -> None:
+    whole = converted_gguf(PHI35_MINI, "f16")
+    options = ("-p", "Hello", "--max-tokens", "4", "--temp", "0", "--json")
+    from_shards = run_phiquant("generate", split_f16[0], *options)
+    assert from_shards.returncode == 0, from_shards.stderr
+    assert (
+        json.loads(from_shards.stdout)["text"]
+        == json.loads(run_phiquant("generate", whole, *options).stdout)["text"]
+    )
+    evaluated = run_phiquant(
+        "eval", *split_f16, "--ctx", "32", "--chunks", "1", "--speed-runs", "0", "--json"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    (file,) = json.loads(evaluated.stdout)["files"]
+    assert Path(file["path"]) == split_f16[0]
