@@ -188,3 +188,15 @@ def test_generate_and_eval_take_a_split_model(split_f16: list[Path], converted_g
     assert evaluated.returncode == 0, evaluated.stderr
     (file,) = json.loads(evaluated.stdout)["files"]
     assert Path(file["path"]) == split_f16[0]
+
+
+def test_bad_split_options_are_one_line_errors(converted_gguf: ConvertedGGUF, tmp_path: Path) -> None:
+    source = converted_gguf(PHI35_MINI, "f16")
+    assert_one_line_error(
+        run_phiquant("quantize", source, "-t", "Q8_0", "-o", tmp_path, "--split-max-size", "lots"), "500M"
+    )
+    assert_one_line_error(
+        run_phiquant("quantize", source, "-t", "F16", "-o", tmp_path, "--split-max-size", "1M"),
+        "smaller than the first tensor",
+    )
+    assert not list(tmp_path.iterdir())  # nothing written
