@@ -1,6 +1,6 @@
 """phiquant's split files against llama.cpp's own `llama-gguf-split` (the anchor the tests cannot run).
 
-    python benchmarks/split_anchor.py [--model DIR] [--workdir DIR]
+    python benchmarks/split_anchor.py [--model DIR] [--workdir DIR] [--tool llama-gguf-split]
 
 For one unsplit GGUF made by phiquant from a fixture checkpoint (or --model, a checkpoint folder):
 
@@ -96,8 +96,13 @@ def main() -> int:
     )
     parser.add_argument("--model", type=Path, help="a Hugging Face checkpoint folder (default: a fixture)")
     parser.add_argument("--workdir", type=Path, help="keep the files here (default: a temporary folder)")
+    parser.add_argument(
+        "--tool",
+        type=Path,
+        help="a llama-gguf-split binary built from the vendored source (default: llama_tools)",
+    )
     args = parser.parse_args()
-    gguf_split = tool("llama-gguf-split")
+    gguf_split = args.tool or tool("llama-gguf-split")
     with tempfile.TemporaryDirectory(prefix="phiquant-split-") as temporary:
         work = args.workdir or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)

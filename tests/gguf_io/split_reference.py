@@ -38,8 +38,15 @@ def shard_groups(
 
 
 def split_with_gguf_py(
-    unsplit: Path, prefix: Path, *, max_bytes: int | None = None, max_tensors: int | None = None
+    unsplit: Path,
+    prefix: Path,
+    *,
+    max_bytes: int | None = None,
+    max_tensors: int | None = None,
+    recorded_count: int | None = None,
 ) -> list[Path]:
+    """`recorded_count` writes another split.count than the shard count (llama-gguf-split --merge
+    leaves 0 in its merged file)."""
     reader = gguf.GGUFReader(unsplit)
     groups = shard_groups(list(reader.tensors), max_bytes, max_tensors)
     paths = []
@@ -58,7 +65,8 @@ def split_with_gguf_py(
                     writer.add_key_value(field.name, field.contents(), kind)
         writer.add_key_value("split.no", index, GGUFValueType.UINT16)
         writer.add_key_value("split.tensors.count", len(reader.tensors), GGUFValueType.INT32)
-        writer.add_key_value("split.count", len(groups), GGUFValueType.UINT16)
+        count = len(groups) if recorded_count is None else recorded_count
+        writer.add_key_value("split.count", count, GGUFValueType.UINT16)
         for tensor in group:
             data = np.asarray(tensor.data).reshape(-1).view(np.uint8)
             shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))

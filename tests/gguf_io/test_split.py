@@ -3,6 +3,7 @@ takes the first shard, llama.cpp loads them with the unsplit file's logits, and 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,18 @@ def test_a_model_that_fits_one_shard_is_one_plain_file(converted_gguf: Converted
     result = api.quantize(converted_gguf(PHI35_MINI, "f16"), ["Q4_0"], tmp_path, split_max_size="1G")
     assert result.files[0].shards == [] and result.files[0].path.name.endswith("-Q4_0.gguf")
     assert read_gguf(result.files[0].path).get("split.count") is None
+
+
+@pytest.mark.parametrize("recorded_count", [0, 1])
+def test_a_file_whose_split_count_is_0_or_1_is_a_whole_model(
+    recorded_count: int, converted_gguf: ConvertedGGUF, tmp_path: Path
+) -> None:
+    """llama.cpp opens other shards only when split.count > 1; llama-gguf-split --merge writes 0."""
+    whole = converted_gguf(PHI35_MINI, "f16")
+    (single,) = split_with_gguf_py(whole, tmp_path / "m", max_tensors=1000, recorded_count=recorded_count)
+    assert read_gguf(single).get("split.count") == recorded_count
+    assert not read_gguf(single).is_split
+    assert [t.name for t in read_gguf(single).tensors] == [t.name for t in read_gguf(whole).tensors]
 
 
 def test_llama_cpp_loads_the_shards_with_the_unsplit_files_logits(
@@ -158,3 +171,32 @@ def test_wrong_split_count(split_f16: list[Path], tmp_path: Path) -> None:
 
 def test_a_shard_given_out_of_order(split_f16: list[Path]) -> None:
     assert_one_line_error(run_phiquant("inspect", split_f16[1]), "shard 2 of 3", split_f16[0].name)
+
+
+def test_generate_and_eval_take_a_split_model(split_f16: list[Path], converted_gguf: ConvertedGGUF) -> None:
+    whole = converted_gguf(PHI35_MINI, "f16")
+    options = ("-p", "Hello", "--max-tokens", "4", "--temp", "0", "--json")
+    from_shards = run_phiquant("generate", split_f16[0], *options)
+    assert from_shards.returncode == 0, from_shards.stderr
+    assert (
+        json.loads(from_shards.stdout)["text"]
+        == json.loads(run_phiquant("generate", whole, *options).stdout)["text"]
+    )
+    evaluated = run_phiquant(
+        "eval", *split_f16, "--ctx", "32", "--chunks", "1", "--speed-runs", "0", "--json"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    (file,) = json.loads(evaluated.stdout)["files"]
+    assert Path(file["path"]) == split_f16[0]
+
+
+def test_bad_split_options_are_one_line_errors(converted_gguf: ConvertedGGUF, tmp_path: Path) -> None:
+    source = converted_gguf(PHI35_MINI, "f16")
+    assert_one_line_error(
+        run_phiquant("quantize", source, "-t", "Q8_0", "-o", tmp_path, "--split-max-size", "lots"), "500M"
+    )
+    assert_one_line_error(
+        run_phiquant("quantize", source, "-t", "F16", "-o", tmp_path, "--split-max-size", "1M"),
+        "smaller than the first tensor",
+    )
+    assert not list(tmp_path.iterdir())  # nothing written

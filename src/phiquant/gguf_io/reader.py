@@ -127,7 +127,8 @@ def read_gguf(path: str | Path) -> GGUFFile:
     """Parse a GGUF file's header, or the headers of every shard of a split model given its first
     shard (gguf_io.split); raise PhiquantError naming the file on anything malformed."""
     first = read_gguf_file(path)
-    if first.get("split.count") is None:
+    # llama.cpp loads other shards only when split.count > 1; llama-gguf-split --merge leaves 0.
+    if first.get("split.count") in (None, 0, 1):
         return first
     from phiquant.gguf_io.split import join_shards
 

@@ -122,7 +122,12 @@ def save_collection(collection: Collection, output: str | Path) -> Path:
 def source_fingerprint(source: str | Path) -> str:
     """Identifies a model's bytes cheaply: every file's name, size and modification time."""
     source = Path(source)
-    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+    else:
+        from phiquant.gguf_io import read_gguf
+
+        files = read_gguf(source).shards  # every shard of a split model
     digest = hashlib.sha256()
     for file in files:
         status = file.stat()

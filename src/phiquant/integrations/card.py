@@ -14,16 +14,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from phiquant import __version__, temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes, read_gguf
 from phiquant.gguf_io.split import SHARD_NAME, ordered_shard_sets, reproducing_option
 from phiquant.inspection import inspect_gguf
+from phiquant.integrations.card_identity import base_model_of, license_of
 
-# Every Phi model Microsoft published is MIT licensed (each model's LICENSE file on the Hub).
-MICROSOFT_PHI_LICENSE = "mit"
 BASE_TAGS = ("gguf", "llama.cpp", "quantized", "phiquant")
 UNQUANTIZED_TYPES = ("F32", "BF16", "F16")
 
@@ -93,8 +91,8 @@ def build_card(
     files = sorted((_card_file(p) for p in paths), key=lambda f: (f.file_size, f.name))
     first = read_gguf(paths[0])
     warnings: list[str] = []
-    base, relation = (base_model, "quantized") if base_model else _base_model(first, warnings)
-    card_license = license or _license(first, base, warnings)
+    base, relation = (base_model, "quantized") if base_model else base_model_of(first, warnings)
+    card_license = license or license_of(first, base, warnings)
     arch = str(first.get("general.architecture") or "")
     model_name = str(first.get("general.name") or paths[0].stem)
     all_tags = list(dict.fromkeys([*BASE_TAGS, *([arch] if arch else []), *tags]))
@@ -146,56 +144,6 @@ def _card_file(path: Path) -> CardFile:
         max(1, len(report.shards)),
         reproducing_option(gguf) if gguf.is_split else "",
     )
-
-
-def _base_model(gguf: Any, warnings: list[str]) -> tuple[str, str]:
-    """The Hub id the card links to and how the files relate to it.
-
-    The repository the files were converted from (general.source.huggingface.repository, written when
-    the source was a Hugging Face id) is what they are a quantization of.  Without it, a source whose
-    model card named its base model (general.base_model.0.repo_url, as llama.cpp's converter writes
-    it) was a fine-tune of that model.  Only when the files carry neither is the id inferred."""
-    repository = gguf.get("general.source.huggingface.repository")
-    if isinstance(repository, str) and _is_hub_id(repository):
-        return repository, "quantized"
-    base = _hub_id_of_url(gguf.get("general.base_model.0.repo_url"))
-    if base is not None:
-        warnings.append(
-            f"the files were converted from a local fine-tune of {base}: the card links to {base} as "
-            "base_model (relation: finetune); pass --base-model with the fine-tune's own id if it is published"
-        )
-        return base, "finetune"
-    model_name = gguf.get("general.name")
-    if not isinstance(model_name, str) or not model_name:
-        raise PhiquantError("the files carry no model name: pass --base-model ORG/NAME", path=gguf.path)
-    guess = f"microsoft/{model_name.replace(' ', '-')}"
-    warnings.append(f"base_model {guess} is inferred from general.name; pass --base-model if it is not")
-    return guess, "quantized"
-
-
-def _is_hub_id(text: str) -> bool:
-    organization, _, name = text.partition("/")
-    return bool(organization and name and "/" not in name and " " not in text)
-
-
-def _hub_id_of_url(url: object) -> str | None:
-    if not isinstance(url, str):
-        return None
-    for prefix in ("https://huggingface.co/", "http://huggingface.co/"):
-        if url.startswith(prefix) and _is_hub_id(url[len(prefix) :].rstrip("/")):
-            return url[len(prefix) :].rstrip("/")
-    return None
-
-
-def _license(gguf: Any, base_model: str, warnings: list[str]) -> str:
-    recorded = gguf.get("general.license")
-    if isinstance(recorded, str) and recorded:
-        return recorded.lower()
-    organization, _, name = base_model.partition("/")
-    if organization == "microsoft" and name.lower().startswith("phi"):
-        return MICROSOFT_PHI_LICENSE
-    warnings.append("no license recorded in the files: the card says 'other'; pass --license")
-    return "other"
 
 
 def _find_report(folder: Path, names: set[str]) -> Path | None:
