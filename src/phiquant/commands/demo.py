@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from phiquant.commands import Command
-from phiquant.commands.eval import non_negative_int, positive_int, render_report
-from phiquant.commands.report import positive_float
+from phiquant.commands.eval import non_negative_int, positive_float, positive_int, render_report
 from phiquant.evaluate.demo import (
     DEMO_CHUNKS,
     DEMO_LADDER,
