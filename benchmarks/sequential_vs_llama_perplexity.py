@@ -13,7 +13,7 @@ timed by wall clock with its peak RSS read from the kernel (wait4's rusage of th
   llama.cpp   llama-perplexity (built from the vendored llama.cpp by benchmarks/llama_tools.py), as its
               README says to measure KLD: `-m F16.gguf -f TEXT --kl-divergence-base BASE` once, then
               `-m TYPE.gguf --kl-divergence-base BASE --kl-divergence` for each of the six files; the
-              whole text, default context 512 and batch 2048 (phiquant's layout)
+              whole text, `-c 512` and the default batch 2048 (phiquant's layout)
 
 Reported: total time of each side and their ratio, peak RSS of each (the largest of llama.cpp's seven
 runs), and for each file llama-perplexity's full-text mean KLD against phiquant's 95% interval.
@@ -40,6 +40,7 @@ from phiquant import api  # noqa: E402
 from phiquant.bundled import bundled_model_dir, heldout_text_path  # noqa: E402
 
 LADDER = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
+CTX = "512"  # phiquant's default window; llama-perplexity's default is the model's trained context
 MEAN_KLD = re.compile(r"Mean\s+KLD:\s+([-0-9.e]+)\s+±\s+([-0-9.e]+)")
 
 
@@ -83,12 +84,31 @@ def run_llama_perplexity(files: dict[str, Path], work: Path) -> dict[str, object
     binary = str(tool("llama-perplexity"))
     base = work / "f16.kld"
     seconds, rss, _ = timed(
-        [binary, "-m", str(files["F16"]), "-f", str(heldout_text_path()), "--kl-divergence-base", str(base)]
+        [
+            binary,
+            "-c",
+            CTX,
+            "-m",
+            str(files["F16"]),
+            "-f",
+            str(heldout_text_path()),
+            "--kl-divergence-base",
+            str(base),
+        ]
     )
     kld: dict[str, tuple[float, float]] = {}
     for file_type in LADDER:
         took, peak, text = timed(
-            [binary, "-m", str(files[file_type]), "--kl-divergence-base", str(base), "--kl-divergence"]
+            [
+                binary,
+                "-c",
+                CTX,
+                "-m",
+                str(files[file_type]),
+                "--kl-divergence-base",
+                str(base),
+                "--kl-divergence",
+            ]
         )
         seconds, rss = seconds + took, max(rss, peak)
         found = MEAN_KLD.search(text)

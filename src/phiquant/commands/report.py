@@ -7,7 +7,8 @@ from typing import Any
 
 from phiquant import api
 from phiquant.commands import Command
-from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, positive_float, render_report
+from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, render_report
+from phiquant.commands.eval import positive_float as positive_float  # `phiquant demo` imports it from here
 from phiquant.evaluate.options import DEFAULT_MAX_KLD
 from phiquant.evaluate.report import to_json
 

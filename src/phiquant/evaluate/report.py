@@ -151,7 +151,9 @@ def table_row(row: ReportRow) -> list[str]:
         else ["-"] * 8
     )
     speed_cells = [f"{s.pp_tokens_per_second:.0f}", f"{s.tg_tokens_per_second:.1f}"] if s else ["-", "-"]
-    ppl = f"{f.perplexity.value:.3f} ± {f.perplexity.uncertainty:.3f}"
+    # Sequentially: the window-based interval's half-width; with --full: llama-perplexity's "+/-".
+    half = (e.perplexity.high - e.perplexity.low) / 2 if e else f.perplexity.uncertainty
+    ppl = f"{f.perplexity.value:.3f} ± {half:.3f}"
     return [
         f.path.name,
         f.type,
