@@ -3,7 +3,7 @@
     python benchmarks/interrupt_stress.py [--runs 200] [--hogs N] [--seed 0]
 
 Commands: convert (F16), a three-type quantize ladder, imatrix and report, on a random-weight
-Phi-3-medium-layout checkpoint of about 30 M parameters (each command takes seconds).  Each is first run once
+Phi-3-medium-layout checkpoint of about 40 M parameters (each command takes seconds).  Each is first run once
 without a signal: its duration sets the window the signals fall in, and its outputs are the
 reference.  Then every run gets SIGINT or SIGTERM at a uniformly random moment of that window
 (after interpreter start-up, before which Python itself answers signals).  A run passes when:
@@ -39,9 +39,9 @@ from tests.cli.run import cli_environment, restore_default_sigint  # noqa: E402
 
 STARTUP_SECONDS = 0.25  # the interpreter's own start, before phiquant can answer a signal
 # Big enough that each command spends most of its time writing or evaluating, small enough for
-# hundreds of runs: about 30 M parameters, most of them the 32064-token embeddings.
+# hundreds of runs: about 40 M parameters, most of them the 32064-token embeddings.
 SHAPE = dict(
-    hidden_size=384, intermediate_size=1536, num_attention_heads=6, num_key_value_heads=2, num_hidden_layers=4
+    hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=2, num_hidden_layers=4
 )
 EXIT_FOR = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
