@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
-from phiquant.gguf_io import Metadatum
+from phiquant.ggml.types import GGMLType
 from phiquant.hub import resolve_source
 from phiquant.inspection import GGUFReport, inspect_gguf
-from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, ModelSource
+from phiquant.model_source import Metadatum, ModelSource
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant import budget_plan
 from phiquant.quant.job import (
@@ -90,7 +90,7 @@ def resolve_outtype(outtype: str, model: ModelSource) -> str:
     if outtype not in CONVERT_OUTTYPES:
         raise PhiquantError(f"unknown --outtype {outtype!r}; choose one of {', '.join(CONVERT_OUTTYPES)}")
     if outtype == "auto":
-        return {GGML_TYPE_BF16: "bf16", GGML_TYPE_F16: "f16"}.get(model.stored_type, "f32")
+        return {GGMLType.BF16: "bf16", GGMLType.F16: "f16"}.get(model.stored_type, "f32")
     return outtype
 
 

@@ -24,8 +24,8 @@ import numpy as np
 from gguf import GGML_QUANT_VERSION, GGUFValueType
 
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import GGUFOutput, Metadatum, TensorInfo, open_outputs, predicted_file_size
-from phiquant.model_source import ModelSource, SourceTensor
+from phiquant.gguf_io import GGUFOutput, TensorInfo, open_outputs, predicted_file_size
+from phiquant.model_source import Metadatum, ModelSource, SourceTensor
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant.plan import QuantPlan, TensorDesc, llama_tensor_order
 from phiquant.quant.quantize import all_finite

@@ -9,8 +9,8 @@ import pytest
 
 from phiquant import api
 from phiquant.errors import PhiquantError
+from phiquant.ggml import devices
 from phiquant.progress import RecordingReporter
-from phiquant.runtime import devices
 from phiquant.runtime.chat import ChatSession
 from phiquant.runtime.generate import Completion, SamplingOptions
 from phiquant.runtime.model_files import converted_cache_root, resolve_model

@@ -23,18 +23,9 @@ from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFValueType, GGUFWriter
 from gguf.gguf_writer import WriterState
 
 from phiquant.errors import PhiquantError
+from phiquant.model_source import Metadatum
 
 TEMP_SUFFIX = ".phiquant-partial"
-
-
-@dataclass(frozen=True)
-class Metadatum:
-    """One GGUF key/value pair; `sub_type` is the element type of an array."""
-
-    key: str
-    value: Any
-    value_type: GGUFValueType
-    sub_type: GGUFValueType | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
+from phiquant.model_source import Metadatum
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant.budget import Sensitivities, TensorOptions
 from phiquant.quant.budget_calibration import load_profile, measure_sensitivities, profile_key, save_profile

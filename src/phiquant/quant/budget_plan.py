@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from gguf import GGUFValueType
 
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
+from phiquant.model_source import Metadatum
 from phiquant.quant.budget import Allocation, Sensitivities, TensorOptions, minimum_bytes
 from phiquant.quant.budget_anchor import FREE_MARGIN, TRUST_MARGIN, choose_allocation
 from phiquant.quant.plan import TensorPlan

@@ -19,12 +19,11 @@ from phiquant.archs import load_model_source
 from phiquant.archs.common import provenance_metadata
 from phiquant.checkpoint.directory import open_checkpoint
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
+from phiquant.ggml import kernels as ggml
 from phiquant.gguf_source import load_gguf_source
-from phiquant.model_source import ModelSource
+from phiquant.model_source import Metadatum, ModelSource
 from phiquant.pipeline import OutputPlan, predicted_size, tensor_descs, write_gguf_files
 from phiquant.progress import SILENT, Reporter
-from phiquant.quant import ggml
 from phiquant.quant.imatrix import ImportanceMatrix, imatrix_weights_for_model, read_imatrix
 from phiquant.quant.plan import QuantOptions, QuantPlan, model_facts_from_metadata, plan_quantization
 from phiquant.quant.quantize import imatrix_kv_overrides, quantize_rows

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phiquant.errors import PhiquantError
+from phiquant.ggml import devices
 from phiquant.gguf_io import GGUFFile, read_gguf
 from phiquant.progress import SILENT, Reporter
-from phiquant.runtime import devices, memory
+from phiquant.runtime import memory
 from phiquant.runtime.llama import Context, LoadedModel
 from phiquant.runtime.loader import load_model
 from phiquant.runtime.model_files import ModelFile, resolve_model

@@ -17,7 +17,7 @@ from gguf import GGUFValueType
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.checkpoint.files import MAX_JSON_BYTES
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
+from phiquant.model_source import Metadatum
 from phiquant.vocab.special import AddedToken, added_tokens
 
 
