@@ -17,9 +17,9 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from phiquant import __version__
 from phiquant.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, PhiquantError
 from phiquant.progress import Reporter
+from phiquant.version import __version__
 
 EXIT_TERMINATED = 143
 

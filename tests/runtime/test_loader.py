@@ -7,6 +7,7 @@ import json
 import pytest
 
 from phiquant import api
+from phiquant.cache import RUNTIME_PROBE, sub_cache
 from phiquant.runtime import loader
 from tests.fixtures.phi3_specs import PHI3_MINI_4K
 
@@ -36,7 +37,7 @@ def test_a_probe_that_crashes_turns_extra_buffers_off_and_loading_still_works(qu
     monkeypatch.setenv(loader.ENV_SIMULATE_CRASH, "1")  # the child dies with SIGSEGV, as the AMX kernels do
     verdict = loader.decide_extra_bufts(quantized)
     assert not verdict.use_extra_bufts and "SIGSEGV" in verdict.reason
-    cache = json.loads((loader.cache_dir() / "runtime-probe.json").read_text())
+    cache = json.loads((sub_cache(RUNTIME_PROBE) / "verdicts.json").read_text())
     assert list(cache.values()) == [False]
     model = loader.load_model(quantized)
     try:

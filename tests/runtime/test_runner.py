@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -49,6 +50,9 @@ def test_an_edited_checkpoint_is_converted_again_and_the_stale_copy_removed(
     old = resolve_model(checkpoint).gguf
     config = checkpoint / "generation_config.json"
     os.utime(config, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert resolve_model(checkpoint).cache_hit  # touched, not changed: the same model
+    edited = json.loads(config.read_text()) | {"temperature": 0.25}
+    config.write_text(json.dumps(edited, indent=2))
     new = resolve_model(checkpoint)
     assert not new.cache_hit and new.gguf != old
     assert not old.exists() and [p.name for p in converted_cache_root().iterdir()] == [new.gguf.parent.name]

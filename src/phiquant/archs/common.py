@@ -163,7 +163,7 @@ def provenance_metadata() -> list[Metadatum]:
     """Which phiquant and llama.cpp (through llama-cpp-python) made the file."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from phiquant import __version__
+    from phiquant.version import __version__
 
     try:
         llama_cpp_python = version("llama_cpp_python")

@@ -28,6 +28,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from phiquant.cache import REFERENCE, sub_cache
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.files import ModelFile, content_hash
 from phiquant.evaluate.output_layer import OUTPUT_WEIGHT, TIED_WEIGHT, OutputLayer
@@ -35,7 +36,6 @@ from phiquant.evaluate.windows import WindowPlan
 from phiquant.ggml.types import GGMLType
 from phiquant.progress import Reporter
 from phiquant.runtime.llama import LoadedModel, LoadOptions
-from phiquant.runtime.loader import cache_dir
 
 CACHE_FORMAT = 1
 # Context settings every evaluation uses (llama.cpp's defaults, as llama-perplexity runs): they change
@@ -60,7 +60,7 @@ def tokens_hash(tokens: np.ndarray) -> str:
 
 
 def cache_file(key: ReferenceKey) -> Path:
-    return cache_dir() / "reference" / f"{key.digest}.npz"
+    return sub_cache(REFERENCE) / f"{key.digest}.npz"
 
 
 # -- storage precision ----------------------------------------------------------------------------------

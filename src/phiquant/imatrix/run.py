@@ -9,13 +9,13 @@ never the evaluation text.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from phiquant.cache import IMATRIX, cache_key, fingerprint, sub_cache
 from phiquant.errors import PhiquantError
 from phiquant.imatrix.collect import Collection, calibration_chunks, collect_importance, unrouted_experts
 from phiquant.progress import SILENT, Reporter
@@ -119,25 +119,12 @@ def save_collection(collection: Collection, output: str | Path) -> Path:
     return output
 
 
-def source_fingerprint(source: str | Path) -> str:
-    """Identifies a model's bytes cheaply: every file's name, size and modification time."""
-    source = Path(source)
-    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
-    digest = hashlib.sha256()
-    for file in files:
-        status = file.stat()
-        digest.update(f"{file.name}|{status.st_size}|{status.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:24]
-
-
 def cached_imatrix(source: str | Path, reporter: Reporter = SILENT) -> Path:
     """`--imatrix auto`: the bundled-text imatrix of this model, computed once and kept in the cache."""
     from phiquant.bundled import calibration_text_path
-    from phiquant.runtime.loader import cache_dir
 
-    text_digest = hashlib.sha256(calibration_text_path().read_bytes()).hexdigest()[:12]
-    key = f"{source_fingerprint(source)}-{text_digest}-{DEFAULT_CHUNK_SIZE}"
-    path = cache_dir() / "imatrix" / f"{key}.gguf"
+    key = cache_key(fingerprint(source), fingerprint(calibration_text_path()), DEFAULT_CHUNK_SIZE)
+    path = sub_cache(IMATRIX) / f"{key}.gguf"
     if path.is_file():
         reporter.note(f"importance matrix from the cache: {path}")
         return path

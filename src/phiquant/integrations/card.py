@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phiquant import __version__
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes, read_gguf
 from phiquant.inspection import inspect_gguf
+from phiquant.version import __version__
 
 # Every Phi model Microsoft published is MIT licensed (each model's LICENSE file on the Hub).
 MICROSOFT_PHI_LICENSE = "mit"

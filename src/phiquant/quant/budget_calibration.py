@@ -18,7 +18,6 @@ model and importance matrix.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import statistics
@@ -27,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from phiquant.cache import cache_key, fingerprint
 from phiquant.evaluate.options import EvalOptions
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant.budget import Sensitivities, TensorOptions, TypeOption
@@ -194,8 +194,7 @@ def measure_sensitivities(
 
 
 def profile_key(source_fingerprint: str, imatrix: str | Path | None) -> str:
-    digest = hashlib.sha256(Path(imatrix).read_bytes()).hexdigest()[:16] if imatrix else "none"
-    return f"v{PROFILE_VERSION}-{source_fingerprint}-{digest}"
+    return cache_key(PROFILE_VERSION, source_fingerprint, fingerprint(imatrix) if imatrix else "none")
 
 
 def save_profile(path: Path, tensors: Sequence[TensorOptions], sensitivities: Sensitivities) -> None:

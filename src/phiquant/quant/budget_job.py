@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from phiquant.cache import BUDGET, fingerprint, sub_cache
 from phiquant.errors import PhiquantError
 from phiquant.model_source import Metadatum
 from phiquant.progress import SILENT, Reporter
@@ -58,10 +59,7 @@ def model_profile(
     reporter: Reporter = SILENT,
 ) -> tuple[list[TensorOptions], Sensitivities]:
     """Every quantizable tensor's options and the fitted sensitivities (per role and layer), from the cache if there."""
-    from phiquant.imatrix.run import source_fingerprint
-    from phiquant.runtime.loader import cache_dir
-
-    cache = cache_dir() / "budget" / f"{profile_key(source_fingerprint(source_path), imatrix_path)}.json"
+    cache = sub_cache(BUDGET) / f"{profile_key(fingerprint(source_path), imatrix_path)}.json"
     cached = load_profile(cache)
     if cached is not None:
         reporter.note(f"budget profile from the cache: {cache}")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import llama_cpp
 
+from phiquant.cache import RUNTIME_PROBE, sub_cache
 from phiquant.gguf_io import read_gguf
 from phiquant.runtime.llama import LoadedModel, LoadOptions
 
@@ -37,11 +38,6 @@ ENV_SIMULATE_CRASH = "PHIQUANT_PROBE_SIMULATE_CRASH"
 class ProbeVerdict:
     use_extra_bufts: bool
     reason: str
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("PHIQUANT_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(base) / "phiquant" if base else Path.home() / ".cache" / "phiquant"
 
 
 def cpu_fingerprint() -> str:
@@ -68,7 +64,7 @@ def decide_extra_bufts(path: Path) -> ProbeVerdict:
     if types <= {0, 1, 30}:  # F32/F16/BF16 weights never take the AMX or repack paths
         return ProbeVerdict(True, "unquantized model")
     key = probe_key(types)
-    cache_file = cache_dir() / "runtime-probe.json"
+    cache_file = sub_cache(RUNTIME_PROBE) / "verdicts.json"
     cached = _read_cache(cache_file)
     if key in cached:
         return ProbeVerdict(bool(cached[key]), "cached probe")
@@ -83,7 +79,7 @@ def probe_file(types: set[int]) -> Path:
     from phiquant.runtime.probe_model import write_probe_model
 
     name = "probe-" + "-".join(str(t) for t in sorted(types)) + ".gguf"
-    path = cache_dir() / name
+    path = sub_cache(RUNTIME_PROBE) / name
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_probe_model(path, types)

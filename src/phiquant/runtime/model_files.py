@@ -1,24 +1,23 @@
 """What the runtime commands accept as MODEL: a GGUF file, or a Hugging Face directory converted once.
 
 A Hugging Face checkpoint is converted (`api.convert`, outtype auto: the checkpoint's own precision)
-into phiquant's cache and reused while the checkpoint is unchanged.  The cache key hashes each file's
-name, size and modification time, so an edited or re-downloaded checkpoint is converted again and the
+into phiquant's cache and reused while the checkpoint is unchanged.  The cache key is the checkpoint's
+fingerprint (phiquant.cache) and phiquant's version, so an edited checkpoint is converted again and the
 stale copy removed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from phiquant import __version__
+from phiquant.cache import CONVERTED, cache_key, fingerprint, sub_cache
 from phiquant.errors import PhiquantError
 from phiquant.hub import resolve_source
 from phiquant.progress import SILENT, Reporter
-from phiquant.runtime.loader import cache_dir
+from phiquant.version import __version__
 
 GGUF_MAGIC = b"GGUF"
 SOURCE_RECORD = "source.json"
@@ -51,27 +50,22 @@ def _is_gguf(path: Path) -> bool:
         raise PhiquantError(f"cannot read the model: {error.strerror}", path=path) from None
 
 
-def checkpoint_fingerprint(directory: Path) -> str:
+def checkpoint_key(directory: Path) -> str:
     """A key that changes whenever a file of the checkpoint (or phiquant's converter) changes."""
-    digest = hashlib.sha256(f"phiquant {__version__}\n".encode())
-    files = sorted(p for p in directory.iterdir() if p.is_file())
-    if not files:
+    if not any(p.is_file() for p in directory.iterdir()):
         raise PhiquantError("the directory is empty; expected a Hugging Face checkpoint", path=directory)
-    for file in files:
-        stat = file.stat()
-        digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:20]
+    return cache_key(fingerprint(directory), __version__)[:20]
 
 
 def converted_cache_root() -> Path:
-    return cache_dir() / "converted"
+    return sub_cache(CONVERTED)
 
 
 def _converted(directory: Path, reporter: Reporter) -> ModelFile:
     from phiquant import api  # the runtime is imported by api users; import the converter lazily
 
     source = directory.resolve()
-    entry = converted_cache_root() / f"{_safe_name(source.name)}-{checkpoint_fingerprint(source)}"
+    entry = converted_cache_root() / f"{_safe_name(source.name)}-{checkpoint_key(source)}"
     target = entry / "model.gguf"
     if target.is_file():
         reporter.note(f"using the GGUF converted earlier from {source}: {target}")

@@ -8,8 +8,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from phiquant import __version__
 from phiquant.runtime.generate import Completion
+from phiquant.version import __version__
 
 SYSTEM_FINGERPRINT = f"phiquant-{__version__}"
 # phiquant's finish reasons -> OpenAI's: a time limit is reported like a token limit, as llama-server
