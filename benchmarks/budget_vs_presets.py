@@ -77,7 +77,7 @@ def heldout_oracle_imatrix(f16: Path, output: Path) -> Path:
     """Diagnostic only: the imatrix of the held-out text itself (the best case for any calibration text),
     to tell a calibration-text problem from the quantizers' response to importance weighting."""
     from phiquant.imatrix.collect import calibration_chunks, collect_importance
-    from phiquant.quant.imatrix import write_imatrix
+    from phiquant.imatrix.files import write_imatrix
     from phiquant.runtime.loader import load_model
 
     with load_model(f16) as model:
@@ -105,7 +105,9 @@ def run_model(model: Path, work: Path, windows: int) -> dict:
         out = work / mode
         presets = api.quantize(f16, list(PRESETS), out / "presets", imatrix=matrix)
         for preset in presets.files:
-            budget = api.quantize(f16, [], out / f"budget-{preset.type}", imatrix=matrix, max_size=preset.file_size)
+            budget = api.quantize(
+                f16, [], out / f"budget-{preset.type}", imatrix=matrix, max_size=preset.file_size
+            )
             (budgeted,) = budget.files
             rows.append({"imatrix": mode, "preset": preset.type, "preset_path": preset.path,
                          "preset_size": preset.file_size, "budget_path": budgeted.path,
@@ -138,7 +140,9 @@ def print_model(result: dict) -> None:
     print(f"\n{result['model']}: held-out KLD vs F16 over {result['scored_tokens']} tokens; imatrix "
           f"{result['imatrix_chunks']} chunks in {result['imatrix_seconds']:.1f} s; collecting costs "
           f"{result['collection']['ratio']:.2f}x a plain decode of the same chunks")  # fmt: skip
-    print("| imatrix | preset | preset size | preset KLD | budget size | budget KLD | predicted | plan | budget wins |")
+    print(
+        "| imatrix | preset | preset size | preset KLD | budget size | budget KLD | predicted | plan | budget wins |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in result["rows"]:
         wins = row["budget_size"] <= row["preset_size"] and row["budget_kld"] < row["preset_kld"]
@@ -152,7 +156,9 @@ def print_model(result: dict) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("models", nargs="*", type=Path)
     parser.add_argument("--windows", type=int, default=32, help="held-out windows of 512 tokens (default 32)")
     parser.add_argument("--keep", type=Path, help="keep the files in this directory")
@@ -167,8 +173,7 @@ def main() -> int:
         print_model(result)
     keys = ("imatrix", "preset", "preset_size", "preset_kld", "budget_size", "budget_kld", "anchor")
     summary = [
-        {key: row[key] for key in keys}
-        | {"model": result["model"]}
+        {key: row[key] for key in keys} | {"model": result["model"]}
         for result in results
         for row in result["rows"]
     ]

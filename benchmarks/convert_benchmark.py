@@ -41,7 +41,9 @@ def numpy_copy_baseline(checkpoint: Path, output: Path) -> tuple[float, int]:
         for entry in entries:
             for start in range(0, entry.nbytes, COPY_CHUNK):
                 size = min(COPY_CHUNK, entry.nbytes - start)
-                view = np.memmap(entry.file, dtype=np.uint8, mode="r", offset=entry.data_start + start, shape=(size,))
+                view = np.memmap(
+                    entry.file, dtype=np.uint8, mode="r", offset=entry.data_start + start, shape=(size,)
+                )
                 out.write(view.tobytes())
                 del view
                 total += size
@@ -55,7 +57,18 @@ def timed_convert(checkpoint: Path, output: Path) -> tuple[float, int]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "phiquant", "convert", str(checkpoint), "-o", str(output), "--outtype", "f16", "-q"],
+        [
+            sys.executable,
+            "-m",
+            "phiquant",
+            "convert",
+            str(checkpoint),
+            "-o",
+            str(output),
+            "--outtype",
+            "f16",
+            "-q",
+        ],
         env=env,
     )
     _, status, usage = os.wait4(process.pid, 0)
@@ -96,8 +109,12 @@ def main() -> None:
             "throughput_ratio": (source_bytes / convert_seconds) / (copied / baseline_seconds),
             "cpu_count": os.cpu_count(),
         }
-        print(f"source                {result['source_gb']:.2f} GB (BF16), output {result['output_gb']:.2f} GB (F16)")
-        print(f"phiquant convert      {convert_seconds:7.1f} s  {result['convert_gb_per_s']:.2f} GB/s  peak RSS {result['convert_peak_rss_gb']:.2f} GB")
+        print(
+            f"source                {result['source_gb']:.2f} GB (BF16), output {result['output_gb']:.2f} GB (F16)"
+        )
+        print(
+            f"phiquant convert      {convert_seconds:7.1f} s  {result['convert_gb_per_s']:.2f} GB/s  peak RSS {result['convert_peak_rss_gb']:.2f} GB"
+        )
         print(f"numpy copy baseline   {baseline_seconds:7.1f} s  {result['numpy_copy_gb_per_s']:.2f} GB/s")
         print(f"throughput ratio      {result['throughput_ratio']:.2f}x of the numpy copy")
         print(json.dumps(result))

@@ -44,7 +44,9 @@ def random_bf16_bits(rng: np.random.Generator, count: int) -> np.ndarray:
     return (bits & np.uint16(0x81FF)) | np.uint16(0x3C00)
 
 
-def write_shard(path: Path, tensors: list[tuple[str, tuple[int, ...]]], rng: np.random.Generator) -> dict[str, str]:
+def write_shard(
+    path: Path, tensors: list[tuple[str, tuple[int, ...]]], rng: np.random.Generator
+) -> dict[str, str]:
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape in tensors:
@@ -79,5 +81,8 @@ def build_full_size_checkpoint(directory: Path, seed: int = 0) -> Path:
     for index, part in enumerate((tensors[:half], tensors[half:]), start=1):
         weight_map |= write_shard(directory / f"model-{index:05d}-of-00002.safetensors", part, rng)
     total = sum(2 * math.prod(shape) for _, shape in tensors)
-    write_hf_json(directory / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_hf_json(
+        directory / "model.safetensors.index.json",
+        {"metadata": {"total_size": total}, "weight_map": weight_map},
+    )
     return directory

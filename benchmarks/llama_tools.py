@@ -33,8 +33,19 @@ def vendored_source() -> Path:
         return source
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-         "-d", str(root), f"llama-cpp-python=={LLAMA_CPP_PYTHON}"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-q",
+            "-d",
+            str(root),
+            f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+        ],
         check=True,
     )
     archive = root / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
@@ -52,13 +63,24 @@ def build_tools(targets: tuple[str, ...] = TARGETS) -> dict[str, Path]:
         return binaries
     if not (build / "CMakeCache.txt").is_file():
         subprocess.run(
-            ["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-             "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TESTS=OFF"],
-            check=True, stdout=subprocess.DEVNULL,
+            [
+                "cmake",
+                "-S",
+                str(source),
+                "-B",
+                str(build),
+                "-DCMAKE_BUILD_TYPE=Release",
+                "-DLLAMA_CURL=OFF",
+                "-DLLAMA_BUILD_SERVER=ON",
+                "-DLLAMA_BUILD_TESTS=OFF",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
     jobs = str(os.cpu_count() or 2)
     subprocess.run(
-        ["cmake", "--build", str(build), "--target", *targets, "-j", jobs], check=True,
+        ["cmake", "--build", str(build), "--target", *targets, "-j", jobs],
+        check=True,
         stdout=subprocess.DEVNULL,
     )
     return binaries
@@ -69,7 +91,9 @@ def tool(name: str) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("targets", nargs="*", default=list(TARGETS))
     args = parser.parse_args()
     for name, path in build_tools(tuple(args.targets)).items():

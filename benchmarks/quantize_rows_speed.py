@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from phiquant.quant import ggml
+from phiquant.ggml import kernels as ggml
 from phiquant.quant.quantize import quantize_rows
 from phiquant.quant.types import parse_ggml_type
 
@@ -47,8 +47,10 @@ def main() -> None:
     for type_name in args.types.split(","):
         speeds = [measure(rows, type_name, n, weights) for n in thread_counts]
         print(f"{type_name:<8}" + "".join(f"{speed:>10.1f}" for speed in speeds))
-        results += [{"type": type_name, "threads": n, "mvalues_per_s": round(speed, 2)}
-                    for n, speed in zip(thread_counts, speeds, strict=True)]
+        results += [
+            {"type": type_name, "threads": n, "mvalues_per_s": round(speed, 2)}
+            for n, speed in zip(thread_counts, speeds, strict=True)
+        ]
     print(json.dumps({"rows": args.rows, "columns": args.columns, "results": results}))
 
 

@@ -3,7 +3,7 @@
 quant.budget predicts a tensor's KL divergence cost as sensitivity x relative weighted error.  This
 measures, on a model, the KLD cost of every (layer, role) pair on its own (that pair's tensor at Q3_K,
 everything else at Q8_0, over the calibration text, as the calibration probes do) and compares it with
-the two predictors fitted from the ordinary calibration probes (quant.budget_calibration):
+the two predictors fitted from the ordinary calibration probes (workflows.budget.calibration):
 - role sensitivities alone (one probe per role);
 - role sensitivities times layer factors (plus one probe per layer band), what the planner uses.
 Reported: the root mean square and the largest |log(predicted / measured)| over the pairs.
@@ -28,24 +28,28 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 from phiquant import api  # noqa: E402
 from phiquant.bundled import DEFAULT_MODEL_DIR  # noqa: E402
 from phiquant.quant.budget import Sensitivities, TensorOptions  # noqa: E402
-from phiquant.quant.budget_calibration import (  # noqa: E402
+from phiquant.quant.tensor_error import measure_tensors  # noqa: E402
+from phiquant.workflows.budget.calibration import (  # noqa: E402
     calibration_probes,
     error_increase,
     fit_probes,
     probe_klds,
 )
-from phiquant.quant.job import open_source  # noqa: E402
-from phiquant.quant.tensor_error import measure_tensors  # noqa: E402
+from phiquant.workflows.job import open_source  # noqa: E402
 
 
-def log_errors(tensors: list[TensorOptions], fitted: Sensitivities, measured: dict[str, float]) -> list[float]:
+def log_errors(
+    tensors: list[TensorOptions], fitted: Sensitivities, measured: dict[str, float]
+) -> list[float]:
     by_name = {t.name: t for t in tensors}
     return [math.log(fitted.of(by_name[name]) * error_increase(by_name[name]) / cost)
             for name, cost in measured.items() if cost > 0]  # fmt: skip
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL_DIR)
     args = parser.parse_args()
     source = open_source(args.model)
@@ -55,8 +59,10 @@ def main() -> int:
     probes |= {f"pair:{t.name}": {t.name} for t in tensors if t.layer is not None}
     with tempfile.TemporaryDirectory(prefix="phiquant-sensitivity-") as temporary:
         reference = api.convert(args.model, Path(temporary) / "reference.gguf", "auto").path
-        measured = probe_klds(args.model, None, tensors, probes, reference)
-    pairs = {label[5:]: kld - measured["base"] for label, kld in measured.items() if label.startswith("pair:")}
+        measured = probe_klds(source, None, tensors, probes, reference)
+    pairs = {
+        label[5:]: kld - measured["base"] for label, kld in measured.items() if label.startswith("pair:")
+    }
     predictors = {
         "role": fit_probes(tensors, measured, layers=False),
         "role x layer": fit_probes(tensors, measured),
@@ -65,7 +71,11 @@ def main() -> int:
     for label, fitted in predictors.items():
         errors = log_errors(tensors, fitted, pairs)
         rms = math.sqrt(sum(e * e for e in errors) / len(errors))
-        summary[label] = {"rms_log_ratio": rms, "max_log_ratio": max(abs(e) for e in errors), "pairs": len(errors)}
+        summary[label] = {
+            "rms_log_ratio": rms,
+            "max_log_ratio": max(abs(e) for e in errors),
+            "pairs": len(errors),
+        }
         print(f"{label}: predicted/measured pair cost off by a factor of {math.exp(rms):.2f} (rms of the log "
               f"ratio {rms:.3f}, largest {summary[label]['max_log_ratio']:.3f}) over {len(errors)} pairs")  # fmt: skip
     factors = predictors["role x layer"].layers

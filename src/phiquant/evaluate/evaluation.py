@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phiquant.bundled import heldout_text_path
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.files import ModelFile, describe, find_reference, require_same_model
 from phiquant.evaluate.options import DEFAULT_OPTIONS, EvalOptions
@@ -127,7 +128,15 @@ def evaluate_files(
             "no F32/BF16/F16 file of this model found: perplexity only (give --ref for KL divergence)"
         )
     states = reference_states(chosen, plan, options.threads, reporter) if chosen else None
-    result = evaluate_pass(files, plan, chosen, states, n_threads=options.threads, reporter=reporter)
+    result = evaluate_pass(
+        files,
+        plan,
+        chosen,
+        states,
+        n_threads=options.threads,
+        reporter=reporter,
+        memory_budget=options.memory_budget,
+    )
     evaluations = []
     for file, scores in zip(files, result.scores):
         speed = None
@@ -189,3 +198,20 @@ def _context_notes(file: ModelFile, plan: WindowPlan) -> list[str]:
             f"windows of {plan.ctx} tokens run LongRoPE's {factors} factors (original context {original})"
         )
     return notes
+
+
+def evaluate(
+    files: str | Path | Sequence[str | Path],
+    *,
+    reference: str | Path | None = None,
+    text: str | Path | None = None,
+    options: EvalOptions = DEFAULT_OPTIONS,
+    reporter: Reporter = SILENT,
+) -> Evaluation:
+    """Perplexity of each GGUF file over `text` (default: phiquant's held-out text) in windows of
+    `options.ctx` tokens, KL divergence and top-token agreement against the reference (default: the
+    F32/BF16/F16 file of the same model among or beside the files), speed, size and bits per weight."""
+    paths = [files] if isinstance(files, (str, Path)) else list(files)
+    return evaluate_files(
+        paths, reference=reference, text=text or heldout_text_path(), options=options, reporter=reporter
+    )

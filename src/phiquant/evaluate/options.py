@@ -19,6 +19,9 @@ class EvalOptions:
     speed_runs: int = DEFAULT_SPEED_RUNS  # 0: do not measure speed
     pp_tokens: int = DEFAULT_PP_TOKENS
     tg_tokens: int = DEFAULT_TG_TOKENS
+    # Bytes the files evaluated together may take (weights, KV caches, logits); None: a share of the
+    # memory available.  0 evaluates one file at a time, so memory does not grow with the number of files.
+    memory_budget: int | None = None
 
 
 DEFAULT_OPTIONS = EvalOptions()

@@ -25,8 +25,8 @@ import numpy as np
 from phiquant.errors import PhiquantError
 from phiquant.ggml import graph as ggml_graph
 from phiquant.ggml.types import GGMLType
+from phiquant.imatrix.files import ImatrixEntry, ImportanceMatrix
 from phiquant.progress import SILENT, Reporter
-from phiquant.quant.imatrix import ImatrixEntry, ImportanceMatrix
 from phiquant.runtime.llama import LoadedModel
 
 MIN_BATCH_TOKENS = 16  # llama.cpp's imatrix ignores plain products of smaller batches

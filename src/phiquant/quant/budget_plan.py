@@ -2,8 +2,8 @@
 
 The steps: measure every quantizable tensor's error for each candidate type (quant.tensor_error),
 calibrate one sensitivity per tensor role and one factor per layer against KL divergences measured on the
-model over the calibration text (quant.budget_calibration), allocate under the budget (quant.budget.allocate), and hand
-the choice to the ordinary planner as exact per-tensor overrides, so the file is written by the same path
+model over the calibration text (workflows.budget.calibration), allocate under the budget
+(quant.budget.allocate), and hand the choice to the ordinary planner as exact per-tensor overrides, so the file is written by the same path
 as every preset.  The measured profile is cached per model and importance matrix.
 """
 

@@ -79,7 +79,7 @@ def write_probe_model(path: Path, tensor_types: set[int]) -> None:
     type i.  Types that need an importance matrix get a uniform one."""
     types = sorted(t for t in tensor_types if ggml.is_quantized(t)) or [GGMLType.F32]
     source = probe_model_source(len(types))
-    plan_types = {}
+    plan_types: dict[str, int] = {}
     for tensor in source.tensors:
         if len(tensor.shape) == 1:
             plan_types[tensor.name] = GGMLType.F32
