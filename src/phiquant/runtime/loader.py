@@ -30,8 +30,6 @@ from phiquant.runtime.llama import LoadedModel, LoadOptions
 
 PROBE_TIMEOUT_SECONDS = 300
 ENV_OVERRIDE = "PHIQUANT_EXTRA_BUFTS"
-# Test hook: makes the probe child die as the AMX kernels do, to exercise the fallback.
-ENV_SIMULATE_CRASH = "PHIQUANT_PROBE_SIMULATE_CRASH"
 
 
 @dataclass(frozen=True)
@@ -86,8 +84,13 @@ def probe_file(types: set[int]) -> Path:
     return path
 
 
+def probe_command(path: Path) -> list[str]:
+    """The child process that loads `path` with extra buffer types (this module's __main__)."""
+    return [sys.executable, "-m", "phiquant.runtime.loader", str(path)]
+
+
 def run_probe(path: Path) -> ProbeVerdict:
-    command = [sys.executable, "-m", "phiquant.runtime.loader", str(path)]
+    command = probe_command(path)
     # The child must import this very phiquant, installed or not (a source checkout on sys.path).
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(
@@ -136,8 +139,6 @@ def load_model(path: str | Path, *, n_gpu_layers: int = 0) -> LoadedModel:
 
 def _probe_main(path: str) -> int:
     """Child process: load with extra buffer types and evaluate a few tokens."""
-    if os.environ.get(ENV_SIMULATE_CRASH) == "1":
-        os.kill(os.getpid(), signal.SIGSEGV)
     with LoadedModel(path, LoadOptions(use_extra_bufts=True)) as model, model.new_context(64) as context:
         tokens = [t % model.n_vocab for t in range(1, 17)]
         context.decode(tokens, all_logits=True)
