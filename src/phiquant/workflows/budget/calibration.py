@@ -37,10 +37,10 @@ from phiquant.workflows.job import Source, plan_files, write_files
 
 PROBE_TYPE = GGMLType.Q3_K
 BASE_TYPE = GGMLType.Q8_0
-# The probe files evaluated together may take this much (weights, KV caches, logits): a bound that does
-# not grow with the number of probes, while small models still share the reference's rebuilt logits.
-PROBE_MEMORY_BUDGET = 1 << 30
-PROBE_OPTIONS = EvalOptions(ctx=512, max_windows=16, speed_runs=0, memory_budget=PROBE_MEMORY_BUDGET)
+# One probe file (and one llama.cpp context) at a time: each context holds logits and attention scores
+# for a whole batch over the full vocabulary, so evaluating the probes together took memory in proportion
+# to vocabulary x batch x probes.  One at a time, memory does not grow with the number of probes.
+PROBE_OPTIONS = EvalOptions(ctx=512, max_windows=16, speed_runs=0, memory_budget=0)
 PROFILE_VERSION = 2
 MIN_SENSITIVITY_SHARE = 0.01  # a probe that moved KLD by noise only gets 1% of the median
 MAX_LAYER_BANDS = 8  # layer probes per model: each costs a Q8_0-sized file and its evaluation
