@@ -9,12 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from gguf import GGUFValueType
 
-from phiquant.gguf_io import Metadatum
 
-GGML_TYPE_F32 = 0
-GGML_TYPE_F16 = 1
-GGML_TYPE_BF16 = 30
+@dataclass(frozen=True)
+class Metadatum:
+    """One GGUF key/value pair; `sub_type` is the element type of an array."""
+
+    key: str
+    value: Any
+    value_type: GGUFValueType
+    sub_type: GGUFValueType | None = None
 
 
 @dataclass(frozen=True)

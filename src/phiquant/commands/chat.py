@@ -17,7 +17,8 @@ import threading
 from typing import TYPE_CHECKING, Any, TextIO
 
 from phiquant import api
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output
 from phiquant.commands.runtime_flags import (
     add_model_arguments,
     add_sampling_arguments,
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     from phiquant.runtime.chat import ChatSession
 
     sampling = sampling_options(args)

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from phiquant import api
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output
 from phiquant.commands.source_flags import add_checkpoint_reading_arguments, add_split_arguments
 from phiquant.gguf_io import format_bytes
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     result = api.convert(
         args.source,
         args.output,

@@ -6,10 +6,11 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from phiquant import api
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output
 from phiquant.commands.runtime_flags import (
     add_model_arguments,
     add_sampling_arguments,
@@ -75,7 +76,7 @@ def prompt_tokens(runner: ModelRunner, args: argparse.Namespace, text: str) -> l
     return runner.chat_tokens(messages + [{"role": "user", "content": text}])
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     from phiquant.runtime.generate import Completion
 
     text = read_prompt(args)

@@ -10,7 +10,8 @@ import sys
 from typing import Any
 
 from phiquant import api
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output
 from phiquant.commands.runtime_flags import add_model_arguments, runner_options
 from phiquant.errors import PhiquantError
 from phiquant.server.limits import ServerLimits
@@ -102,7 +103,7 @@ def limits_from(args: argparse.Namespace) -> ServerLimits:
     return ServerLimits(**values)
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     from phiquant.server.run import ServeOptions, serve
 
     if args.parallel < 1:

@@ -13,12 +13,15 @@ import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from phiquant.errors import PhiquantError
 from phiquant.runtime.generate import Completion, SamplingOptions, generate
 from phiquant.runtime.llama import Context
 from phiquant.runtime.reply_parser import MARKERS
-from phiquant.runtime.runner import ModelRunner
+
+if TYPE_CHECKING:  # the runner imports this module to open chat sessions
+    from phiquant.runtime.runner import ModelRunner
 
 
 @dataclass

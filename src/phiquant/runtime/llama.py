@@ -21,8 +21,7 @@ import llama_cpp as lc
 import numpy as np
 
 from phiquant.errors import PhiquantError
-
-GGML_TYPE_F32 = 0
+from phiquant.ggml.types import GGMLType
 
 LOG_ENV = "PHIQUANT_LLAMA_LOG"  # =1 copies llama.cpp's log to stderr
 
@@ -205,7 +204,7 @@ class Context:
         if reference_precision:
             # Comparisons with transformers need F32 throughout: the default F16 KV cache and the CPU
             # flash-attention path (which rounds Q to F16) cost about 1e-6 NMSE and flip near-tied top-1s.
-            params.type_k = params.type_v = GGML_TYPE_F32
+            params.type_k = params.type_v = GGMLType.F32
             params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_ctx = n_ctx
         params.n_batch = n_batch or min(n_ctx, 512)
@@ -216,7 +215,7 @@ class Context:
         if n_threads:
             params.n_threads = n_threads
             params.n_threads_batch = n_threads
-        # The scheduler's per-node callback (runtime.ggml_graph): kept referenced while llama.cpp holds it.
+        # The scheduler's per-node callback (phiquant.ggml.graph): kept referenced while llama.cpp holds it.
         self._eval_callback = None
         if eval_callback is not None:
             self._eval_callback = lc.ggml_backend_sched_eval_callback(

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phiquant.errors import PhiquantError
+from phiquant.ggml import devices
 from phiquant.gguf_io import GGUFFile, read_gguf
 from phiquant.progress import SILENT, Reporter
-from phiquant.runtime import devices, memory
+from phiquant.runtime import memory
 from phiquant.runtime.llama import Context, LoadedModel
 from phiquant.runtime.loader import load_model
-from phiquant.runtime.model_files import ModelFile, resolve_model
+from phiquant.runtime.model_files import ModelFile, gguf_model_file
 from phiquant.runtime.prompt import PromptTokenizer
 from phiquant.runtime.sampling import SamplingOptions
 
@@ -156,9 +157,9 @@ class ModelRunner:
 
 
 def open_runner(
-    model: str | Path, options: RunnerOptions = RunnerOptions(), *, reporter: Reporter = SILENT
+    model: ModelFile | str | Path, options: RunnerOptions = RunnerOptions(), *, reporter: Reporter = SILENT
 ) -> ModelRunner:
-    file = resolve_model(model, reporter=reporter)
+    file = model if isinstance(model, ModelFile) else gguf_model_file(model)
     gguf = read_gguf(file.gguf)
     shape = memory.ModelShape.from_gguf(gguf)
     n_ctx = options.n_ctx if options.n_ctx is not None else memory.default_context_size(shape)

@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from phiquant import __version__
 from phiquant.errors import PhiquantError
 from phiquant.runtime.generate import Completion
 from phiquant.runtime.runner import ModelRunner
@@ -46,6 +45,7 @@ from phiquant.server.requests import (
     parse_json_body,
 )
 from phiquant.server.slots import GenerationJob, Slot, SlotPool, job_events
+from phiquant.version import __version__
 
 
 @dataclass

@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from phiquant import __version__
 from phiquant.runtime.generate import Completion, TokenLogprob
 from phiquant.runtime.reply_parser import ParsedReply, ToolCall
+from phiquant.version import __version__
 
 TokenPiece = Callable[[int], bytes]  # a token id's text as bytes, special tokens included
 
