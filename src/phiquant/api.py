@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
 from phiquant.gguf_io import Metadatum
+from phiquant.gguf_io.mmproj_writer import (
+    DEFAULT_MMPROJ_TYPE,
+    mmproj_file_name,
+    parse_mmproj_type,
+    write_mmproj,
+)
 from phiquant.hub import resolve_source
 from phiquant.inspection import GGUFReport, inspect_gguf
 from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, ModelSource
@@ -53,6 +59,7 @@ class ConvertResult:
     seconds: float
     source_bytes: int
     warnings: list[str] = field(default_factory=list)
+    mmproj: Path | None = None  # the vision projector file written beside it (multimodal checkpoints)
 
 
 @dataclass
@@ -75,6 +82,7 @@ class QuantizeResult:
     warnings: list[str] = field(default_factory=list)
     plans: dict[str, list[TensorPlan]] = field(default_factory=dict)  # type -> per-tensor plan
     budget: budget_plan.BudgetSummary | None = None  # --max-size / --target-bpw: the plan's figures
+    mmproj: Path | None = None  # the vision projector file written beside them (multimodal checkpoints)
 
 
 def load_hf_model(source: str | Path) -> ModelSource:
@@ -102,6 +110,7 @@ def convert(
     allow_nonfinite: bool = False,
     allow_pickle: bool = False,
     text_only: bool = False,
+    mmproj_type: str = DEFAULT_MMPROJ_TYPE,
     threads: int | None = None,
     reporter: Reporter = SILENT,
 ) -> ConvertResult:
@@ -112,7 +121,8 @@ def convert(
     checkpoint that has only PyTorch pickles (pytorch_model.bin) through torch's weights-only
     loader, which never runs code from the file; without it such checkpoints are refused.
     `text_only` converts the language model of a multimodal checkpoint (Phi-4-multimodal) alone;
-    it is refused otherwise.
+    it is refused otherwise.  A vision checkpoint (Phi-4-reasoning-vision) also gets its projector file,
+    `<name>-mmproj-<TYPE>.gguf` beside the output, in `mmproj_type` (f16, bf16, q8_0 or f32).
     """
     started = time.perf_counter()
     source = resolve_source(source)
@@ -123,6 +133,7 @@ def convert(
             else "not a Hugging Face model directory",
             path=source,
         )
+    mmproj_type = parse_mmproj_type(mmproj_type)
     opened = open_source(source, allow_pickle=allow_pickle, text_only=text_only)
     type_name = resolve_outtype(outtype, opened.model)
     preset = parse_preset(type_name)
@@ -131,6 +142,7 @@ def convert(
         reporter.warn(warning)
     (planned,) = plan_files(opened, [preset.name], [path], QuantOptions())
     write_files(opened, [planned], threads=threads, allow_nonfinite=allow_nonfinite, reporter=reporter)
+    mmproj = _write_projector(opened, path.parent, mmproj_type)
     return ConvertResult(
         path=path,
         outtype=type_name,
@@ -139,7 +151,15 @@ def convert(
         seconds=time.perf_counter() - started,
         source_bytes=opened.model.source_bytes,
         warnings=list(opened.model.warnings),
+        mmproj=mmproj,
     )
+
+
+def _write_projector(opened: Source, directory: Path, mmproj_type: str) -> Path | None:
+    projector = opened.model.projector
+    if projector is None:
+        return None
+    return write_mmproj(projector, directory / mmproj_file_name(opened.name, mmproj_type), mmproj_type)
 
 
 def quantize(
@@ -157,6 +177,7 @@ def quantize(
     allow_nonfinite: bool = False,
     allow_pickle: bool = False,
     text_only: bool = False,
+    mmproj_type: str = DEFAULT_MMPROJ_TYPE,
     threads: int | None = None,
     dry_run: bool = False,
     max_size: int | None = None,
@@ -171,6 +192,8 @@ def quantize(
     the preset's own rules.  `dry_run` plans and predicts sizes without reading tensor data.
     `allow_pickle` accepts a pickle-only checkpoint, read as `convert` reads it.
     `text_only` quantizes the language model of a multimodal checkpoint (Phi-4-multimodal) alone.
+    A vision checkpoint's projector is written once beside the files, in `mmproj_type`, never in the
+    text types (llama.cpp's rule: the vision tower is not quantized with the language model).
     `imatrix="auto"` computes (once, then from the cache) an importance matrix over the bundled
     calibration text when a chosen type needs or benefits from one.  `max_size` (bytes) or `target_bpw`
     replace the presets by one file whose per-tensor types minimise the predicted KL divergence under that
@@ -184,6 +207,7 @@ def quantize(
     if not names and budget_request is None:
         raise PhiquantError("give at least one quantization type")
     presets = [parse_preset(name) for name in names]
+    mmproj_type = parse_mmproj_type(mmproj_type)
     source = resolve_source(source)
     opened = open_source(
         source,
@@ -239,9 +263,11 @@ def quantize(
         )
     for warning in warnings:
         reporter.warn(warning)
+    mmproj = None
     if not dry_run:
         _make_output_directory(directory)
         write_files(opened, planned, threads=threads, allow_nonfinite=allow_nonfinite, reporter=reporter)
+        mmproj = _write_projector(opened, directory, mmproj_type)
     return QuantizeResult(
         source=str(source),
         files=[_file_result(p, dry_run) for p in planned],
@@ -253,6 +279,7 @@ def quantize(
             p.preset.name: budget_plan.label_plan_rows(p.plan.tensors, budget is not None) for p in planned
         },
         budget=budget_plan.summarise(budget),
+        mmproj=mmproj,
     )
 
 

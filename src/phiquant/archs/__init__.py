@@ -19,6 +19,7 @@ FAMILIES: dict[str, str] = {
     "PhiMoEForCausalLM": "phimoe",  # Microsoft's spelling (Phi-3.5-MoE-instruct's config.json)
     "PhimoeForCausalLM": "phimoe",  # transformers' native class: what its save_pretrained writes
     "PhiForCausalLM": "phi2",  # Phi-1, Phi-1.5, Phi-2
+    "Phi4ForCausalLMV": "phi4v",  # Phi-4-reasoning-vision: a phi-4 GGUF plus an mmproj file beside it
 }
 
 # Multimodal architectures whose language model can be converted on its own, on request (--text-only).
