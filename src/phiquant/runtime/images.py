@@ -70,7 +70,12 @@ def decode_image(data: bytes, origin: str) -> ImageInput:
             return ImageInput(width, height, rgb.tobytes(), origin)
     except PhiquantError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as error:
+    except Image.DecompressionBombError:
+        raise PhiquantError(
+            f"{origin}: the image declares far more than {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels (the most "
+            "phiquant decodes; the model sees far fewer): downscale it"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise PhiquantError(f"{origin}: corrupt or truncated {kind} image ({error})") from None
 
 

@@ -22,6 +22,7 @@ from llama_cpp import mtmd_cpp as mt
 from phiquant.archs.phi4v import IMAGE_MARKER as PHI4_IMAGE_MARKER
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import read_gguf
+from phiquant.runtime import llama
 from phiquant.runtime.images import ImageInput
 from phiquant.runtime.llama import Context, LoadedModel
 
@@ -106,6 +107,10 @@ class VisionProjector:
         self.path = Path(mmproj)
         self.model = model
         self.info = read_projector_info(self.path, int(lc.llama_model_n_embd(model._model)))
+        # libmtmd logs through its own hooks: routed where llama.cpp's log goes (quiet by default)
+        llama.ensure_backend()
+        mt.mtmd_log_set(llama._log_callback, ctypes.c_void_p(0))
+        mt.mtmd_helper_log_set(llama._log_callback, ctypes.c_void_p(0))
         params = mt.mtmd_context_params_default()
         params.use_gpu = False
         params.n_threads = threads
@@ -241,10 +246,15 @@ class VisionProjector:
 
 
 def find_mmproj(model_file: Path) -> Path | None:
-    """The projector `convert` writes beside a model: `<name>-mmproj-<TYPE>.gguf` in its directory."""
+    """The projector `convert` writes beside a model: `<name>-mmproj-<TYPE>.gguf` in its directory
+    (several: the one named after the model; still several: the user must choose)."""
     candidates = sorted(model_file.parent.glob("*mmproj*.gguf"))
-    if len(candidates) <= 1:
-        return candidates[0] if candidates else None
-    stem = model_file.name.rsplit("-", 1)[0]
-    same_name = [c for c in candidates if c.name.startswith(f"{stem}-mmproj-")]
-    return same_name[0] if len(same_name) == 1 else None
+    if len(candidates) > 1:
+        stem = model_file.name.rsplit("-", 1)[0]
+        candidates = [c for c in candidates if c.name.startswith(f"{stem}-mmproj-")] or candidates
+    if len(candidates) > 1:
+        names = ", ".join(c.name for c in candidates)
+        raise PhiquantError(
+            f"several vision projectors beside the model ({names}): choose one with --mmproj", path=model_file
+        )
+    return candidates[0] if candidates else None
