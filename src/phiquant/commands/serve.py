@@ -72,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "seconds a client has to send its request (head and body); slower ones get 408",
     )  # fmt: skip
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    parser.add_argument(
+        "--allow-image-urls",
+        action="store_true",
+        help="let image_url parts name http(s) URLs, fetched by the server (default: data: URLs only)",
+    )
 
 
 def _limit(group: Any, flag: str, kind: type, default: Any, text: str) -> None:
@@ -112,6 +117,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         model_alias=args.model_alias,
         limits=limits_from(args),
         access_log=args.access_log,
+        allow_image_urls=args.allow_image_urls,
     )
     with api.load(
         args.model, runner_options(args, n_contexts=args.parallel), reporter=output.reporter()

@@ -11,6 +11,7 @@ decoded into the KV cache at the marker's position.
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,7 @@ class VisionProjector:
         params.warmup = False
         self._marker = self.info.marker.encode()
         params.media_marker = self._marker
+        self._lock = threading.Lock()  # one libmtmd context: server slots encode their images in turn
         self._ctx = mt.mtmd_init_from_file(str(self.path).encode(), model._model, params)
         if not self._ctx:
             raise PhiquantError("libmtmd could not load this mmproj file", path=self.path)
@@ -230,16 +232,17 @@ class VisionProjector:
                 context.decode(segment)
                 continue
             new_n_past = lc.llama_pos(0)
-            status = mt.mtmd_helper_eval_chunk_single(
-                self._ctx,
-                context._ctx,
-                segment.chunk,
-                context.n_past,
-                0,
-                context.n_batch,
-                index == last,
-                ctypes.byref(new_n_past),
-            )
+            with self._lock:
+                status = mt.mtmd_helper_eval_chunk_single(
+                    self._ctx,
+                    context._ctx,
+                    segment.chunk,
+                    context.n_past,
+                    0,
+                    context.n_batch,
+                    index == last,
+                    ctypes.byref(new_n_past),
+                )
             if status != 0:
                 raise PhiquantError(f"{segment.origin}: evaluating the image failed (status {status})")
             context.tokens.extend([IMAGE_POSITION] * (new_n_past.value - context.n_past))

@@ -25,9 +25,12 @@ from starlette.routing import Route
 from phiquant import __version__
 from phiquant.errors import PhiquantError
 from phiquant.runtime.generate import Completion
+from phiquant.runtime.llama import Context
 from phiquant.runtime.runner import ModelRunner
+from phiquant.runtime.vision import MediaPrompt
 from phiquant.server import responses as shapes
 from phiquant.server.errors import SERVER_ERROR, ApiError, bad_request, context_length_exceeded
+from phiquant.server.images import IMAGE_PLACEHOLDER, load_images
 from phiquant.server.limits import LimitsMiddleware, RequestCount, ServerLimits
 from phiquant.server.requests import (
     GenerationRequest,
@@ -46,6 +49,7 @@ class ServerState:
     model_id: str
     created: int
     in_progress: RequestCount = dataclasses.field(default_factory=RequestCount)
+    allow_image_urls: bool = False  # --allow-image-urls: image_url parts may name http(s) URLs
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -151,8 +155,39 @@ async def chat_completions(request: Request) -> Response:
     body = parse_json_body(await request.body())
     parsed = parse_chat_request(body, state.runner.model.n_vocab)
     _check_model(state, parsed.model)
+    if parsed.images:
+        return await _generate_with_images(request, state, parsed)
     tokens = await _tokenize(lambda: state.runner.chat_tokens(parsed.messages))
     return await _generate(request, state, parsed, tokens, "chat")
+
+
+async def _generate_with_images(request: Request, state: ServerState, parsed: GenerationRequest) -> Response:
+    """Images decoded, the prompt rendered with the projector's marker at each image, off the loop."""
+
+    def build() -> MediaPrompt:
+        try:
+            vision = state.runner.vision()
+        except PhiquantError as error:
+            raise bad_request(error.message, param="messages", code="images_not_supported") from None
+        images = load_images(parsed.images, allow_urls=state.allow_image_urls)
+        messages = [
+            {**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, vision.marker)} for m in parsed.messages
+        ]
+        try:
+            return vision.build_prompt(state.runner.prompt.render(messages), images, state.runner.text_tokens)
+        except PhiquantError as error:
+            raise bad_request(error.message, param="messages", code="invalid_image") from None
+
+    prompt = await run_in_threadpool(build)
+    vision = state.runner.vision()
+    try:
+        return await _generate(
+            request, state, parsed, prompt.positions, "chat",
+            evaluate=lambda context: vision.evaluate(context, prompt), release=prompt.close,
+        )  # fmt: skip
+    except BaseException:
+        prompt.close()  # refused before a slot took the job
+        raise
 
 
 async def text_completions(request: Request) -> Response:
@@ -203,7 +238,14 @@ def _plan_max_tokens(state: ServerState, n_prompt: int, requested: int | None, w
 
 
 async def _generate(
-    request: Request, state: ServerState, parsed: GenerationRequest, tokens: list[int], kind: str
+    request: Request,
+    state: ServerState,
+    parsed: GenerationRequest,
+    tokens: list[int],
+    kind: str,
+    *,
+    evaluate: Callable[[Context], None] | None = None,
+    release: Callable[[], None] | None = None,
 ) -> Response:
     where = "messages" if kind == "chat" else "prompt"
     max_tokens = _plan_max_tokens(state, len(tokens), parsed.max_tokens, where)
@@ -212,6 +254,7 @@ async def _generate(
     if slot is None:
         return Response(status_code=499)  # the client left while queued; nobody reads this
     job = GenerationJob(tokens, options, state.limits.request_timeout, asyncio.get_running_loop())
+    job.evaluate, job.release = evaluate, release
     slot.submit(job)  # from here on the worker frees the slot, however the response ends
     header = shapes.ResponseHeader.new(kind, state.model_id)
     echo = _echo(state, parsed) if parsed.echo else ""
@@ -334,5 +377,14 @@ async def _text_events(
     yield shapes.DONE_EVENT
 
 
-def new_state(runner: ModelRunner, pool: SlotPool, limits: ServerLimits, model_id: str | None) -> ServerState:
-    return ServerState(runner, pool, limits, model_id or runner.name, int(time.time()))
+def new_state(
+    runner: ModelRunner,
+    pool: SlotPool,
+    limits: ServerLimits,
+    model_id: str | None,
+    *,
+    allow_image_urls: bool = False,
+) -> ServerState:
+    return ServerState(
+        runner, pool, limits, model_id or runner.name, int(time.time()), allow_image_urls=allow_image_urls
+    )

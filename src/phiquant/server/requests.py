@@ -16,6 +16,7 @@ from typing import Any
 
 from phiquant.runtime.generate import MAX_SEED, SamplingOptions
 from phiquant.server.errors import ApiError, bad_request
+from phiquant.server.images import IMAGE_PLACEHOLDER, ImageRef, image_part
 
 DEFAULTS = SamplingOptions()
 # name -> (minimum, maximum), both inclusive
@@ -68,6 +69,7 @@ class GenerationRequest:
     messages: tuple[Mapping[str, str], ...] = ()
     prompt: str | tuple[int, ...] = ""
     echo: bool = False
+    images: tuple[ImageRef, ...] = ()  # image_url parts, in order; IMAGE_PLACEHOLDER marks each in the text
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -88,14 +90,15 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
 
 def parse_chat_request(body: dict[str, Any], n_vocab: int) -> GenerationRequest:
     _check_fields(body, CHAT_FIELDS)
-    messages = tuple(_message(m, i) for i, m in enumerate(_required(body, "messages", list)))
+    images: list[ImageRef] = []
+    messages = tuple(_message(m, i, images) for i, m in enumerate(_required(body, "messages", list)))
     if not messages:
         raise bad_request("'messages' must contain at least one message.", param="messages")
     _check_response_format(body.get("response_format"))
     max_tokens = _integer(body, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens")
-    return _request(body, n_vocab, max_tokens, messages=messages)
+    return _request(body, n_vocab, max_tokens, messages=messages, images=tuple(images))
 
 
 def parse_completion_request(body: dict[str, Any], n_vocab: int) -> GenerationRequest:
@@ -268,7 +271,7 @@ def _logit_bias(value: Any, n_vocab: int) -> tuple[tuple[int, float], ...]:
     return tuple(biases)
 
 
-def _message(message: Any, index: int) -> dict[str, str]:
+def _message(message: Any, index: int, images: list[ImageRef]) -> dict[str, str]:
     where = f"messages[{index}]"
     if not isinstance(message, dict):
         raise _wrong_type(where, message, "an object")
@@ -279,20 +282,28 @@ def _message(message: Any, index: int) -> dict[str, str]:
             param=f"{where}.role",
         )
     content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(_text_part(part, f"{where}.content") for part in content)
+    if isinstance(content, str):
+        content = content.replace(IMAGE_PLACEHOLDER, "")  # only image parts place images
+    elif isinstance(content, list):
+        content = "".join(
+            _content_part(part, f"{where}.content[{i}]", images) for i, part in enumerate(content)
+        )
     if not isinstance(content, str):
-        raise _wrong_type(f"{where}.content", content, "a string or an array of text parts")
+        raise _wrong_type(f"{where}.content", content, "a string or an array of text and image_url parts")
     return {"role": ROLES[role], "content": content}
 
 
-def _text_part(part: Any, where: str) -> str:
+def _content_part(part: Any, where: str, images: list[ImageRef]) -> str:
+    if isinstance(part, dict) and part.get("type") == "image_url":
+        images.append(image_part(part, where))
+        return IMAGE_PLACEHOLDER
     if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
         raise bad_request(
-            f"Invalid '{where}': this server accepts only text parts ({{'type': 'text', 'text': ...}}).",
+            f"Invalid '{where}': this server accepts text and image_url parts "
+            "({'type': 'text', 'text': ...} or {'type': 'image_url', 'image_url': {'url': 'data:...'}}).",
             param=where,
         )
-    return str(part["text"])
+    return str(part["text"]).replace(IMAGE_PLACEHOLDER, "")
 
 
 def _check_response_format(value: Any) -> None:

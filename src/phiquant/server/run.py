@@ -23,6 +23,7 @@ class ServeOptions:
     model_alias: str | None = None
     limits: ServerLimits = ServerLimits()
     access_log: bool = False
+    allow_image_urls: bool = False
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -63,7 +64,9 @@ def serve(runner: ModelRunner, options: ServeOptions, on_listening: Callable[[st
     threads_per_slot = max(1, runner.threads // options.parallel)
     pool = SlotPool(runner, options.parallel, threads_per_slot)
     try:
-        state = new_state(runner, pool, options.limits, options.model_alias)
+        state = new_state(
+            runner, pool, options.limits, options.model_alias, allow_image_urls=options.allow_image_urls
+        )
         app = build_app(state, api_key=options.api_key)
         config = uvicorn.Config(
             app,

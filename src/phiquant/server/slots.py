@@ -38,6 +38,8 @@ class GenerationJob:
     loop: asyncio.AbstractEventLoop
     cancel: threading.Event = field(default_factory=threading.Event)
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    evaluate: Callable[[Context], None] | None = None  # fills the context instead of `tokens` (images)
+    release: Callable[[], None] | None = None  # frees what `evaluate` holds, once the job is over
 
     def emit(self, kind: str, value: Any) -> None:
         """Called from the worker thread."""
@@ -93,6 +95,7 @@ class Slot:
                 cancel=job.cancel,
                 completion=completion,
                 deadline=deadline,
+                evaluate=job.evaluate,
             ):
                 job.emit("text", text)
             job.emit("done", completion)
@@ -101,6 +104,9 @@ class Slot:
         except Exception as error:  # a bug: answer this request with a 500, keep the slot serving
             log.exception("generation failed in slot %d", self.index)
             job.emit("error", error)
+        finally:
+            if job.release is not None:
+                job.release()
 
 
 class QueueFull(Exception):
