@@ -192,3 +192,13 @@ def test_quantize_never_gives_the_vision_tower_a_text_type(phi4v_checkpoint, tmp
     assert not {"Q4_K", "Q6_K", "Q5_K"} & set(types.values())
     (text_file,) = result.files
     assert not any(name.startswith(("v.", "mm.")) for name in tensors(text_file.path))
+
+
+def test_inspect_shows_the_model_and_its_projector(converted_phi4v) -> None:
+    converted = converted_phi4v("f32", "f16")
+    model = api.inspect(converted.model)
+    assert model.architecture == "phi3" and model.mmproj == str(converted.mmproj)
+    projector = api.inspect(converted.mmproj)
+    assert projector.architecture == "clip" and projector.mmproj is None
+    assert projector.hyperparameters["projector_type"] == "phi4"
+    assert projector.hyperparameters["vision.block_count"] == SPEC.vision.num_hidden_layers - 1

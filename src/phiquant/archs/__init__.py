@@ -33,12 +33,14 @@ UNSUPPORTED: dict[str, str] = {
         "#8241); use Phi-3-mini or Phi-3-medium, or run Phi-3-small with transformers or vLLM"
     ),
     "Phi3VForCausalLM": (
-        "Phi-3/3.5-vision has no llama.cpp support (its converter PR #17687 was closed); run it with "
-        "transformers or ONNX Runtime GenAI, or use the text-only Phi-3.5-mini"
+        "Phi-3/3.5-vision has no llama.cpp support (its converter PR #17687 was closed); for images use "
+        "Phi-4-reasoning-vision-15B (convert writes its mmproj; generate/chat --image, serve image_url), "
+        "or run it with transformers or ONNX Runtime GenAI, or use the text-only Phi-3.5-mini"
     ),
     "Phi4MMForCausalLM": (
         "Phi-4-multimodal's vision and audio paths need LoRA adapters llama.cpp cannot run (llama.cpp "
-        "#12117); its language model is Phi-4-mini: convert Phi-4-mini-instruct instead"
+        "#12117); its language model is Phi-4-mini: convert Phi-4-mini-instruct instead, and for images "
+        "Phi-4-reasoning-vision-15B"
     ),
     "Phi4FlashForCausalLM": (
         "Phi-4-mini-flash-reasoning is a SambaY Mamba/attention hybrid that llama.cpp cannot run "

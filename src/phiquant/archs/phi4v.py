@@ -149,8 +149,8 @@ def read_vision_hparams(checkpoint: Checkpoint) -> VisionHParams:
 def projector_tensor_name(hf_name: str, exported_layers: int) -> str | None:
     """The clip.cpp name of a checkpoint tensor, or None for tensors the projector file leaves out."""
     if hf_name.startswith(PROJECTOR_PREFIX):
-        index, _, suffix = hf_name.removeprefix(PROJECTOR_PREFIX).partition(".")
-        return f"mm.{index}.{suffix}" if index in ("0", "2") and suffix in ("weight", "bias") else None
+        position, _, kind = hf_name.removeprefix(PROJECTOR_PREFIX).partition(".")
+        return f"mm.{position}.{kind}" if position in ("0", "2") and kind in ("weight", "bias") else None
     if not hf_name.startswith(VISION_PREFIX):
         return None
     local = hf_name.removeprefix(VISION_PREFIX)
@@ -159,14 +159,14 @@ def projector_tensor_name(hf_name: str, exported_layers: int) -> str | None:
     module, _, suffix = local.rpartition(".")
     if module in EMBEDDING_TENSORS:
         return f"{EMBEDDING_TENSORS[module]}.{suffix}"
-    layer = LAYER.match(module + "." + suffix)
+    layer = LAYER.match(local)
     if layer is None:
         return None
-    index = int(layer.group(1))
-    part, _, suffix = layer.group(2).rpartition(".")
-    if index >= exported_layers or part not in LAYER_TENSORS:
+    block = int(layer.group(1))
+    part, _, end = layer.group(2).rpartition(".")
+    if block >= exported_layers or part not in LAYER_TENSORS:
         return None
-    return f"v.blk.{index}.{LAYER_TENSORS[part]}.{suffix}"
+    return f"v.blk.{block}.{LAYER_TENSORS[part]}.{end}"
 
 
 def _reader(
@@ -307,6 +307,7 @@ def build_projector(checkpoint: Checkpoint) -> ProjectorSource:
             continue
         entry = checkpoint.tensors[hf_name]
         selected[gguf_name] = entry
+        torch_shape: tuple[int, ...]
         if gguf_name == "v.patch_embd.weight":
             torch_shape = (entry.shape[0], entry.shape[1] // hp.patch_size**2, hp.patch_size, hp.patch_size)
             read = _reader(entry, patch_embedding_as_convolution(hp.patch_size))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType, quants
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, quants
 
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io.writer import GGUFOutput, Metadatum, TensorInfo
@@ -82,7 +82,7 @@ def write_mmproj(projector: ProjectorSource, path: Path, mmproj_type: str = DEFA
 
 
 def _byte_size(shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> int:
-    block_size, type_size = quants.GGML_QUANT_SIZES[ggml_type]
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
     n_elements = int(np.prod(shape))
     return n_elements // block_size * type_size
 
@@ -92,3 +92,18 @@ def _with_file_type(metadata: list[Metadatum], file_type: Metadatum) -> list[Met
     items = [item for item in metadata if item.key != "general.file_type"]
     position = next((i for i, item in enumerate(items) if not item.key.startswith("general.")), len(items))
     return [*items[:position], file_type, *items[position:]]
+
+
+def find_mmproj(model_file: Path) -> Path | None:
+    """The projector `convert` writes beside a model: `<name>-mmproj-<TYPE>.gguf` in its directory
+    (several: the one named after the model; still several: the user must choose)."""
+    candidates = sorted(model_file.parent.glob("*mmproj*.gguf"))
+    if len(candidates) > 1:
+        stem = model_file.name.rsplit("-", 1)[0]
+        candidates = [c for c in candidates if c.name.startswith(f"{stem}-mmproj-")] or candidates
+    if len(candidates) > 1:
+        names = ", ".join(c.name for c in candidates)
+        raise PhiquantError(
+            f"several vision projectors beside the model ({names}): choose one with --mmproj", path=model_file
+        )
+    return candidates[0] if candidates else None

@@ -262,7 +262,7 @@ def _projector_file(requested: Path | None, model_file: Path) -> Path | None:
         if not Path(requested).is_file():
             raise PhiquantError("no such mmproj file", path=requested)
         return Path(requested)
-    from phiquant.runtime.vision import find_mmproj
+    from phiquant.gguf_io.mmproj_writer import find_mmproj
 
     return find_mmproj(model_file)
 

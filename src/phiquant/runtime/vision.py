@@ -37,7 +37,7 @@ MTMD_INPUT_CHUNK_TYPE_IMAGE = 1
 class ImageChunk:
     """One image as libmtmd holds it (owned: freed with the prompt)."""
 
-    chunks: mt.mtmd_input_chunks_p
+    chunks: mt.mtmd_input_chunks_p | None
     chunk: mt.mtmd_input_chunk_p
     n_tokens: int
     n_pos: int
@@ -210,11 +210,12 @@ class VisionProjector:
             raise PhiquantError(f"{image.origin}: the vision encoder failed (status {status})")
         pointer = mt.mtmd_get_output_embd(self._ctx)
         width = self.info.projection_dim
-        return (
+        features: np.ndarray = (
             np.ctypeslib.as_array(pointer, shape=(image.n_tokens * width,))
             .reshape(image.n_tokens, width)
             .copy()
         )
+        return features
 
     def evaluate(self, context: Context, prompt: MediaPrompt) -> None:
         """Decode the whole prompt into an empty context; the last position's logits are then ready."""
@@ -246,18 +247,3 @@ class VisionProjector:
             if status != 0:
                 raise PhiquantError(f"{segment.origin}: evaluating the image failed (status {status})")
             context.tokens.extend([IMAGE_POSITION] * (new_n_past.value - context.n_past))
-
-
-def find_mmproj(model_file: Path) -> Path | None:
-    """The projector `convert` writes beside a model: `<name>-mmproj-<TYPE>.gguf` in its directory
-    (several: the one named after the model; still several: the user must choose)."""
-    candidates = sorted(model_file.parent.glob("*mmproj*.gguf"))
-    if len(candidates) > 1:
-        stem = model_file.name.rsplit("-", 1)[0]
-        candidates = [c for c in candidates if c.name.startswith(f"{stem}-mmproj-")] or candidates
-    if len(candidates) > 1:
-        names = ", ".join(c.name for c in candidates)
-        raise PhiquantError(
-            f"several vision projectors beside the model ({names}): choose one with --mmproj", path=model_file
-        )
-    return candidates[0] if candidates else None
