@@ -21,6 +21,8 @@ import torch
 from gguf import MODEL_TENSOR, TENSOR_NAMES, GGUFReader, Keys
 
 from phiquant import api
+from phiquant.gguf_io.mmproj_writer import write_mmproj
+from phiquant.quant.job import open_source
 from tests.fixtures.phi4v_checkpoints import PHI4_REASONING_VISION, PROJECTOR_PREFIX, VISION_PREFIX
 from tests.fixtures.phi4v_reference import checkpoint_state, load_text_model, patchify
 from tests.oracles import llama_cpp_logits, normalised_mse, top1_agreement, transformers_logits
@@ -58,34 +60,28 @@ def tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mmproj_type", ["f16", "f32"])
-def test_mmproj_equals_llama_cpp_converter_output(mmproj_type, converted_phi4v, tmp_path) -> None:
+@pytest.mark.parametrize("mmproj_type", ["f16", "f32", "bf16", "q8_0"])
+def test_mmproj_equals_llama_cpp_converter_output(mmproj_type, phi4v_checkpoint, tmp_path) -> None:
     source = llama_cpp_source()
     if source is None:
         pytest.skip("llama.cpp source not found (python benchmarks/llama_tools.py fetches it)")
-    converted = converted_phi4v("f32", mmproj_type)
+    projector = open_source(phi4v_checkpoint).model.projector
+    assert projector is not None
+    mmproj = write_mmproj(projector, tmp_path / "ours.gguf", mmproj_type)
     reference = tmp_path / "reference.gguf"
+    converter = [sys.executable, str(source / "convert_hf_to_gguf.py"), str(phi4v_checkpoint), "--mmproj"]
     subprocess.run(
-        [
-            sys.executable,
-            str(source / "convert_hf_to_gguf.py"),
-            str(converted.checkpoint),
-            "--mmproj",
-            "--outtype",
-            mmproj_type,
-            "--outfile",
-            str(reference),
-        ],
+        [*converter, "--outtype", mmproj_type, "--outfile", str(reference)],
         check=True,
         capture_output=True,
         timeout=300,
     )
-    ours, theirs = fields(converted.mmproj), fields(reference)
+    ours, theirs = fields(mmproj), fields(reference)
     assert {k: v for k, v in ours.items() if k not in NAME_KEYS} == {
         k: v for k, v in theirs.items() if k not in NAME_KEYS
     }
-    assert list(tensors(converted.mmproj)) == list(tensors(reference))
-    assert tensors(converted.mmproj) == tensors(reference)
+    assert list(tensors(mmproj)) == list(tensors(reference))
+    assert tensors(mmproj) == tensors(reference)
 
 
 def expected_name(hf_name: str, exported_layers: int) -> str | None:
