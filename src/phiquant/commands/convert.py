@@ -40,6 +40,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         allow_nonfinite=args.allow_nonfinite,
         allow_pickle=args.allow_pickle,
         text_only=args.text_only,
+        mmproj_type=args.mmproj_type,
         reporter=output.reporter(),
     )
 
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace, output: Any) -> int:
             highlight=False,
             markup=False,  # a path like "[/x].gguf" is text, not rich markup
         )
+        if result.mmproj is not None:
+            console.print(f"wrote {result.mmproj} (vision projector)", highlight=False, markup=False)
 
     output.result(result, render)
     return 0
