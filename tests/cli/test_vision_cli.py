@@ -4,11 +4,13 @@ in one line with exit 2 (image problems before the model is loaded)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from gguf import GGUFReader, GGUFWriter
 
-from tests.cli.run import assert_one_line_error, run_phiquant
+from tests.cli.run import assert_one_line_error, cli_environment, run_phiquant
 from tests.fixtures.image_files import bad_image_files, noise_image
 
 
@@ -88,3 +90,18 @@ def copy_with_projection_dim(source, target, width: int) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+@pytest.mark.slow
+def test_chat_about_an_image_starts_as_generate_does(vision_model, tmp_path) -> None:
+    image = noise_image(tmp_path / "a.png", 200, 160)
+    flags = ("--image", image, "--max-tokens", "3", "--seed", "5", "--ctx", "1024", "--json")
+    chat = subprocess.run(
+        [sys.executable, "-m", "phiquant", "chat", str(vision_model.model), *map(str, flags)],
+        input="What is this?\nAnd the colours?\n", capture_output=True, text=True, env=cli_environment(), timeout=600,
+    )  # fmt: skip
+    assert chat.returncode == 0, chat.stderr
+    first, second = (json.loads(line) for line in chat.stdout.splitlines())
+    generated = run_phiquant("generate", vision_model.model, "--chat", "-p", "What is this?", *flags)
+    assert json.loads(generated.stdout)["text"] == first["content"]
+    assert second["prompt_tokens"] > first["prompt_tokens"] >= 64
