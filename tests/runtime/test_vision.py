@@ -104,3 +104,18 @@ def test_image_prompt_first_token_logits_match_spliced_reference(f32_model, refe
         hf(after).input_ids,
     )
     assert normalised_mse(other, expected) > 100 * normalised_mse(ours, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (3000, 2000), (16, 4000)])
+def test_any_accepted_image_is_resized_within_the_pixel_limits(f32_model, width, height) -> None:
+    converted, model = f32_model
+    vision = PHI4_REASONING_VISION.vision
+    pixels = np.full((height, width, 3), 127, dtype=np.uint8)
+    with VisionProjector(converted.mmproj, model, threads=2) as projector:
+        chunk = projector.image_chunk(as_input(pixels))
+        try:
+            assert vision.min_num_patches <= chunk.n_tokens <= vision.max_num_patches
+            assert projector.encode(chunk).shape == (chunk.n_tokens, PHI4_REASONING_VISION.text.hidden_size)
+        finally:
+            chunk.close()
