@@ -180,12 +180,12 @@ def test_language_model_logits_match_transformers(converted_phi4v) -> None:
 
 @pytest.mark.slow
 def test_quantize_never_gives_the_vision_tower_a_text_type(phi4v_checkpoint, tmp_path) -> None:
-    result = api.quantize(phi4v_checkpoint, ["Q4_K_M"], tmp_path, mmproj_type="q8_0")
+    result = api.quantize(phi4v_checkpoint, ["Q4_0"], tmp_path, mmproj_type="q8_0")
     assert result.mmproj == tmp_path / f"{SPEC.name_or_path}-mmproj-Q8_0.gguf"
     types = {name: t[0] for name, t in tensors(result.mmproj).items()}
     assert types["mm.2.weight"] == "Q8_0" and types["v.blk.0.attn_q.weight"] == "Q8_0"
     assert types["v.patch_embd.weight"] == "F32" and types["v.position_embd.weight"] == "F32"
-    assert not {"Q4_K", "Q6_K", "Q5_K"} & set(types.values())
+    assert "Q4_0" not in types.values()
     (text_file,) = result.files
     assert not any(name.startswith(("v.", "mm.")) for name in tensors(text_file.path))
 
