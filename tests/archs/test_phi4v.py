@@ -21,6 +21,7 @@ import torch
 from gguf import MODEL_TENSOR, TENSOR_NAMES, GGUFReader, Keys
 
 from phiquant import api
+from phiquant.errors import PhiquantError
 from phiquant.gguf_io.mmproj_writer import write_mmproj
 from phiquant.quant.job import open_source
 from tests.fixtures.phi4v_checkpoints import PHI4_REASONING_VISION, PROJECTOR_PREFIX, VISION_PREFIX
@@ -198,3 +199,39 @@ def test_inspect_shows_the_model_and_its_projector(converted_phi4v) -> None:
     assert projector.architecture == "clip" and projector.mmproj is None
     assert projector.hyperparameters["projector_type"] == "phi4"
     assert projector.hyperparameters["vision.block_count"] == SPEC.vision.num_hidden_layers - 1
+
+
+def _linked_copy(checkpoint: Path, target: Path) -> Path:
+    """Hard links: a copy without the bytes (symbolic links leaving a checkpoint are refused)."""
+    target.mkdir()
+    for file in checkpoint.iterdir():
+        os.link(file, target / file.name)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        ("no-preprocessor", "preprocessor_config.json is missing"),
+        ("one-vision-layer", "needs at least 2"),
+        ("min-above-max", "is above max_num_patches"),
+    ],
+)
+def test_projector_problems_are_one_clear_error(edit, fragment, phi4v_checkpoint, tmp_path) -> None:
+    import json
+
+    copy = _linked_copy(phi4v_checkpoint, tmp_path / "copy")
+    preprocessor = json.loads((phi4v_checkpoint / "preprocessor_config.json").read_text())
+    config = json.loads((phi4v_checkpoint / "config.json").read_text())
+    (copy / "preprocessor_config.json").unlink()
+    (copy / "config.json").unlink()
+    if edit != "no-preprocessor":
+        if edit == "min-above-max":
+            preprocessor["min_num_patches"] = preprocessor["max_num_patches"] + 1
+        (copy / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    if edit == "one-vision-layer":
+        config["vision_config"]["num_hidden_layers"] = 1
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PhiquantError, match=fragment):
+        api.convert(copy, tmp_path / "out.gguf", "f32")
+    assert not list(tmp_path.glob("*.gguf"))
