@@ -17,6 +17,12 @@ from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
 from phiquant.gguf_io import Metadatum
+from phiquant.gguf_io.mmproj_writer import (
+    DEFAULT_MMPROJ_TYPE,
+    mmproj_file_name,
+    parse_mmproj_type,
+    write_mmproj,
+)
 from phiquant.gguf_io.split import SplitLimits, parse_split_size
 from phiquant.hub import resolve_source
 from phiquant.inspection import GGUFReport, inspect_gguf
@@ -57,6 +63,7 @@ class ConvertResult:
     source_bytes: int
     warnings: list[str] = field(default_factory=list)
     shards: list[Path] = field(default_factory=list)  # a split file's shards (`path` is the first)
+    mmproj: Path | None = None  # the vision projector file written beside it (multimodal checkpoints)
 
 
 @dataclass
@@ -88,6 +95,7 @@ class QuantizeResult:
     warnings: list[str] = field(default_factory=list)
     plans: dict[str, list[TensorPlan]] = field(default_factory=dict)  # type -> per-tensor plan
     budget: budget_plan.BudgetSummary | None = None  # --max-size / --target-bpw: the plan's figures
+    mmproj: Path | None = None  # the vision projector file written beside them (multimodal checkpoints)
 
 
 def load_hf_model(source: str | Path) -> ModelSource:
@@ -115,6 +123,7 @@ def convert(
     allow_nonfinite: bool = False,
     allow_pickle: bool = False,
     text_only: bool = False,
+    mmproj_type: str = DEFAULT_MMPROJ_TYPE,
     threads: int | None = None,
     split_max_size: int | str | None = None,
     split_max_tensors: int | None = None,
@@ -128,7 +137,8 @@ def convert(
     loader, which never runs code from the file; without it such checkpoints are refused.
     `text_only` converts the language model of a multimodal checkpoint (Phi-4-multimodal) alone;
     it is refused otherwise.  `split_max_size` (bytes, or text like "48G") or `split_max_tensors` write
-    llama.cpp's shards (`-00001-of-0000N.gguf`) when the model does not fit one.
+    llama.cpp's shards (`-00001-of-0000N.gguf`) when the model does not fit one.  A vision checkpoint (Phi-4-reasoning-vision) also gets its projector file,
+    `<name>-mmproj-<TYPE>.gguf` beside the output, in `mmproj_type` (f16, bf16, q8_0 or f32).
     """
     started = time.perf_counter()
     split = split_limits(split_max_size, split_max_tensors)
@@ -140,6 +150,7 @@ def convert(
             else "not a Hugging Face model directory",
             path=source,
         )
+    mmproj_type = parse_mmproj_type(mmproj_type)
     opened = open_source(source, allow_pickle=allow_pickle, text_only=text_only)
     type_name = resolve_outtype(outtype, opened.model)
     preset = parse_preset(type_name)
@@ -148,6 +159,7 @@ def convert(
         reporter.warn(warning)
     (planned,) = plan_files(opened, [preset.name], [path], QuantOptions(), split=split)
     write_files(opened, [planned], threads=threads, allow_nonfinite=allow_nonfinite, reporter=reporter)
+    mmproj = _write_projector(opened, path.parent, mmproj_type)
     return ConvertResult(
         path=planned.path,
         outtype=type_name,
@@ -157,7 +169,15 @@ def convert(
         source_bytes=opened.model.source_bytes,
         warnings=list(opened.model.warnings),
         shards=planned.paths if len(planned.paths) > 1 else [],
+        mmproj=mmproj,
     )
+
+
+def _write_projector(opened: Source, directory: Path, mmproj_type: str) -> Path | None:
+    projector = opened.model.projector
+    if projector is None:
+        return None
+    return write_mmproj(projector, directory / mmproj_file_name(opened.name, mmproj_type), mmproj_type)
 
 
 def quantize(
@@ -175,6 +195,7 @@ def quantize(
     allow_nonfinite: bool = False,
     allow_pickle: bool = False,
     text_only: bool = False,
+    mmproj_type: str = DEFAULT_MMPROJ_TYPE,
     threads: int | None = None,
     dry_run: bool = False,
     max_size: int | None = None,
@@ -191,6 +212,8 @@ def quantize(
     the preset's own rules.  `dry_run` plans and predicts sizes without reading tensor data.
     `allow_pickle` accepts a pickle-only checkpoint, read as `convert` reads it.
     `text_only` quantizes the language model of a multimodal checkpoint (Phi-4-multimodal) alone.
+    A vision checkpoint's projector is written once beside the files, in `mmproj_type`, never in the
+    text types (llama.cpp's rule: the vision tower is not quantized with the language model).
     `imatrix="auto"` computes (once, then from the cache) an importance matrix over the bundled
     calibration text when a chosen type needs or benefits from one.  `max_size` (bytes) or `target_bpw`
     replace the presets by one file whose per-tensor types minimise the predicted KL divergence under that
@@ -206,6 +229,7 @@ def quantize(
     if not names and budget_request is None:
         raise PhiquantError("give at least one quantization type")
     presets = [parse_preset(name) for name in names]
+    mmproj_type = parse_mmproj_type(mmproj_type)
     source = resolve_source(source)
     opened = open_source(
         source,
@@ -261,9 +285,11 @@ def quantize(
         )
     for warning in warnings:
         reporter.warn(warning)
+    mmproj = None
     if not dry_run:
         _make_output_directory(directory)
         write_files(opened, planned, threads=threads, allow_nonfinite=allow_nonfinite, reporter=reporter)
+        mmproj = _write_projector(opened, directory, mmproj_type)
     return QuantizeResult(
         source=str(source),
         files=[_file_result(p, dry_run) for p in planned],
@@ -275,6 +301,7 @@ def quantize(
             p.preset.name: budget_plan.label_plan_rows(p.plan.tensors, budget is not None) for p in planned
         },
         budget=budget_plan.summarise(budget),
+        mmproj=mmproj,
     )
 
 

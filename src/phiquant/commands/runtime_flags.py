@@ -46,6 +46,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE|JINJA",
         help="a Jinja chat template (a file, or the template text itself) replacing the model's own",
     )
+    group.add_argument(
+        "--mmproj",
+        metavar="FILE",
+        help="vision projector for --image / image_url input (default: the *mmproj*.gguf beside the model)",
+    )
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_tokens_help: str) -> None:
@@ -92,6 +97,7 @@ def runner_options(args: argparse.Namespace, *, n_contexts: int = 1) -> RunnerOp
         chat_template=read_chat_template(args.chat_template),
         chat_template_origin=chat_template_origin(args.chat_template),
         n_contexts=n_contexts,
+        mmproj=Path(args.mmproj) if getattr(args, "mmproj", None) else None,
     )
 
 

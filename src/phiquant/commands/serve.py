@@ -77,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "seconds a client has to send its request (head and body); slower ones get 408",
     )  # fmt: skip
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    parser.add_argument(
+        "--allow-image-urls",
+        action="store_true",
+        help="let image_url parts name http(s) URLs, fetched by the server (default: data: URLs only)",
+    )
 
 
 def _limit(group: Any, flag: str, kind: type, default: Any, text: str) -> None:
@@ -118,6 +123,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         limits=limits_from(args),
         access_log=args.access_log,
         reasoning_format=args.reasoning_format,
+        allow_image_urls=args.allow_image_urls,
     )
     with api.load(
         args.model, runner_options(args, n_contexts=args.parallel), reporter=output.reporter()

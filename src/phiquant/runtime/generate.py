@@ -12,7 +12,7 @@ import ctypes
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import llama_cpp as lc
@@ -232,13 +232,15 @@ def generate(
     completion: Completion | None = None,
     reuse_prefix: bool = False,
     deadline: float | None = None,
+    evaluate: Callable[[Context], None] | None = None,
 ) -> Iterator[str]:
     """Evaluate the prompt, then yield text as it is generated.  `completion` (if given) is filled
     in with the tokens, the full text and the finish reason.
 
     The context starts empty unless `reuse_prefix`: then the keys and values of the longest prefix
     the context already holds (an earlier chat turn) are kept and only the rest is evaluated.
-    `deadline` (time.monotonic()) ends generation with finish_reason "time"."""
+    `deadline` (time.monotonic()) ends generation with finish_reason "time".  `evaluate` fills the
+    context in place of decoding `prompt_tokens` (a prompt with images, whose positions they are)."""
     result = completion if completion is not None else Completion()
     result.prompt_tokens = len(prompt_tokens)
     if not prompt_tokens:
@@ -253,7 +255,10 @@ def generate(
     sampler = Sampler(options, model.n_vocab, result.seed, model=model)
     try:
         started = time.perf_counter()
-        _evaluate_prompt(context, prompt_tokens, reuse_prefix)
+        if evaluate is not None:
+            evaluate(context)
+        else:
+            _evaluate_prompt(context, prompt_tokens, reuse_prefix)
         result.prompt_seconds = time.perf_counter() - started
         try:
             yield from _sample_loop(context, sampler, options, end_ids, result, cancel, deadline)

@@ -306,6 +306,11 @@ class Context:
         finally:
             lc.llama_batch_free(batch)
 
+    def last_logits(self) -> np.ndarray:
+        """The logits of the last position evaluated (after a decode that asked for them)."""
+        pointer = lc.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,)).copy()
+
     def decode_windows(self, windows: np.ndarray, output_from: int) -> WindowOutput:
         """Evaluate independent token windows in one batch, window i as sequence i at positions
         0..n-1, after clearing the cache; return the outputs of positions >= `output_from`.

@@ -24,6 +24,7 @@ class ServeOptions:
     limits: ServerLimits = ServerLimits()
     access_log: bool = False
     reasoning_format: str = "deepseek"  # "none": <think> sections stay inline in the content
+    allow_image_urls: bool = False
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -64,7 +65,14 @@ def serve(runner: ModelRunner, options: ServeOptions, on_listening: Callable[[st
     threads_per_slot = max(1, runner.threads // options.parallel)
     pool = SlotPool(runner, options.parallel, threads_per_slot)
     try:
-        state = new_state(runner, pool, options.limits, options.model_alias, options.reasoning_format)
+        state = new_state(
+            runner,
+            pool,
+            options.limits,
+            options.model_alias,
+            options.reasoning_format,
+            allow_image_urls=options.allow_image_urls,
+        )
         app = build_app(state, api_key=options.api_key)
         config = uvicorn.Config(
             app,

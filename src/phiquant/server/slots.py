@@ -56,6 +56,8 @@ class GenerationJob:
     choices: int = 1  # n: generated one after another, choice i with seed + i
     cancel: threading.Event = field(default_factory=threading.Event)
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    evaluate: Callable[[Context], None] | None = None  # fills the context instead of `tokens` (images)
+    release: Callable[[], None] | None = None  # frees what `evaluate` holds, once the job is over
 
     def emit(self, kind: str, value: Any) -> None:
         """Called from the worker thread."""
@@ -117,6 +119,9 @@ class Slot:
         except Exception as error:  # a bug: answer this request with a 500, keep the slot serving
             log.exception("generation failed in slot %d", self.index)
             job.emit("error", error)
+        finally:
+            if job.release is not None:
+                job.release()
 
     def _run_choice(self, job: GenerationJob, index: int, options: SamplingOptions, deadline: float) -> None:
         # Each choice evaluates the prompt again in the cleared context; a shared prompt cache is the
@@ -131,6 +136,7 @@ class Slot:
             cancel=job.cancel,
             completion=completion,
             deadline=deadline,
+            evaluate=job.evaluate,
         ):
             job.emit("text", ChoiceText(index, text, completion.logprobs[sent:]))
             sent = len(completion.logprobs)
