@@ -32,8 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set)",
     )
     group.add_argument(
-        "--parallel", type=int, default=1, metavar="N",
-        help="generation slots: requests that run at once, each in its own context (default %(default)s)",
+        "--parallel", type=int, default=4, metavar="N",
+        help="generation slots: requests that run at once, decoded together in one batch per step "
+        "(default %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--deterministic", action="store_true",
+        help="run each slot alone in its own context, so that the same request always gives the same "
+        "text whatever runs beside it (batched decoding changes the last bits of the logits); no prompt "
+        "reuse between requests",
     )  # fmt: skip
     group.add_argument(
         "--model-alias", metavar="NAME", help="the model id clients use (default: the file name)"
@@ -109,6 +116,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         port=args.port,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         parallel=args.parallel,
+        deterministic=args.deterministic,
         model_alias=args.model_alias,
         limits=limits_from(args),
         access_log=args.access_log,

@@ -41,11 +41,12 @@ class ResponseHeader:
         }
 
 
-def usage(completion: Completion) -> dict[str, int]:
+def usage(completion: Completion) -> dict[str, Any]:
     return {
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": completion.cached_tokens},
     }
 
 

@@ -1,10 +1,14 @@
-"""Generation slots: one llama.cpp context and one worker thread each, handed out first come, first served.
+"""Generation slots, handed out first come, first served, in one of two modes.
 
-Each request runs alone in its slot's context (cleared before it starts), so its tokens depend only
-on its own prompt and seed, never on what other requests run beside it: llama.cpp's batched decoding
-of several sequences changes matrix shapes and with them the last bits of the logits.  The worker
-thread streams text back to the event loop through an asyncio queue; the slot is free again only
-when its worker has stopped using the context, after a finish, an error or a cancellation.
+Batched (the default): a slot is a sequence of the batch engine (runtime.batch_engine), which decodes
+every running request in one llama_decode per step and reuses a cached prompt prefix.
+Deterministic (`--deterministic`): each slot has its own llama.cpp context and worker thread, and a
+request runs alone in it (cleared before it starts), so its tokens depend only on its own prompt and
+seed, never on what other requests run beside it: batched decoding of several sequences changes
+matrix shapes and with them the last bits of the logits.
+
+Either way the text goes back to the event loop through an asyncio queue, and the slot is free again
+only once its request has stopped using the context, after a finish, an error or a cancellation.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from phiquant.errors import PhiquantError
+from phiquant.runtime.batch_engine import BatchEngine, EngineConfig, EngineJob, lane_sizes
 from phiquant.runtime.generate import Completion, SamplingOptions, generate
 from phiquant.runtime.llama import Context
 from phiquant.runtime.runner import ModelRunner
@@ -103,6 +108,43 @@ class Slot:
             job.emit("error", error)
 
 
+class Lease:
+    """A batched slot: the right to run one request in the engine (which picks the sequence)."""
+
+    def __init__(self, index: int, engine: BatchEngine, on_free: Callable[[Lease], None]):
+        self.index = index
+        self.engine = engine
+        self.on_free = on_free
+
+    def submit(self, job: GenerationJob) -> None:
+        self.engine.submit(
+            EngineJob(
+                job.tokens, job.options, _JobEvents(job, self), time_limit=job.time_limit, cancel=job.cancel
+            )
+        )
+
+
+class _JobEvents:
+    """An engine job's results as the events of a GenerationJob (one choice)."""
+
+    def __init__(self, job: GenerationJob, lease: Lease):
+        self.job = job
+        self.lease = lease
+
+    def text(self, choice: int, text: str) -> None:
+        self.job.emit("text", text)
+
+    def done(self, choice: int, completion: Completion) -> None:
+        self.job.emit("done", completion)
+
+    def error(self, error: Exception) -> None:
+        self.job.emit("error", error)
+
+    def released(self) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed event loop: the server is stopping
+            self.job.loop.call_soon_threadsafe(self.lease.on_free, self.lease)
+
+
 class QueueFull(Exception):
     pass
 
@@ -129,7 +171,7 @@ class FirstComeFirstServed(Generic[T]):
     def idle(self) -> int:
         return len(self._free)
 
-    async def acquire(self, *, max_queue: int, timeout: float) -> T:
+    async def acquire(self, *, max_queue: int, timeout: float) -> RunsJobs:
         if self._free and not self._waiters:
             return self._free.popleft()
         if len(self._waiters) >= max_queue:
@@ -162,14 +204,17 @@ class FirstComeFirstServed(Generic[T]):
         self._free.append(item)
 
 
+class RunsJobs(Protocol):
+    """A slot of either kind: it runs one submitted job at a time."""
+
+    def submit(self, job: GenerationJob) -> None: ...
+
+
 class SlotPool:
     """The server's slots behind a first-come-first-served line."""
 
-    def __init__(self, runner: ModelRunner, n_slots: int, threads_per_slot: int):
-        self.slots = [
-            Slot(i, runner.new_context(threads=threads_per_slot), runner.end_ids, self.release)
-            for i in range(n_slots)
-        ]
+    def __init__(self, slots: Sequence[RunsJobs]):
+        self.slots = slots
         self._line = FirstComeFirstServed(list(self.slots))
 
     @property
@@ -180,7 +225,7 @@ class SlotPool:
     def idle(self) -> int:
         return self._line.idle
 
-    async def acquire(self, *, max_queue: int, timeout: float) -> Slot:
+    async def acquire(self, *, max_queue: int, timeout: float) -> RunsJobs:
         try:
             return await self._line.acquire(max_queue=max_queue, timeout=timeout)
         except QueueFull:
@@ -197,13 +242,54 @@ class SlotPool:
                 retry_after=timeout / 4,
             ) from None
 
-    def release(self, slot: Slot) -> None:
+    def release(self, slot: RunsJobs) -> None:
         """Event-loop thread only (workers call it through call_soon_threadsafe)."""
         self._line.release(slot)
+
+    def default_room(self, n_prompt: int) -> int:
+        """The most tokens a request that gives no max_tokens may generate."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class IsolatedSlotPool(SlotPool):
+    """--deterministic: one context and worker thread per slot."""
+
+    def __init__(self, runner: ModelRunner, n_slots: int, threads_per_slot: int):
+        self.n_ctx = runner.n_ctx
+        context = runner.new_context
+        super().__init__(
+            [Slot(i, context(threads=threads_per_slot), runner.end_ids, self.release) for i in range(n_slots)]
+        )
+
+    def default_room(self, n_prompt: int) -> int:
+        return self.n_ctx - n_prompt
 
     def close(self) -> None:
         for slot in self.slots:
             slot.stop()
+
+
+class BatchedSlotPool(SlotPool):
+    """The default: every slot's request decoded together by one engine."""
+
+    def __init__(self, runner: ModelRunner, n_slots: int):
+        short, long = lane_sizes(runner.n_ctx, runner.shape.long_rope_original_context)
+        config = EngineConfig(n_slots, short, long, n_batch=runner.n_batch, n_threads=runner.threads)
+        self.engine = BatchEngine(runner.model, config, runner.end_ids)
+        self.n_ctx = runner.n_ctx
+        super().__init__([Lease(i, self.engine, self.release) for i in range(n_slots)])
+
+    def default_room(self, n_prompt: int) -> int:
+        """A short prompt of a LongRoPE model gets the room of the original context, so that it runs
+        with the short factors; a longer one the room of the whole context."""
+        short = self.engine.config.sequence_tokens
+        return short - n_prompt if n_prompt < short else self.n_ctx - n_prompt
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 async def job_events(job: GenerationJob) -> AsyncIterator[tuple[str, Any]]:
