@@ -171,7 +171,7 @@ class FirstComeFirstServed(Generic[T]):
     def idle(self) -> int:
         return len(self._free)
 
-    async def acquire(self, *, max_queue: int, timeout: float) -> RunsJobs:
+    async def acquire(self, *, max_queue: int, timeout: float) -> T:
         if self._free and not self._waiters:
             return self._free.popleft()
         if len(self._waiters) >= max_queue:
@@ -260,15 +260,16 @@ class IsolatedSlotPool(SlotPool):
     def __init__(self, runner: ModelRunner, n_slots: int, threads_per_slot: int):
         self.n_ctx = runner.n_ctx
         context = runner.new_context
-        super().__init__(
-            [Slot(i, context(threads=threads_per_slot), runner.end_ids, self.release) for i in range(n_slots)]
-        )
+        self.isolated = [
+            Slot(i, context(threads=threads_per_slot), runner.end_ids, self.release) for i in range(n_slots)
+        ]
+        super().__init__(self.isolated)
 
     def default_room(self, n_prompt: int) -> int:
         return self.n_ctx - n_prompt
 
     def close(self) -> None:
-        for slot in self.slots:
+        for slot in self.isolated:
             slot.stop()
 
 
