@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -19,8 +20,18 @@ API_KEY_ENV = "PHIQUANT_API_KEY"
 DEFAULT_LIMITS = ServerLimits()
 
 
+SERVE_CONTEXT_HELP = (
+    "context size in tokens of each slot (default: the model's original context for LongRoPE models such "
+    "as Phi-3.5-mini and Phi-3-*-128k, else its training context). Above a LongRoPE model's original "
+    "context, requests whose prompt plus max_tokens fit the original context still run with the short "
+    "RoPE factors (a request without max_tokens gets that room if its prompt fits); longer ones run with "
+    "the long factors in a second context of N tokens, one request at a time, made at the first such "
+    "request (with --deterministic every slot uses the long factors)"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+    add_model_arguments(parser, context_help=SERVE_CONTEXT_HELP)
     group = parser.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     group.add_argument(
@@ -122,7 +133,11 @@ def run(args: argparse.Namespace, output: Any) -> int:
         access_log=args.access_log,
     )
     with api.load(
-        args.model, runner_options(args, n_contexts=args.parallel), reporter=output.reporter()
+        args.model,
+        dataclasses.replace(
+            runner_options(args, n_contexts=args.parallel), longrope_lanes=not args.deterministic
+        ),
+        reporter=output.reporter(),
     ) as runner:
         model_id = options.model_alias or runner.name
 
