@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: 
     raise SystemExit(f"server not ready after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-@contextmanager
+@contextlib.contextmanager
 def phiquant_server(model: Path, args: argparse.Namespace, scratch: Path, port: int) -> Any:
     log = scratch / "phiquant.log"
     command = [sys.executable, "-m", "phiquant", "serve", str(model), "--port", str(port), "--threads",
@@ -102,13 +102,13 @@ def phiquant_server(model: Path, args: argparse.Namespace, scratch: Path, port: 
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_ready(f"http://127.0.0.1:{port}", process, log)
-        yield Server("phiquant serve", f"http://127.0.0.1:{port}/v1", "bench", process)
+        yield Server("phiquant", f"http://127.0.0.1:{port}/v1", "bench", process)
     finally:
         process.terminate()
         process.wait(60)
 
 
-@contextmanager
+@contextlib.contextmanager
 def llama_server(model: Path, args: argparse.Namespace, scratch: Path, port: int) -> Any:
     binary = build_tools(("llama-server",))["llama-server"]
     log = scratch / "llama-server.log"
@@ -131,14 +131,27 @@ def question(client: int, turn: int) -> str:
     return f"Client {client}, question {turn}: what should I know about Python {TOPICS[(client + turn) % 9]}?"
 
 
+@dataclasses.dataclass
+class Reply:
+    ttft: float  # seconds to the first content
+    tokens: int
+    text: str
+    cached: int | None  # usage.prompt_tokens_details.cached_tokens, where the server reports it
+
+
 async def _one_request(
-    api: openai.AsyncOpenAI, server: Server, messages: list[dict[str, str]], max_tokens: int, ban: dict[str, int]
-) -> tuple[float, int, str]:
-    """(seconds to the first content, completion tokens, text) of one streamed chat."""
+    api: openai.AsyncOpenAI,
+    server: Server,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    ban: dict[str, int],
+) -> Reply:
+    """One streamed chat."""
     started = time.perf_counter()
     first = None
     pieces = []
     tokens = 0
+    cached = None
     stream = await api.chat.completions.create(
         model=server.model, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
         stream_options={"include_usage": True}, logit_bias=ban,
@@ -146,53 +159,67 @@ async def _one_request(
     async for chunk in stream:
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
+            details = chunk.usage.prompt_tokens_details
+            cached = details.cached_tokens if details is not None else None
         for choice in chunk.choices:
             if choice.delta.content:
                 first = first if first is not None else time.perf_counter() - started
                 pieces.append(choice.delta.content)
-    return first if first is not None else time.perf_counter() - started, tokens, "".join(pieces)
+    ttft = first if first is not None else time.perf_counter() - started
+    return Reply(ttft, tokens, "".join(pieces), cached)
 
 
-async def _load_level(server: Server, clients: int, requests_each: int, max_tokens: int, ban: dict[str, int]) -> dict[str, Any]:
+async def _load_level(
+    server: Server, clients: int, requests_each: int, max_tokens: int, ban: dict[str, int]
+) -> dict[str, Any]:
     async with openai.AsyncOpenAI(base_url=server.url, api_key="x", max_retries=0, timeout=900) as api:
 
-        async def client(index: int) -> list[tuple[float, int, str]]:
+        async def client(index: int) -> list[Reply]:
             return [
-                await _one_request(api, server, [{"role": "user", "content": question(index, turn)}], max_tokens, ban)
+                await _one_request(
+                    api, server, [{"role": "user", "content": question(index, turn)}], max_tokens, ban
+                )
                 for turn in range(requests_each)
             ]
 
         started = time.perf_counter()
         results = [r for rs in await asyncio.gather(*(client(i) for i in range(clients))) for r in rs]
         seconds = time.perf_counter() - started
-    ttft = sorted(r[0] for r in results)
+    ttft = sorted(r.ttft for r in results)
+    tokens = sum(r.tokens for r in results)
     return {
         "clients": clients,
         "requests": len(results),
-        "tokens": sum(r[1] for r in results),
+        "tokens": tokens,
         "seconds": round(seconds, 2),
-        "tokens_per_s": round(sum(r[1] for r in results) / seconds, 1),
+        "tokens_per_s": round(tokens / seconds, 1),
         "ttft_p50_ms": round(1000 * statistics.median(ttft), 1),
         "ttft_p95_ms": round(1000 * ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))], 1),
     }
 
 
-async def _conversation(server: Server, turns: int, max_tokens: int, ban: dict[str, int], filler: int) -> dict[str, Any]:
+async def _conversation(
+    server: Server, turns: int, max_tokens: int, ban: dict[str, int], filler: int
+) -> dict[str, Any]:
     """Time to first token of the last turn: after the earlier turns (warm), and cold (the same
     prompt again after `filler` other requests took every sequence)."""
     async with openai.AsyncOpenAI(base_url=server.url, api_key="x", max_retries=0, timeout=900) as api:
         messages: list[dict[str, str]] = []
-        warm = 0.0
         for turn in range(turns):
             messages.append({"role": "user", "content": question(99, turn) + " Explain it with an example."})
-            warm, _, text = await _one_request(api, server, messages, max_tokens, ban)
-            messages.append({"role": "assistant", "content": text})
+            warm = await _one_request(api, server, messages, max_tokens, ban)
+            messages.append({"role": "assistant", "content": warm.text})
         last = messages[:-1]
-        for round_ in range(2):  # flush every slot's cache with unrelated long-enough prompts
-            await asyncio.gather(*(_one_request(api, server, [{"role": "user", "content": question(200 + round_ * filler + i, 0) * 8}], 4, ban) for i in range(filler)))
-        cold, _, _ = await _one_request(api, server, last, max_tokens, ban)
-    return {"turns": turns, "warm_ttft_ms": round(1000 * warm, 1), "cold_ttft_ms": round(1000 * cold, 1),
-            "warm_over_cold": round(warm / cold, 3)}  # fmt: skip
+        for round_ in range(2):  # every slot's cache taken by unrelated prompts, all at once
+            fillers = [
+                [{"role": "user", "content": question(200 + round_ * filler + i, 0) * 8}]
+                for i in range(filler)
+            ]
+            await asyncio.gather(*(_one_request(api, server, f, 4, ban) for f in fillers))
+        cold = await _one_request(api, server, last, max_tokens, ban)
+    return {"turns": turns, "warm_ttft_ms": round(1000 * warm.ttft, 1), "warm_cached_tokens": warm.cached,
+            "cold_ttft_ms": round(1000 * cold.ttft, 1), "cold_cached_tokens": cold.cached,
+            "warm_over_cold": round(warm.ttft / cold.ttft, 3)}  # fmt: skip
 
 
 def end_token_bias(model: Path) -> dict[str, int]:
@@ -202,23 +229,33 @@ def end_token_bias(model: Path) -> dict[str, int]:
         return {str(i): -100 for i in range(vocab.n_vocab) if vocab.is_end_of_generation(i)}
 
 
-def measure(server: Server, args: argparse.Namespace, ban: dict[str, int]) -> dict[str, Any]:
-    asyncio.run(_load_level(server, 1, 1, 8, ban))  # warm-up
-    levels = [
-        asyncio.run(_load_level(server, clients, args.requests_per_client, args.max_tokens, ban))
-        for clients in args.levels
-    ]
-    conversation = asyncio.run(_conversation(server, args.turns, args.turn_tokens, ban, args.parallel))
-    return {"levels": levels, "conversation": conversation}
+def measure(servers: list[Server], args: argparse.Namespace, ban: dict[str, int]) -> dict[str, Any]:
+    """Every level on each server in turn, the order swapped from one level to the next, so that a
+    change in the shared machine's load falls on both."""
+    results: dict[str, Any] = {s.name: {"levels": []} for s in servers}
+    for server in servers:
+        asyncio.run(_load_level(server, 1, 1, 8, ban))  # warm-up
+    for index, clients in enumerate(args.levels):
+        for server in servers if index % 2 == 0 else servers[::-1]:
+            level = asyncio.run(_load_level(server, clients, args.requests_per_client, args.max_tokens, ban))
+            results[server.name]["levels"].append(level)
+            print(server.name, json.dumps(level), file=sys.stderr, flush=True)
+    for server in servers:
+        conversation = asyncio.run(_conversation(server, args.turns, args.turn_tokens, ban, args.parallel))
+        results[server.name]["conversation"] = conversation
+        print(server.name, json.dumps(conversation), file=sys.stderr, flush=True)
+    return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, help="GGUF file (default: the 270M Phi-3.5-layout Q4_K_M)")
     parser.add_argument("--small", action="store_true", help="the ~60M model instead of the 270M one")
     parser.add_argument("--levels", default="1,4,8,16")
     parser.add_argument("--parallel", type=int, default=8, help="slots of both servers")
-    parser.add_argument("--ctx", type=int, default=4096, help="tokens per slot")
+    parser.add_argument("--ctx", type=int, default=2048, help="tokens per slot")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests-per-client", type=int, default=2)
@@ -232,13 +269,15 @@ def main() -> None:
     ban = end_token_bias(model)
     results: dict[str, Any] = {"model": str(model), "threads": args.threads, "parallel": args.parallel,
                                "ctx": args.ctx, "max_tokens": args.max_tokens}  # fmt: skip
-    servers = [("phiquant", phiquant_server), ("llama-server", llama_server)]
-    with tempfile.TemporaryDirectory() as scratch:
-        for port, (name, start) in enumerate(servers, 18470):
-            if args.only and args.only != name:
-                continue
-            with start(model, args, Path(scratch), port) as server:
-                results[name] = measure(server, args, ban)
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(start(model, args, Path(scratch), port))
+            for port, (name, start) in enumerate(
+                (("phiquant", phiquant_server), ("llama-server", llama_server)), 18470
+            )
+            if args.only in (None, name)
+        ]
+        results |= measure(servers, args, ban)
     print_table(results)
     print(json.dumps(results))
 
@@ -252,7 +291,9 @@ def print_table(results: dict[str, Any]) -> None:
                   f"{level['ttft_p95_ms']:>12.1f}")  # fmt: skip
     if len(names) == 2:
         for mine, theirs in zip(results["phiquant"]["levels"], results["llama-server"]["levels"]):
-            print(f"ratio at {mine['clients']:>2} clients: {mine['tokens_per_s'] / theirs['tokens_per_s']:.2f}x")
+            print(
+                f"ratio at {mine['clients']:>2} clients: {mine['tokens_per_s'] / theirs['tokens_per_s']:.2f}x"
+            )
     for name in names:
         conversation = results[name]["conversation"]
         print(f"{name}: {conversation['turns']}-turn conversation, last turn TTFT warm "

@@ -101,6 +101,8 @@ class BatchEngine:
             raise PhiquantError(
                 f"n must be in 1-{self.config.n_sequences} (the engine's sequences), not {job.n}"
             )
+        if job.n > 1 and self.lane_of(len(job.tokens), job.options.max_tokens) == "long":
+            raise PhiquantError("a request longer than the original context runs alone: n must be 1")
         self._inbox.put(job)
 
     def close(self) -> None:

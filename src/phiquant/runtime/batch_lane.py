@@ -25,6 +25,10 @@ from phiquant.runtime.llama import Context
 from phiquant.runtime.sampling import MAX_SEED, SamplingOptions, random_seed
 
 log = logging.getLogger("phiquant.runtime")
+# Prompt tokens evaluated again even when a sequence holds them: the last one for its logits, and one
+# more because llama.cpp computes a one-token batch with other kernels than a longer one (ggml's
+# vector path), so that a repeated prompt of an F16 model gets exactly the logits of a fresh one.
+REEVALUATED_TOKENS = 2
 
 
 class JobSink(Protocol):
@@ -144,7 +148,7 @@ class Lane:
         running = _RunningJob(job)
         choices = [_Choice(running, i, s, *samplers[i]) for i, s in enumerate(sequences)]
         leader = choices[0]
-        kept = min(shared, len(job.tokens) - 1)  # the last prompt token is evaluated again for its logits
+        kept = max(0, min(shared, len(job.tokens) - REEVALUATED_TOKENS))
         self._truncate(leader.sequence, kept)
         leader.completion.cached_tokens = kept
         leader.pending = list(job.tokens[kept:])
