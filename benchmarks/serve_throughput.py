@@ -54,7 +54,7 @@ def benchmark_model(small: bool) -> Path:
         return gguf
     # hidden 1024, 16 layers, 16 heads (head_dim 64 as PHI35_MINI's 32 LongRoPE factors need),
     # intermediate 2816: 271M parameters with the 32064-token vocabulary.
-    shape = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+    shape = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
                  num_key_value_heads=8) if small else dict(hidden_size=1024, intermediate_size=2816,
                  num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16)  # fmt: skip
     spec = dataclasses.replace(
