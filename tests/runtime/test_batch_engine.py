@@ -211,3 +211,16 @@ def test_short_requests_get_short_rope_factors_and_long_ones_long_factors(bundle
     )
     assert short.tokens == with_short.tokens
     assert long.tokens == with_long.tokens
+
+
+def test_jobs_beyond_the_sequences_run_after_running_ones_that_end_together(bundled) -> None:
+    """Two waves of the same length: the first wave ends in one step, leaving the engine idle with
+    the second wave still waiting (as long requests wait for the long lane's one sequence)."""
+    model, prompt = bundled
+    prompts = [question(prompt, i) for i in range(4)]
+    engine = new_engine(model, prompt.end_ids, 2)
+    try:
+        completions = run_jobs(engine, prompts, [no_end(prompt, 6)] * 4)
+    finally:
+        engine.close()
+    assert [c.completion_tokens for c in completions] == [6] * 4

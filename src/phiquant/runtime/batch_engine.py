@@ -127,7 +127,8 @@ class BatchEngine:
 
     def _run(self) -> None:
         while not self._stopping:
-            self._take_jobs(block=not self._busy())
+            # Wait for work only when nothing runs and nothing waits to be admitted.
+            self._take_jobs(block=not self._busy() and not self._waiting)
             with self._state_lock:
                 self._admit()
                 for lane in (self.short, self.long):
