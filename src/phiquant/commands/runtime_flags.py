@@ -24,7 +24,7 @@ CONTEXT_HELP = (
 )
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, *, context_help: str = CONTEXT_HELP) -> None:
     parser.add_argument(
         "model",
         metavar="MODEL",
@@ -32,7 +32,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "cache (converted once, cached)",
     )
     group = parser.add_argument_group("runtime")
-    group.add_argument("--ctx", type=int, metavar="N", help=CONTEXT_HELP)
+    group.add_argument("--ctx", type=int, metavar="N", help=context_help)
     group.add_argument(
         "--gpu-layers",
         default=AUTO,

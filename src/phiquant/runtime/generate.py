@@ -47,6 +47,7 @@ class Completion:
     text: str = ""
     tokens: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose keys and values were already in the cache (not evaluated)
     seed: int = 0  # the seed the sampler used (drawn at random when none was given)
     # "stop" (end token or stop string), "length" (max_tokens or the context is full),
     # "time" (the deadline passed) or "cancelled"
@@ -191,7 +192,7 @@ def token_logprob(context: Context, index: int, token: int, top_n: int) -> Token
     return TokenLogprob(token, float(logprobs[token]), top)
 
 
-class _StopStringFilter:
+class StopStringFilter:
     """Releases text only once no stop string can still start inside it."""
 
     def __init__(self, stops: Sequence[str]):
@@ -258,7 +259,7 @@ def generate(
         if evaluate is not None:
             evaluate(context)
         else:
-            _evaluate_prompt(context, prompt_tokens, reuse_prefix)
+            result.cached_tokens = _evaluate_prompt(context, prompt_tokens, reuse_prefix)
         result.prompt_seconds = time.perf_counter() - started
         try:
             yield from _sample_loop(context, sampler, options, end_ids, result, cancel, deadline)
@@ -268,11 +269,14 @@ def generate(
         sampler.close()
 
 
-def _evaluate_prompt(context: Context, prompt_tokens: Sequence[int], reuse_prefix: bool) -> None:
+def _evaluate_prompt(context: Context, prompt_tokens: Sequence[int], reuse_prefix: bool) -> int:
+    """Evaluate what the context does not hold yet; returns how many prompt tokens it already held."""
     kept = common_prefix_length(context.tokens, prompt_tokens) if reuse_prefix else 0
     # At least the last prompt token is evaluated again: its logits pick the first new token.
     context.keep_prefix(min(kept, len(prompt_tokens) - 1))
-    context.decode(list(prompt_tokens[context.n_past :]))
+    cached = context.n_past
+    context.decode(list(prompt_tokens[cached:]))
+    return cached
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -295,7 +299,7 @@ def _sample_loop(
 ) -> Iterator[str]:
     model = context.model
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    stops = _StopStringFilter(options.stop)
+    stops = StopStringFilter(options.stop)
     while True:
         if cancel is not None and cancel.is_set():
             result.finish_reason = "cancelled"

@@ -45,6 +45,9 @@ class RunnerOptions:
     chat_template: str | None = None  # Jinja source that replaces the GGUF's template
     chat_template_origin: str = "--chat-template"  # what its errors name: the file it came from
     n_contexts: int = 1  # server slots; each holds its own KV cache
+    # The batched server: above a LongRoPE model's original context, the slots hold the original
+    # context each (short factors) and one extra sequence holds n_ctx (long factors).
+    longrope_lanes: bool = False
     n_batch: int = 512
     mmproj: Path | None = None  # vision projector; None: the `*mmproj*.gguf` beside the model, if any
 
@@ -222,10 +225,15 @@ def open_runner(
     n_ctx = options.n_ctx if options.n_ctx is not None else memory.default_context_size(shape)
     memory.check_context_size(shape, n_ctx)
     warnings = memory.context_warnings(shape, n_ctx)
-    placement = place_layers(options.gpu_layers, shape, gguf, n_ctx, options.n_contexts, options.n_batch)
+    n_contexts = options.n_contexts
+    original = shape.long_rope_original_context
+    if options.longrope_lanes and warnings and original:
+        warnings = []
+        n_contexts = 1 + -(-options.n_contexts * original // n_ctx)  # in units of n_ctx, rounded up
+    placement = place_layers(options.gpu_layers, shape, gguf, n_ctx, n_contexts, options.n_batch)
     if isinstance(placement.requested, int) and placement.requested > placement.gpu_layers:
         warnings.append(f"--gpu-layers {placement.requested}: {placement.describe()}")
-    _check_host_memory(shape, n_ctx, options.n_contexts, placement)
+    _check_host_memory(shape, n_ctx, n_contexts, placement)
     for warning in warnings:
         reporter.warn(warning)
     reporter.note(f"context {n_ctx} tokens; {placement.describe()}")

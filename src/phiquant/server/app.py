@@ -49,7 +49,7 @@ from phiquant.server.requests import (
     parse_completion_request,
     parse_json_body,
 )
-from phiquant.server.slots import GenerationJob, Slot, SlotPool, job_events
+from phiquant.server.slots import GenerationJob, RunsJobs, SlotPool, job_events
 
 
 @dataclass
@@ -261,7 +261,7 @@ def _plan_max_tokens(state: ServerState, n_prompt: int, requested: int | None, w
             param="max_tokens",
             code="max_tokens_too_large",
         )
-    return requested if requested is not None else min(room, state.max_tokens)
+    return requested if requested is not None else min(state.pool.default_room(n_prompt), state.max_tokens)
 
 
 async def _generate(
@@ -311,7 +311,7 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def _acquire_slot(request: Request, state: ServerState) -> Slot | None:
+async def _acquire_slot(request: Request, state: ServerState) -> RunsJobs | None:
     """Queue for a slot (FIFO); None when the client disconnects while waiting."""
     limits = state.limits
     acquiring = asyncio.ensure_future(
