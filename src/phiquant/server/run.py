@@ -59,8 +59,9 @@ def serve(runner: ModelRunner, options: ServeOptions, on_listening: Callable[[st
     except ImportError:
         raise PhiquantError("the server needs uvicorn and starlette: pip install 'phiquant[serve]'") from None
     from phiquant.server.app import build_app, new_state
+    from phiquant.server.batched_slots import BatchedSlotPool
     from phiquant.server.protocol import head_timeout_protocol
-    from phiquant.server.slots import BatchedSlotPool, IsolatedSlotPool, SlotPool
+    from phiquant.server.slots import IsolatedSlotPool, SlotPool
 
     sock = bind_socket(options.host, options.port)
     pool: SlotPool
