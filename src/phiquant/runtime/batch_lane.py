@@ -159,6 +159,10 @@ class Lane:
         choices = [_Choice(running, i, s, *samplers[i]) for i, s in enumerate(sequences)]
         leader = choices[0]
         kept = max(0, min(shared, len(job.tokens) - REEVALUATED_TOKENS))
+        if job.options.logprobs is not None:
+            # Reported log-probabilities are those of the prompt read whole, as a fresh context reads
+            # it: re-evaluating only a prompt's tail moves a quantized model's logits well past 1e-6.
+            kept = 0
         self._truncate(leader.sequence, kept)
         leader.completion.cached_tokens = kept
         leader.pending = list(job.tokens[kept:])
