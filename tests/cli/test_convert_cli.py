@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from phiquant import cli
+from phiquant import cli, temporary_files
 from phiquant.gguf_io import writer as writer_module
 from tests.cli.run import assert_one_line_error, cli_environment, run_phiquant
 from tests.fixtures.broken_checkpoints import (
@@ -169,7 +169,7 @@ def test_disk_full_during_writing_leaves_nothing(
         def __getattr__(self, name):
             return getattr(self.file, name)
 
-    monkeypatch.setattr(writer_module, "open", FillsUp, raising=False)
+    monkeypatch.setattr(temporary_files, "open", FillsUp, raising=False)  # where outputs are opened
     code = cli.main(["convert", str(phi3_mini_4k_checkpoint), "-o", str(out_dir / "m.gguf"), "-q"])
     assert code == 2
     assert "disk full" in capsys.readouterr().err

@@ -44,13 +44,6 @@ PHI3_CASES: list[tuple[str, tuple[Any, ...], Any, str]] = [
     ("config.json", ("intermediate_size",), BILLION, "intermediate_size is 1000000000"),
     ("config.json", ("vocab_size",), BILLION, "vocab_size is 1000000000"),
     ("config.json", ("head_dim",), BILLION, "head_dim is 1000000000"),
-    ("config.json", ("max_position_embeddings",), 2 * BILLION, "max_position_embeddings is 2000000000"),
-    (
-        "config.json",
-        ("rope_scaling", "original_max_position_embeddings"),
-        2 * BILLION,
-        "rope_scaling.original_max_position_embeddings is 2000000000",
-    ),
     ("config.json", ("rope_scaling", "long_factor"), [1.0] * 100_000, "long_factor has 100000 values"),
     ("tokenizer.json", ("added_tokens", 0, "id"), BILLION, "has id 1000000000"),
     ("tokenizer_config.json", ("added_tokens_decoder", str(BILLION)), None, "has id 1000000000"),

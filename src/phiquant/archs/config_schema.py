@@ -174,10 +174,8 @@ DIMENSION_KEYS = (
     "num_experts_per_tok",
     "num_experts_per_token",
 )
-# Positions are not stored in any tensor; this is far beyond every Phi model (131,072) and keeps a
-# default context from asking llama.cpp for an absurd allocation.
-MAX_POSITIONS = 1 << 24
-POSITION_KEYS = ("max_position_embeddings", "n_positions", "original_max_position_embeddings")
+# Positions (max_position_embeddings) drive no loop here; a context too large for memory is refused by
+# the runtime, with its size, before llama.cpp allocates it (runtime.memory).
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _EXPERT_INDEX = re.compile(r"\.experts\.(\d+)\.")
@@ -201,10 +199,6 @@ def check_sizes_against_tensors(
             for key in EXPERT_KEYS
         },
         **{key: (largest, "the largest dimension of any tensor in the checkpoint") for key in DIMENSION_KEYS},
-        **{
-            key: (MAX_POSITIONS, "positions phiquant accepts (Phi models have at most 131072)")
-            for key in POSITION_KEYS
-        },
     }
     scopes = [("", config)] + [
         (f"{key}.", config[key])
