@@ -137,8 +137,9 @@ def convert(
     loader, which never runs code from the file; without it such checkpoints are refused.
     `text_only` converts the language model of a multimodal checkpoint (Phi-4-multimodal) alone;
     it is refused otherwise.  `split_max_size` (bytes, or text like "48G") or `split_max_tensors` write
-    llama.cpp's shards (`-00001-of-0000N.gguf`) when the model does not fit one.  A vision checkpoint (Phi-4-reasoning-vision) also gets its projector file,
-    `<name>-mmproj-<TYPE>.gguf` beside the output, in `mmproj_type` (f16, bf16, q8_0 or f32).
+    llama.cpp's shards (`-00001-of-0000N.gguf`) when the model does not fit one.  A vision checkpoint
+    (Phi-4-reasoning-vision) also gets its projector file, `<name>-mmproj-<TYPE>.gguf` beside the
+    output, in `mmproj_type` (f16, bf16, q8_0 or f32).
     """
     started = time.perf_counter()
     split = split_limits(split_max_size, split_max_tensors)
