@@ -51,6 +51,25 @@ class SourceTensor:
         return math.prod(self.shape)
 
 
+@dataclass(frozen=True)
+class ProjectorTensor:
+    """A tensor of a multimodal projector file: `shape` in ggml `ne` order, `read()` the whole tensor as
+    float32 in the layout it is written (projector towers are small next to the language model)."""
+
+    name: str
+    shape: tuple[int, ...]
+    read: Callable[[], np.ndarray]
+
+
+@dataclass
+class ProjectorSource:
+    """A vision projector file (llama.cpp `mmproj`, GGUF arch `clip`) written beside the language model."""
+
+    metadata: list[Metadatum]  # without general.file_type, which follows the chosen type
+    tensors: list[ProjectorTensor]
+    origin: str
+
+
 @dataclass
 class ModelSource:
     """A model ready to be written: GGUF metadata (in order) and tensors (in llama.cpp's order)."""
@@ -62,6 +81,7 @@ class ModelSource:
     origin: str  # where it came from, for messages
     source_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    projector: ProjectorSource | None = None  # multimodal checkpoints: the mmproj file to write beside it
 
     def value(self, key: str, default: Any = None) -> Any:
         for item in self.metadata:

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace, output: Output) -> int:
         text_only=args.text_only,
         split_max_size=args.split_max_size,
         split_max_tensors=args.split_max_tensors,
+        mmproj_type=args.mmproj_type,
         reporter=output.reporter(),
     )
 
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace, output: Output) -> int:
             highlight=False,
             markup=False,  # a path like "[/x].gguf" is text, not rich markup
         )
+        if result.mmproj is not None:
+            console.print(f"wrote {result.mmproj} (vision projector)", highlight=False, markup=False)
 
     output.result(result, render)
     return 0

@@ -53,6 +53,11 @@ def run(args: argparse.Namespace, output: Output) -> int:
             )
         console.print(table)
         line("hyper-parameters: " + "  ".join(f"{k}={v}" for k, v in report.hyperparameters.items()))
+        if report.architecture == "clip":
+            line("a vision projector (mmproj): give it with --mmproj, or keep it beside its language model")
+            return
+        if report.mmproj:
+            line(f"vision projector: {report.mmproj}")
         tok = report.tokenizer
         line(
             f"tokenizer: {tok['model']} ({tok['pre']}), {tok['n_tokens']} tokens, add_bos={tok['add_bos_token']}"

@@ -134,6 +134,7 @@ def run(args: argparse.Namespace, output: Output) -> int:
         allow_nonfinite=args.allow_nonfinite,
         allow_pickle=args.allow_pickle,
         text_only=args.text_only,
+        mmproj_type=args.mmproj_type,
         threads=args.threads,
         dry_run=args.dry_run,
         max_size=parse_size(args.max_size) if args.max_size is not None else None,
@@ -186,6 +187,8 @@ def run(args: argparse.Namespace, output: Output) -> int:
                 seconds,
             )
         console.print(table)
+        if result.mmproj is not None:
+            console.print(f"vision projector: {result.mmproj}", markup=False, highlight=False, soft_wrap=True)
         for note in result.notes:
             console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
         if result.budget is not None:

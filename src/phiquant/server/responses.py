@@ -46,11 +46,17 @@ class ResponseHeader:
         }
 
 
-def usage(completions: Sequence[Completion]) -> dict[str, int]:
+def usage(completions: Sequence[Completion]) -> dict[str, Any]:
     """One prompt, read once per request; the completion tokens of every choice."""
     prompt = completions[0].prompt_tokens if completions else 0
+    cached = completions[0].cached_tokens if completions else 0
     generated = sum(c.completion_tokens for c in completions)
-    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": generated,
+        "total_tokens": prompt + generated,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def finish_reason(completion: Completion, called_tools: bool = False) -> str:

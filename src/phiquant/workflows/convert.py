@@ -11,13 +11,19 @@ from pathlib import Path
 
 from phiquant.errors import PhiquantError
 from phiquant.ggml.types import GGMLType
+from phiquant.gguf_io.mmproj_writer import (
+    DEFAULT_MMPROJ_TYPE,
+    mmproj_file_name,
+    parse_mmproj_type,
+    write_mmproj,
+)
 from phiquant.gguf_io.split import SplitLimits, parse_split_size
 from phiquant.hub import resolve_source
 from phiquant.model_source import ModelSource
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant.plan import QuantOptions
 from phiquant.quant.types import parse_preset
-from phiquant.workflows.job import default_file_name, open_source, plan_files, write_files
+from phiquant.workflows.job import Source, default_file_name, open_source, plan_files, write_files
 
 CONVERT_OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 
@@ -32,6 +38,7 @@ class ConvertResult:
     source_bytes: int
     warnings: list[str] = field(default_factory=list)
     shards: list[Path] = field(default_factory=list)  # a split file's shards (`path` is the first)
+    mmproj: Path | None = None  # the vision projector file written beside it (multimodal checkpoints)
 
 
 def split_limits(split_max_size: int | str | None, split_max_tensors: int | None) -> SplitLimits | None:
@@ -63,6 +70,7 @@ def convert(
     threads: int | None = None,
     split_max_size: int | str | None = None,
     split_max_tensors: int | None = None,
+    mmproj_type: str = DEFAULT_MMPROJ_TYPE,
     reporter: Reporter = SILENT,
 ) -> ConvertResult:
     """Convert a checkpoint directory to one GGUF file (phiquant.api.convert documents the options)."""
@@ -76,6 +84,7 @@ def convert(
             else "not a Hugging Face model directory",
             path=source,
         )
+    mmproj_type = parse_mmproj_type(mmproj_type)
     opened = open_source(source, allow_pickle=allow_pickle, text_only=text_only)
     type_name = resolve_outtype(outtype, opened.model)
     preset = parse_preset(type_name)
@@ -84,6 +93,7 @@ def convert(
         reporter.warn(warning)
     (planned,) = plan_files(opened, [preset.name], [path], QuantOptions(), split=split)
     write_files(opened, [planned], threads=threads, allow_nonfinite=allow_nonfinite, reporter=reporter)
+    mmproj = write_projector(opened, path.parent, mmproj_type)
     return ConvertResult(
         path=planned.path,
         outtype=type_name,
@@ -93,4 +103,13 @@ def convert(
         source_bytes=opened.model.source_bytes,
         warnings=list(opened.model.warnings),
         shards=planned.paths if len(planned.paths) > 1 else [],
+        mmproj=mmproj,
     )
+
+
+def write_projector(opened: Source, directory: Path, mmproj_type: str) -> Path | None:
+    """A vision checkpoint's projector file beside its language model (None for text models)."""
+    projector = opened.model.projector
+    if projector is None:
+        return None
+    return write_mmproj(projector, directory / mmproj_file_name(opened.name, mmproj_type), mmproj_type)

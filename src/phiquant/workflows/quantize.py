@@ -16,6 +16,7 @@ from phiquant.errors import PhiquantError, make_output_directory
 from phiquant.evaluate.evaluation import evaluate
 from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
 from phiquant.evaluate.report import Report, build_report, write_report
+from phiquant.gguf_io.mmproj_writer import DEFAULT_MMPROJ_TYPE, parse_mmproj_type
 from phiquant.hub import resolve_source
 from phiquant.imatrix.run import unrouted_expert_warnings
 from phiquant.model_source import Metadatum
@@ -25,7 +26,7 @@ from phiquant.quant.plan import QuantOptions, TensorPlan
 from phiquant.quant.types import parse_preset
 from phiquant.workflows.as_gguf import as_gguf
 from phiquant.workflows.budget.job import budget_for
-from phiquant.workflows.convert import split_limits
+from phiquant.workflows.convert import split_limits, write_projector
 from phiquant.workflows.imatrix import auto_imatrix
 from phiquant.workflows.job import (
     PlannedFile,
@@ -60,6 +61,7 @@ class QuantizeResult:
     warnings: list[str] = field(default_factory=list)
     plans: dict[str, list[TensorPlan]] = field(default_factory=dict)  # type -> per-tensor plan
     budget: budget_plan.BudgetSummary | None = None  # --max-size / --target-bpw: the plan's figures
+    mmproj: Path | None = None  # the vision projector file written beside them (multimodal checkpoints)
 
 
 def quantize(
@@ -77,6 +79,7 @@ def quantize(
     allow_nonfinite: bool = False,
     allow_pickle: bool = False,
     text_only: bool = False,
+    mmproj_type: str = DEFAULT_MMPROJ_TYPE,
     threads: int | None = None,
     dry_run: bool = False,
     max_size: int | None = None,
@@ -93,6 +96,8 @@ def quantize(
     the preset's own rules.  `dry_run` plans and predicts sizes without reading tensor data.
     `allow_pickle` accepts a pickle-only checkpoint, read as `convert` reads it.
     `text_only` quantizes the language model of a multimodal checkpoint (Phi-4-multimodal) alone.
+    A vision checkpoint's projector is written once beside the files, in `mmproj_type`, never in the
+    text types (llama.cpp's rule: the vision tower is not quantized with the language model).
     `imatrix="auto"` computes (once, then from the cache) an importance matrix over the bundled
     calibration text when a chosen type needs or benefits from one.  `max_size` (bytes) or `target_bpw`
     replace the presets by one file whose per-tensor types minimise the predicted KL divergence under that
@@ -108,6 +113,7 @@ def quantize(
     if not names and budget_request is None:
         raise PhiquantError("give at least one quantization type")
     presets = [parse_preset(name) for name in names]
+    mmproj_type = parse_mmproj_type(mmproj_type)
     source = resolve_source(source)
     opened = open_source(
         source,
@@ -157,9 +163,11 @@ def quantize(
         )
     for warning in warnings:
         reporter.warn(warning)
+    mmproj = None
     if not dry_run:
         make_output_directory(directory)
         write_files(opened, planned, threads=threads, allow_nonfinite=allow_nonfinite, reporter=reporter)
+        mmproj = write_projector(opened, directory, mmproj_type)
     return QuantizeResult(
         source=str(source),
         files=[_file_result(p, dry_run) for p in planned],
@@ -171,6 +179,7 @@ def quantize(
             p.preset.name: budget_plan.label_plan_rows(p.plan.tensors, budget is not None) for p in planned
         },
         budget=budget_plan.summarise(budget),
+        mmproj=mmproj,
     )
 
 
