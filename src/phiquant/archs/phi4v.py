@@ -31,8 +31,7 @@ from phiquant.archs.common import boolean, f32, kv, model_name, size_label, stri
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.checkpoint.tensor_entry import TensorEntry
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
-from phiquant.model_source import ModelSource, ProjectorSource, ProjectorTensor
+from phiquant.model_source import Metadatum, ModelSource, ProjectorSource, ProjectorTensor
 
 VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
 PROJECTOR_PREFIX = "model.mm_projector."

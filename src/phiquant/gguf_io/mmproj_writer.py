@@ -17,8 +17,8 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, quants
 
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io.writer import GGUFOutput, Metadatum, TensorInfo
-from phiquant.model_source import ProjectorSource, ProjectorTensor
+from phiquant.gguf_io.writer import GGUFOutput, TensorInfo
+from phiquant.model_source import Metadatum, ProjectorSource, ProjectorTensor
 
 MMPROJ_ARCH = "clip"
 # --mmproj-type -> (tensor type for weights, general.file_type as llama.cpp's LlamaFileType numbers it)
