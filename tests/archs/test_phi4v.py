@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import MODEL_TENSOR, TENSOR_NAMES, GGUFReader, Keys
-from phiquant.quant.job import open_source
+from phiquant.workflows.job import open_source
 
 from phiquant import api
 from phiquant.errors import PhiquantError
