@@ -77,7 +77,7 @@ def heldout_oracle_imatrix(f16: Path, output: Path) -> Path:
     """Diagnostic only: the imatrix of the held-out text itself (the best case for any calibration text),
     to tell a calibration-text problem from the quantizers' response to importance weighting."""
     from phiquant.imatrix.collect import calibration_chunks, collect_importance
-    from phiquant.quant.imatrix import write_imatrix
+    from phiquant.imatrix.files import write_imatrix
     from phiquant.runtime.loader import load_model
 
     with load_model(f16) as model:

@@ -36,6 +36,7 @@ import llama_cpp as lc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from phiquant import api  # noqa: E402
+from phiquant.bundled import heldout_text_path  # noqa: E402
 from phiquant.evaluate.evaluation import tokenize_text  # noqa: E402
 from phiquant.evaluate.files import describe  # noqa: E402
 from phiquant.evaluate.reference import ReferenceSource  # noqa: E402
@@ -138,7 +139,7 @@ def main() -> None:
         paths = {p.stem.rsplit("-", 1)[-1]: p for p in files_dir.glob("*.gguf")}
         f16, q4 = paths["F16"], paths["Q4_K_M"]
         ladder = [f16] + [paths[t] for t in LADDER]
-        text = api.default_text().read_text(encoding="utf-8")
+        text = heldout_text_path().read_text(encoding="utf-8")
         tokens, adds_bos, bos = tokenize_text(describe(f16), text)
         plan = plan_windows(tokens, CTX, adds_bos=adds_bos, bos_id=bos, max_windows=args.windows)
         phiquant_pass_seconds([q4], plan, f16)  # warm-up: page cache, runtime probe, reference cache

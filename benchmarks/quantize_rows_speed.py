@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from phiquant.quant import ggml
+from phiquant.ggml import kernels as ggml
 from phiquant.quant.quantize import quantize_rows
 from phiquant.quant.types import parse_ggml_type
 

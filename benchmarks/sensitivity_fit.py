@@ -3,7 +3,7 @@
 quant.budget predicts a tensor's KL divergence cost as sensitivity x relative weighted error.  This
 measures, on a model, the KLD cost of every (layer, role) pair on its own (that pair's tensor at Q3_K,
 everything else at Q8_0, over the calibration text, as the calibration probes do) and compares it with
-the two predictors fitted from the ordinary calibration probes (quant.budget_calibration):
+the two predictors fitted from the ordinary calibration probes (workflows.budget.calibration):
 - role sensitivities alone (one probe per role);
 - role sensitivities times layer factors (plus one probe per layer band), what the planner uses.
 Reported: the root mean square and the largest |log(predicted / measured)| over the pairs.
@@ -28,14 +28,14 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 from phiquant import api  # noqa: E402
 from phiquant.bundled import DEFAULT_MODEL_DIR  # noqa: E402
 from phiquant.quant.budget import Sensitivities, TensorOptions  # noqa: E402
-from phiquant.quant.budget_calibration import (  # noqa: E402
+from phiquant.quant.tensor_error import measure_tensors  # noqa: E402
+from phiquant.workflows.budget.calibration import (  # noqa: E402
     calibration_probes,
     error_increase,
     fit_probes,
     probe_klds,
 )
-from phiquant.quant.job import open_source  # noqa: E402
-from phiquant.quant.tensor_error import measure_tensors  # noqa: E402
+from phiquant.workflows.job import open_source  # noqa: E402
 
 
 def log_errors(
@@ -59,7 +59,7 @@ def main() -> int:
     probes |= {f"pair:{t.name}": {t.name} for t in tensors if t.layer is not None}
     with tempfile.TemporaryDirectory(prefix="phiquant-sensitivity-") as temporary:
         reference = api.convert(args.model, Path(temporary) / "reference.gguf", "auto").path
-        measured = probe_klds(args.model, None, tensors, probes, reference)
+        measured = probe_klds(source, None, tensors, probes, reference)
     pairs = {
         label[5:]: kld - measured["base"] for label, kld in measured.items() if label.startswith("pair:")
     }

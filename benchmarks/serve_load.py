@@ -49,15 +49,15 @@ def main() -> None:
         model = Path(args.model) if args.model else bundled_model_dir() or fixture_model(Path(scratch))
         flags = ("--parallel", str(args.parallel), "--max-queue", str(args.streams))
         with running_server(model, *flags, cache=Path(scratch) / "cache", threads=args.threads) as server:
-            requests = load_requests(args.streams)
-            expected = expected_answers(server.client(), server.model, requests, args.max_tokens)
+            requests = load_requests(args.streams, args.max_tokens)
+            expected = expected_answers(server.client(), server.model, requests)
             rss_start = server.rss_bytes()
             rows = []
             print(
                 f"{'round':>5} {'seconds':>8} {'tokens':>7} {'tokens/s':>9} {'RSS MiB':>8} {'all match':>9}"
             )
             for index in range(args.rounds):
-                result = streaming_round(server.base_url, server.model, requests, args.max_tokens)
+                result = streaming_round(server.base_url, server.model, requests)
                 server.wait_idle()
                 matches = all(r.text == e for r, e in zip(result.results, expected))
                 row = {

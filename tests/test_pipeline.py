@@ -16,7 +16,8 @@ from phiquant import pipeline
 from phiquant.checkpoint import safetensors
 from phiquant.checkpoint.read_ahead import read_ahead
 from phiquant.errors import PhiquantError
-from phiquant.model_source import GGML_TYPE_F32, ModelSource, SourceTensor
+from phiquant.ggml.types import GGMLType
+from phiquant.model_source import ModelSource, SourceTensor
 from phiquant.pipeline import OutputPlan, write_gguf_files
 
 ROW_LENGTH = 64
@@ -38,12 +39,12 @@ def _source(arrays: dict[str, np.ndarray], hints: list[tuple[str, int, int]] | N
         return SourceTensor(
             name,
             (ROW_LENGTH, values.shape[0]),
-            GGML_TYPE_F32,
+            GGMLType.F32,
             lambda a, b: values[a:b].copy(),
             read_ahead=hint,
         )
 
-    return ModelSource("phi3", [], [tensor(n, v) for n, v in arrays.items()], GGML_TYPE_F32, "memory")
+    return ModelSource("phi3", [], [tensor(n, v) for n, v in arrays.items()], GGMLType.F32, "memory")
 
 
 def _slow_early_slabs(rows: np.ndarray, ggml_type: int, importance: object, name: str) -> np.ndarray:
@@ -70,7 +71,7 @@ def test_slabs_finishing_out_of_order_are_written_in_file_order(
         "blk.0.attn_qkv.weight": _rows(96, 1000),
         "blk.1.ffn_down.weight": _rows(24, 2000),
     }
-    plan = OutputPlan(tmp_path / "out.gguf", 0, dict.fromkeys(arrays, GGML_TYPE_F32))
+    plan = OutputPlan(tmp_path / "out.gguf", 0, dict.fromkeys(arrays, GGMLType.F32))
 
     write_gguf_files(_source(arrays), [plan], _slow_early_slabs, _row_size, threads=4)
 
@@ -83,7 +84,7 @@ def test_slabs_finishing_out_of_order_are_written_in_file_order(
 def test_every_slab_is_hinted_before_it_is_read(tmp_path: Path, eight_row_slabs: None) -> None:
     arrays = {"token_embd.weight": _rows(20, 0), "blk.0.ffn_up.weight": _rows(16, 100)}
     hints: list[tuple[str, int, int]] = []
-    plan = OutputPlan(tmp_path / "out.gguf", 0, dict.fromkeys(arrays, GGML_TYPE_F32))
+    plan = OutputPlan(tmp_path / "out.gguf", 0, dict.fromkeys(arrays, GGMLType.F32))
 
     write_gguf_files(_source(arrays, hints), [plan], _slow_early_slabs, _row_size, threads=2)
 
@@ -99,9 +100,7 @@ def test_a_nan_in_a_late_slab_refuses_the_write_and_leaves_no_file(
     broken = _rows(64, 0)
     broken[57, 3] = np.nan
     arrays = {"token_embd.weight": _rows(32, 500), "blk.3.ffn_down.weight": broken}
-    plans = [
-        OutputPlan(tmp_path / f"out-{k}.gguf", 0, dict.fromkeys(arrays, GGML_TYPE_F32)) for k in range(2)
-    ]
+    plans = [OutputPlan(tmp_path / f"out-{k}.gguf", 0, dict.fromkeys(arrays, GGMLType.F32)) for k in range(2)]
 
     with pytest.raises(PhiquantError, match=r"tensor blk\.3\.ffn_down\.weight holds NaN or Inf"):
         write_gguf_files(_source(arrays), plans, _slow_early_slabs, _row_size, threads=3)

@@ -31,3 +31,11 @@ class PhiquantError(Exception):
 
 class UnsupportedModelError(PhiquantError):
     """A model phiquant recognises but cannot convert, or does not know at all."""
+
+
+def make_output_directory(directory: str | os.PathLike[str]) -> None:
+    """Create the directory results go to (and its parents), or say in one line why it cannot be."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise PhiquantError(f"cannot create the output directory: {error.strerror}", path=directory) from None

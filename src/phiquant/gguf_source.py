@@ -14,10 +14,11 @@ import numpy as np
 
 from phiquant.checkpoint.read_ahead import read_ahead
 from phiquant.errors import PhiquantError
+from phiquant.ggml.types import GGMLType
 from phiquant.gguf_io import GGUFFile, GGUFTensor, read_gguf
-from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, GGML_TYPE_F32, ModelSource, SourceTensor
+from phiquant.model_source import ModelSource, SourceTensor
 
-FLOAT_TYPES = (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16)
+FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
 # Keys llama_model_quantize rewrites at the end of the output (llama-quant.cpp); dropping them here
 # lets the writer append them last, as llama.cpp does.
@@ -32,9 +33,9 @@ Dequantizer = Callable[[np.ndarray, int, int], np.ndarray]  # (raw bytes, ggml t
 
 
 def _float_rows(raw: np.ndarray, ggml_type: int, row_length: int) -> np.ndarray:
-    if ggml_type == GGML_TYPE_F32:
+    if ggml_type == GGMLType.F32:
         values = raw.view(np.float32)
-    elif ggml_type == GGML_TYPE_F16:
+    elif ggml_type == GGMLType.F16:
         values = raw.view(np.float16).astype(np.float32)
     else:
         values = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
@@ -97,7 +98,7 @@ def load_gguf_source(
     by_bytes: dict[int, int] = {}
     for t in gguf.tensors:
         by_bytes[t.ggml_type] = by_bytes.get(t.ggml_type, 0) + t.nbytes
-    stored = max((t for t in by_bytes if t in FLOAT_TYPES), key=lambda t: by_bytes[t], default=GGML_TYPE_F32)
+    stored = max((t for t in by_bytes if t in FLOAT_TYPES), key=lambda t: by_bytes[t], default=GGMLType.F32)
     return ModelSource(
         arch=gguf.arch,
         metadata=metadata,

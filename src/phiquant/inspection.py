@@ -8,13 +8,27 @@ from typing import Any
 
 from gguf import GGMLQuantizationType, LlamaFileType
 
+from phiquant.errors import PhiquantError
 from phiquant.gguf_io import GGUFFile, read_gguf
+from phiquant.gguf_io.mmproj_writer import MMPROJ_ARCH, find_mmproj
 from phiquant.vocab.special import EOG_IDS_KEY
 
 # Types and file types newer than the PyPI gguf package's enums (ggml.h, llama.h).
 EXTRA_TYPE_NAMES = {42: "Q2_0"}
 EXTRA_FILE_TYPE_NAMES = {41: "Q2_0"}
 
+# A vision projector's (GGUF arch `clip`) figures, shown in place of a language model's hyper-parameters.
+PROJECTOR_KEYS = (
+    "projector_type",
+    "vision.projection_dim",
+    "vision.image_size",
+    "vision.patch_size",
+    "vision.embedding_length",
+    "vision.block_count",
+    "vision.attention.head_count",
+    "vision.image_min_pixels",
+    "vision.image_max_pixels",
+)
 HYPERPARAMETER_SUFFIXES = (
     "context_length",
     "embedding_length",
@@ -66,6 +80,7 @@ class GGUFReport:
     has_chat_template: bool
     metadata_keys: list[str] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)  # every file of a split model, first first
+    mmproj: str | None = None  # a language model's vision projector file beside it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,7 +142,7 @@ def inspect_gguf(path: Path) -> GGUFReport:
     tensor_bytes = sum(t.nbytes for t in gguf.tensors)
     hyperparameters = {
         suffix: gguf.get(f"{arch}.{suffix}")
-        for suffix in HYPERPARAMETER_SUFFIXES
+        for suffix in (PROJECTOR_KEYS if arch == MMPROJ_ARCH else HYPERPARAMETER_SUFFIXES)
         if gguf.get(f"{arch}.{suffix}") is not None
     }
     tokens = gguf.get("tokenizer.ggml.tokens") or []
@@ -156,4 +171,13 @@ def inspect_gguf(path: Path) -> GGUFReport:
         end_of_generation=end_of_generation_tokens(gguf),
         has_chat_template=gguf.get("tokenizer.chat_template") is not None,
         metadata_keys=[m.key for m in gguf.metadata],
+        mmproj=_projector_beside(path) if arch != MMPROJ_ARCH else None,
     )
+
+
+def _projector_beside(path: Path) -> str | None:
+    try:
+        found = find_mmproj(path)
+    except PhiquantError as several:
+        return several.message
+    return str(found) if found else None

@@ -9,12 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from gguf import GGUFValueType
 
-from phiquant.gguf_io import Metadatum
 
-GGML_TYPE_F32 = 0
-GGML_TYPE_F16 = 1
-GGML_TYPE_BF16 = 30
+@dataclass(frozen=True)
+class Metadatum:
+    """One GGUF key/value pair; `sub_type` is the element type of an array."""
+
+    key: str
+    value: Any
+    value_type: GGUFValueType
+    sub_type: GGUFValueType | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,25 @@ class SourceTensor:
         return math.prod(self.shape)
 
 
+@dataclass(frozen=True)
+class ProjectorTensor:
+    """A tensor of a multimodal projector file: `shape` in ggml `ne` order, `read()` the whole tensor as
+    float32 in the layout it is written (projector towers are small next to the language model)."""
+
+    name: str
+    shape: tuple[int, ...]
+    read: Callable[[], np.ndarray]
+
+
+@dataclass
+class ProjectorSource:
+    """A vision projector file (llama.cpp `mmproj`, GGUF arch `clip`) written beside the language model."""
+
+    metadata: list[Metadatum]  # without general.file_type, which follows the chosen type
+    tensors: list[ProjectorTensor]
+    origin: str
+
+
 @dataclass
 class ModelSource:
     """A model ready to be written: GGUF metadata (in order) and tensors (in llama.cpp's order)."""
@@ -57,6 +81,7 @@ class ModelSource:
     origin: str  # where it came from, for messages
     source_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    projector: ProjectorSource | None = None  # multimodal checkpoints: the mmproj file to write beside it
 
     def value(self, key: str, default: Any = None) -> Any:
         for item in self.metadata:

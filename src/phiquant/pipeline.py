@@ -24,9 +24,9 @@ import numpy as np
 from gguf import GGML_QUANT_VERSION, GGUFValueType
 
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import GGUFOutput, Metadatum, TensorInfo, open_outputs
+from phiquant.gguf_io import GGUFOutput, TensorInfo, open_outputs
 from phiquant.gguf_io.split import ShardedOutput, SplitLimits, model_output, output_parts, output_paths
-from phiquant.model_source import ModelSource, SourceTensor
+from phiquant.model_source import Metadatum, ModelSource, SourceTensor
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant.plan import QuantPlan, TensorDesc, llama_tensor_order
 from phiquant.quant.quantize import all_finite

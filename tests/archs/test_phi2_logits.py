@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from phiquant.model_source import SourceTensor
-from phiquant.quant.job import open_source
+from phiquant.workflows.job import open_source
 from tests.fixtures.bpe_reference import load_reference_model
 from tests.fixtures.model_variants import write_variant
 from tests.fixtures.phi2_specs import PHI2, PHI_1_5

@@ -16,7 +16,7 @@ import pytest
 
 from phiquant.archs.common import float32_tensor
 from phiquant.gguf_io import read_gguf
-from phiquant.quant.job import open_source
+from phiquant.workflows.job import open_source
 from tests.fixtures.bpe_reference import load_reference_model
 from tests.fixtures.model_variants import write_variant
 from tests.fixtures.phi4_specs import PHI4, PHI4_MINI

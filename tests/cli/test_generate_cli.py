@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from phiquant.runtime import devices
+from phiquant.ggml import devices
 from tests.cli.run import assert_one_line_error, run_phiquant
 from tests.fixtures.phi3_specs import PHI3_MINI_4K, PHI35_MINI
 from tests.fixtures.transformers_reference import load_transformers_tokenizer

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phiquant.quant.imatrix import ImatrixEntry, ImportanceMatrix, write_imatrix
+from phiquant.imatrix.files import ImatrixEntry, ImportanceMatrix, write_imatrix
 from tests.cli.run import assert_one_line_error, run_phiquant, start_phiquant
 from tests.cli.test_interrupts import wait_for_partial_file
 from tests.fixtures.phi3_specs import PHI3_MEDIUM_4K, PHI35_MINI

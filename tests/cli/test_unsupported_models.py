@@ -12,11 +12,11 @@ from tests.fixtures.unsupported_models import UNSUPPORTED_CONFIGS, build_unsuppo
 # fixture -> (architecture, why, what instead)
 CASES = {
     "phi3_small": ("Phi3SmallForCausalLM", "block-sparse attention", "use Phi-3-mini or Phi-3-medium"),
-    "phi35_vision": ("Phi3VForCausalLM", "no llama.cpp support", "use the text-only Phi-3.5-mini"),
+    "phi35_vision": ("Phi3VForCausalLM", "no llama.cpp support", "for images use Phi-4-reasoning-vision-15B"),
     "phi4_multimodal": (
         "Phi4MMForCausalLM",
         "LoRA adapters llama.cpp cannot run",
-        "convert Phi-4-mini-instruct",
+        "for images Phi-4-reasoning-vision-15B",
     ),
     "phi4_mini_flash": ("Phi4FlashForCausalLM", "Mamba/attention hybrid", "use Phi-4-mini-reasoning"),
 }

@@ -16,10 +16,10 @@ import torch
 
 from phiquant import api
 from phiquant.bundled import heldout_text_path
-from phiquant.evaluate.demo import DEMO_PROMPT, answer_prompt
 from phiquant.evaluate.evaluation import tokenize_text
 from phiquant.evaluate.files import describe
 from phiquant.evaluate.options import EvalOptions
+from phiquant.workflows.demo import DEMO_PROMPT, answer_prompt
 from tests.cli.run import run_phiquant
 from tests.evaluate.test_perplexity_oracle import transformers_window_nll
 from tests.fixtures.bundled_model import bundled_model_dir

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from phiquant import bundled
-from phiquant.evaluate.demo import run_demo
+from phiquant.workflows.demo import run_demo
 from tests.cli.run import run_phiquant
 
 

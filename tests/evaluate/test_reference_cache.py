@@ -19,8 +19,8 @@ from phiquant.evaluate.reference import (
     tokens_hash,
 )
 from phiquant.evaluate.windows import plan_windows
+from phiquant.ggml import kernels as ggml
 from phiquant.progress import SILENT
-from phiquant.quant import ggml
 from phiquant.runtime.llama import LoadedModel, LoadOptions
 
 OPTIONS = EvalOptions(ctx=256, max_windows=3, speed_runs=0)

@@ -12,7 +12,7 @@ import pytest
 from phiquant import api
 from phiquant.bundled import calibration_text_path
 from phiquant.imatrix.collect import calibration_chunks
-from phiquant.quant.imatrix import read_imatrix
+from phiquant.imatrix.files import read_imatrix
 from phiquant.runtime.loader import load_model
 from tests.fixtures.phimoe_specs import PHI35_MOE
 

@@ -19,13 +19,13 @@ from phiquant.quant.budget import (
     parse_size,
     predicted_loss_of,
 )
-from phiquant.quant.budget_calibration import (
+from phiquant.quant.types import GGMLType
+from phiquant.workflows.budget.calibration import (
     layer_bands,
     load_profile,
     save_profile,
     sensitivities_from_kld,
 )
-from phiquant.quant.types import GGMLType
 
 LADDER = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.Q8_0)
 BITS = {

@@ -16,7 +16,7 @@ import pytest
 from phiquant import api
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import read_gguf
-from phiquant.quant.imatrix import ImatrixEntry, ImportanceMatrix, write_imatrix
+from phiquant.imatrix.files import ImatrixEntry, ImportanceMatrix, write_imatrix
 from phiquant.quant.quantize import imatrix_kv_overrides
 from phiquant.quant.types import PRESETS
 from tests.fixtures.phi3_specs import PHI35_MINI

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from phiquant.errors import PhiquantError
-from phiquant.quant import ggml
+from phiquant.ggml import kernels as ggml
+from phiquant.ggml import library
 from phiquant.quant.types import QUANTIZE_TARGETS, TYPE_INFO, GGMLType, TypeRole
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ def test_missing_library_is_a_clear_error_naming_the_path(
 ) -> None:
     fake_spec = importlib.machinery.ModuleSpec("llama_cpp", None, is_package=True)
     fake_spec.submodule_search_locations = [str(tmp_path)]
-    monkeypatch.setattr(ggml.importlib.util, "find_spec", lambda name: fake_spec)
+    monkeypatch.setattr(library.importlib.util, "find_spec", lambda name: fake_spec)
     with pytest.raises(PhiquantError) as error:
         ggml._library.__wrapped__()
     assert str(tmp_path / "lib" / "libggml-base.so") in str(error.value)
@@ -54,7 +55,7 @@ def test_ggml_really_aborts_without_an_imatrix_for_iq2_xxs() -> None:
     # Why the guards exist: the raw call kills the process (SIGABRT), no exception to catch.
     process = _run_python("""
         import numpy as np
-        from phiquant.quant import ggml
+        from phiquant.ggml import kernels as ggml
         rows = np.ones((1, 256), dtype=np.float32)
         out = np.zeros(66, dtype=np.uint8)
         ggml._library().ggml_quantize_chunk(16, rows.ctypes.data, out.ctypes.data, 0, 1, 256, None)
@@ -67,7 +68,7 @@ def test_inputs_ggml_would_abort_on_raise_phiquant_errors_instead() -> None:
     process = _run_python("""
         import numpy as np
         from phiquant.errors import PhiquantError
-        from phiquant.quant import ggml
+        from phiquant.ggml import kernels as ggml
         rows = np.ones((2, 256), dtype=np.float32)
         cases = {
             "iq2_xxs without imatrix": lambda: ggml.quantize_chunk(16, rows),

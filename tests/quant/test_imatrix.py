@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from phiquant.errors import PhiquantError
-from phiquant.quant.imatrix import (
+from phiquant.imatrix.files import (
     ImatrixEntry,
     ImportanceMatrix,
     imatrix_weights_for_model,

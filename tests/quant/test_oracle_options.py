@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from phiquant.errors import PhiquantError
+from phiquant.ggml import kernels as ggml
 from phiquant.gguf_io import read_gguf
-from phiquant.quant import ggml
 from phiquant.quant.plan import Decision, QuantOptions, TensorDesc, plan_quantization
 from phiquant.quant.quantize import check_source_data, imatrix_kv_overrides, quantize_rows
 from phiquant.quant.types import QUANTIZE_TARGETS, GGMLType, LlamaFtype, parse_ggml_type, parse_preset

@@ -18,7 +18,7 @@ import pytest
 
 from phiquant import api
 from phiquant.gguf_io import read_gguf
-from phiquant.quant.imatrix import ImatrixEntry, ImportanceMatrix, write_imatrix
+from phiquant.imatrix.files import ImatrixEntry, ImportanceMatrix, write_imatrix
 from phiquant.quant.quantize import imatrix_kv_overrides
 from phiquant.quant.types import parse_preset
 from tests.fixtures.phimoe_reference import load_gguf_weights, load_phimoe_model

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from phiquant.errors import PhiquantError
-from phiquant.quant import ggml
+from phiquant.ggml import kernels as ggml
 from phiquant.quant.quantize import (
     MIN_CHUNK_VALUES,
     all_finite,

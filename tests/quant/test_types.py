@@ -8,7 +8,8 @@ import gguf
 import pytest
 
 from phiquant.errors import PhiquantError
-from phiquant.quant import ggml
+from phiquant.ggml import kernels as ggml
+from phiquant.ggml.library import BASE, library_path
 from phiquant.quant.types import (
     GGML_TYPE_COUNT,
     PRESETS,
@@ -58,7 +59,7 @@ def test_ftype_enum_agrees_with_pypi_gguf_which_lacks_q2_0() -> None:
 def _llama_ftype_get_default_type() -> ctypes._CFuncPtr:
     # Declared in llama.cpp's src/llama-ext.h without extern "C", so only the mangled name is exported.
     # Test-only: the symbol is not a stable API.
-    path = ggml.ggml_base_library_path().with_name("libllama.so")
+    path = library_path(BASE).with_name("libllama.so")
     function = ctypes.CDLL(str(path))["_Z28llama_ftype_get_default_type11llama_ftype"]
     function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
     return function

@@ -77,8 +77,9 @@ def vocabulary(converted_gguf):
 def test_enforced_schemas_become_grammars_llama_cpp_parses(vocabulary) -> None:
     assert unsupported_features(ENFORCED) == []
     grammar = schema_grammar(ENFORCED)
-    # JSON strings never hold raw control characters: llama.cpp's rule, not llama-cpp-python's looser one.
-    assert 'char ::= [^"\\\\\\x7F\\x00-\\x1F]' in grammar
+    # JSON strings never hold raw control characters (llama.cpp's rule, not llama-cpp-python's looser
+    # one), nor code points that are not valid UTF-8 (surrogates, above U+10FFFF).
+    assert 'char ::= [^"\\\\\\x7F\\x00-\\x1F\\uD800-\\uDFFF\\U00110000-\\U003FFFFF]' in grammar
     for text in (grammar, json_object_grammar()):
         check_grammar(vocabulary, text)
 

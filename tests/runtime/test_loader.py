@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
 from phiquant import api
+from phiquant.cache import RUNTIME_PROBE, sub_cache
 from phiquant.runtime import loader
 from tests.fixtures.phi3_specs import PHI3_MINI_4K
 
@@ -21,7 +23,6 @@ def quantized(shared_phi3_checkpoint, tmp_path_factory):
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PHIQUANT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(loader.ENV_OVERRIDE, raising=False)
-    monkeypatch.delenv(loader.ENV_SIMULATE_CRASH, raising=False)
 
 
 def test_a_probe_that_survives_keeps_the_fast_paths_and_is_cached(quantized) -> None:
@@ -33,10 +34,12 @@ def test_a_probe_that_survives_keeps_the_fast_paths_and_is_cached(quantized) -> 
 
 
 def test_a_probe_that_crashes_turns_extra_buffers_off_and_loading_still_works(quantized, monkeypatch) -> None:
-    monkeypatch.setenv(loader.ENV_SIMULATE_CRASH, "1")  # the child dies with SIGSEGV, as the AMX kernels do
+    # The child dies with SIGSEGV, as the AMX kernels do.
+    crashing_child = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+    monkeypatch.setattr(loader, "probe_command", lambda path: crashing_child)
     verdict = loader.decide_extra_bufts(quantized)
     assert not verdict.use_extra_bufts and "SIGSEGV" in verdict.reason
-    cache = json.loads((loader.cache_dir() / "runtime-probe.json").read_text())
+    cache = json.loads((sub_cache(RUNTIME_PROBE) / "verdicts.json").read_text())
     assert list(cache.values()) == [False]
     model = loader.load_model(quantized)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -9,12 +10,13 @@ import pytest
 
 from phiquant import api
 from phiquant.errors import PhiquantError
+from phiquant.ggml import devices
 from phiquant.progress import RecordingReporter
-from phiquant.runtime import devices
 from phiquant.runtime.chat import ChatSession
 from phiquant.runtime.generate import Completion, SamplingOptions
-from phiquant.runtime.model_files import converted_cache_root, resolve_model
+from phiquant.runtime.model_files import gguf_model_file
 from phiquant.runtime.runner import RunnerOptions, open_runner, parse_gpu_layers
+from phiquant.workflows.as_gguf import cached_conversion, converted_cache_root
 from tests.fixtures.broken_checkpoints import copy_checkpoint
 from tests.fixtures.phi3_specs import PHI35_MINI
 
@@ -32,13 +34,13 @@ def private_cache(tmp_path, monkeypatch):
 
 def test_hugging_face_directory_is_converted_once_and_reused(tmp_path, shared_phi3_checkpoint) -> None:
     checkpoint = copy_checkpoint(shared_phi3_checkpoint(PHI35_MINI), tmp_path / "Phi-3.5-mini-instruct")
-    first = resolve_model(checkpoint)
+    first = cached_conversion(checkpoint)
     assert first.converted and not first.cache_hit
     # The cached file is what `phiquant convert --outtype auto` makes of the same checkpoint.
     direct = api.convert(checkpoint, tmp_path / "direct.gguf", "auto").path
     assert first.gguf.read_bytes() == direct.read_bytes()
     made = first.gguf.stat().st_mtime_ns
-    again = resolve_model(checkpoint)
+    again = cached_conversion(checkpoint)
     assert again.cache_hit and again.gguf == first.gguf and again.gguf.stat().st_mtime_ns == made
 
 
@@ -46,10 +48,13 @@ def test_an_edited_checkpoint_is_converted_again_and_the_stale_copy_removed(
     tmp_path, shared_phi3_checkpoint
 ) -> None:
     checkpoint = copy_checkpoint(shared_phi3_checkpoint(PHI35_MINI), tmp_path / "ckpt")
-    old = resolve_model(checkpoint).gguf
+    old = cached_conversion(checkpoint).gguf
     config = checkpoint / "generation_config.json"
     os.utime(config, ns=(time.time_ns(), time.time_ns() + 10**9))
-    new = resolve_model(checkpoint)
+    assert cached_conversion(checkpoint).cache_hit  # touched, not changed: the same model
+    edited = json.loads(config.read_text()) | {"temperature": 0.25}
+    config.write_text(json.dumps(edited, indent=2))
+    new = cached_conversion(checkpoint)
     assert not new.cache_hit and new.gguf != old
     assert not old.exists() and [p.name for p in converted_cache_root().iterdir()] == [new.gguf.parent.name]
 
@@ -58,9 +63,9 @@ def test_a_file_that_is_neither_gguf_nor_a_directory_is_refused(tmp_path) -> Non
     not_gguf = tmp_path / "model.bin"
     not_gguf.write_bytes(b"PK\x03\x04 not a gguf")
     with pytest.raises(PhiquantError, match="not a GGUF file"):
-        resolve_model(not_gguf)
+        gguf_model_file(not_gguf)
     with pytest.raises(PhiquantError, match="no such file"):
-        resolve_model(tmp_path / "missing.gguf")
+        gguf_model_file(tmp_path / "missing.gguf")
 
 
 def test_gpu_layers_on_a_cpu_build_run_everything_on_the_cpu_and_say_so(converted_gguf) -> None:

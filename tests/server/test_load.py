@@ -17,7 +17,10 @@ from tests.server.server_process import running_server
 
 N_STREAMS = 32
 PARALLEL = 4
-MAX_TOKENS = 48
+MAX_TOKENS = 32  # request i asks for MAX_TOKENS + i
+# The bundled model's end-of-generation ids (generation_config.json's eos list and SentencePiece's
+# </s>), banned so that every answer runs to its own length.
+END_IDS = (2, 8000, 8001, 8007)
 # RSS may move by allocator noise (a few pages per thread arena); a leak of one context, one sampler
 # chain or one response per request would show as far more than this over 32 requests.
 RSS_GROWTH_BOUND = 8 * 1024 * 1024
@@ -28,17 +31,18 @@ def test_32_concurrent_streams_complete_uncrossed_without_memory_growth(server_c
     model = bundled_model_dir()
     flags = ("--parallel", str(PARALLEL), "--max-queue", str(N_STREAMS))
     with running_server(model, *flags, cache=server_cache) as server:
-        requests = load_requests(N_STREAMS)
-        expected = expected_answers(server.client(), server.model, requests, MAX_TOKENS)
+        requests = load_requests(N_STREAMS, MAX_TOKENS, END_IDS)
+        expected = expected_answers(server.client(), server.model, requests)
         assert len(set(expected)) == N_STREAMS, "the requests must have distinct answers to detect crossing"
         rounds, rss = [], [server.rss_bytes()]
         for _ in range(3):  # the first round warms up the slots' contexts and the allocator
-            result = streaming_round(server.base_url, server.model, requests, MAX_TOKENS)
+            result = streaming_round(server.base_url, server.model, requests)
             rounds.append(result)
             assert server.wait_idle()["slots"] == {"total": PARALLEL, "idle": PARALLEL, "waiting": 0}
             rss.append(server.rss_bytes())
             for request, stream in zip(requests, result.results):
-                assert stream.finish_reason in ("stop", "length"), request.index
+                assert stream.finish_reason == "length", request.index
+                assert stream.completion_tokens == request.max_tokens, request.index
                 assert len(stream.chunk_ids) == 1, request.index
                 assert stream.text == expected[request.index], request.index
         assert server.health()["status"] == "ok"

@@ -14,6 +14,8 @@ import numpy as np
 import openai
 import pytest
 
+from phiquant.gguf_io import read_gguf
+from phiquant.runtime.batch_engine import lane_sizes
 from phiquant.runtime.llama import LoadedModel, LoadOptions
 from tests.server.server_process import running_server
 
@@ -119,11 +121,22 @@ def _token_ids_by_bytes(gguf) -> dict[bytes, int]:
     return {piece: ids[0] for piece, ids in pieces.items() if len(ids) == 1}
 
 
-def _llama_cpp_logits(gguf, prompt, generated) -> np.ndarray:
+def _server_sequence_tokens(server, gguf) -> int:
+    """The context one short request has in the server: a LongRoPE model (this Phi-3.5 fixture)
+    served above its original context runs such requests in sequences of the original size, so
+    with the short factors (runtime.batch_engine.lane_sizes), and llama.cpp picks the factor set
+    from that size."""
+    card = server.client().models.retrieve(server.model)
+    n_ctx = card.model_extra["phiquant"]["context_length"]
+    original = read_gguf(gguf).get("phi3.rope.scaling.original_context_length")
+    return lane_sizes(n_ctx, original)[0]
+
+
+def _llama_cpp_logits(gguf, prompt, generated, n_ctx) -> np.ndarray:
     """The logits before each generated token, from a context of the test's own with the server's
     settings, fed as a generation feeds it (the prompt in one batch, then one token at a time): batched
     and single-token decodes differ in the last bits, which would blur the comparison."""
-    with LoadedModel(gguf) as model, model.new_context(512) as context:
+    with LoadedModel(gguf) as model, model.new_context(n_ctx) as context:
         rows = [context.decode(list(prompt))[-1]]
         rows += [context.decode([token])[-1] for token in generated[:-1]]
     return np.stack(rows)
@@ -134,11 +147,12 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
 
 
-def _check_against_llama_cpp(gguf, prompt_ids, sent, top_n) -> None:
+def _check_against_llama_cpp(server, gguf, prompt_ids, sent, top_n) -> None:
     """sent: [(token bytes, logprob, [(bytes, logprob)] top)] as the server reported them."""
     ids = _token_ids_by_bytes(gguf)
     generated = [ids[piece] for piece, _, _ in sent]
-    logprobs = _log_softmax(_llama_cpp_logits(gguf, prompt_ids, generated))
+    n_ctx = _server_sequence_tokens(server, gguf)
+    logprobs = _log_softmax(_llama_cpp_logits(gguf, prompt_ids, generated, n_ctx))
     for step, (_, logprob, top) in enumerate(sent):
         row = logprobs[step]
         assert logprob == pytest.approx(row[generated[step]], abs=1e-6)
@@ -161,7 +175,7 @@ def test_chat_logprobs_are_log_softmax_of_the_logits(server, phi35_gguf, hf_toke
     sent = [
         (bytes(t.bytes), t.logprob, [(bytes(a.bytes), a.logprob) for a in t.top_logprobs]) for t in content
     ]
-    _check_against_llama_cpp(phi35_gguf, list(prompt), sent, 4)
+    _check_against_llama_cpp(server, phi35_gguf, list(prompt), sent, 4)
 
 
 def test_completion_logprobs_streamed_are_log_softmax_of_the_logits(server, phi35_gguf, hf_tokenizer) -> None:
@@ -182,7 +196,7 @@ def test_completion_logprobs_streamed_are_log_softmax_of_the_logits(server, phi3
         (t.encode(), lp, [(a.encode(), alp) for a, alp in top.items()])
         for t, lp, top in zip(tokens, token_logprobs, tops)
     ]
-    _check_against_llama_cpp(phi35_gguf, prompt, sent, 3)
+    _check_against_llama_cpp(server, phi35_gguf, prompt, sent, 3)
 
 
 def test_tools_on_a_template_without_tools_are_refused_naming_the_model(server) -> None:

@@ -81,10 +81,10 @@ def test_without_the_name_rule_llama_cpp_keeps_whitespace_the_hf_tokenizer_strip
     tokenizes exactly like the HF tokenizer with rstrip off -- the April 2024 flags, same vocabulary."""
     from gguf import GGUFValueType
 
+    from phiquant.ggml import kernels as ggml
     from phiquant.gguf_io import Metadatum
     from phiquant.gguf_source import load_gguf_source
     from phiquant.pipeline import OutputPlan, write_gguf_files
-    from phiquant.quant import ggml
     from phiquant.quant.quantize import quantize_rows
 
     source = load_gguf_source(converted_gguf(PHI35_MINI, "f16"))

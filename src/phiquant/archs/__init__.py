@@ -19,6 +19,7 @@ FAMILIES: dict[str, str] = {
     "PhiMoEForCausalLM": "phimoe",  # Microsoft's spelling (Phi-3.5-MoE-instruct's config.json)
     "PhimoeForCausalLM": "phimoe",  # transformers' native class: what its save_pretrained writes
     "PhiForCausalLM": "phi2",  # Phi-1, Phi-1.5, Phi-2
+    "Phi4ForCausalLMV": "phi4v",  # Phi-4-reasoning-vision: a phi-4 GGUF plus an mmproj file beside it
 }
 
 # Multimodal architectures whose language model can be converted on its own, on request (--text-only).
@@ -32,12 +33,14 @@ UNSUPPORTED: dict[str, str] = {
         "#8241); use Phi-3-mini or Phi-3-medium, or run Phi-3-small with transformers or vLLM"
     ),
     "Phi3VForCausalLM": (
-        "Phi-3/3.5-vision has no llama.cpp support (its converter PR #17687 was closed); run it with "
-        "transformers or ONNX Runtime GenAI, or use the text-only Phi-3.5-mini"
+        "Phi-3/3.5-vision has no llama.cpp support (its converter PR #17687 was closed); for images use "
+        "Phi-4-reasoning-vision-15B (convert writes its mmproj; generate/chat --image, serve image_url), "
+        "or run it with transformers or ONNX Runtime GenAI, or use the text-only Phi-3.5-mini"
     ),
     "Phi4MMForCausalLM": (
         "Phi-4-multimodal's vision and audio paths need LoRA adapters llama.cpp cannot run (llama.cpp "
-        "#12117); its language model is Phi-4-mini: convert Phi-4-mini-instruct instead"
+        "#12117); its language model is Phi-4-mini: convert Phi-4-mini-instruct instead, and for images "
+        "Phi-4-reasoning-vision-15B"
     ),
     "Phi4FlashForCausalLM": (
         "Phi-4-mini-flash-reasoning is a SambaY Mamba/attention hybrid that llama.cpp cannot run "

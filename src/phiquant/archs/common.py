@@ -17,8 +17,8 @@ from phiquant.archs.config_schema import check_config_values, check_sizes_agains
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.checkpoint.tensor_entry import TensorEntry
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
-from phiquant.model_source import GGML_TYPE_BF16, GGML_TYPE_F16, GGML_TYPE_F32, ModelSource, SourceTensor
+from phiquant.ggml.types import GGMLType
+from phiquant.model_source import Metadatum, ModelSource, SourceTensor
 from phiquant.vocab.special import (
     AddedToken,
     SpecialTokens,
@@ -30,7 +30,7 @@ from phiquant.vocab.special import (
 
 # safetensors dtype -> the ggml type "auto" keeps (llama.cpp's converter keeps BF16 as BF16 and
 # F16 as F16; F32 checkpoints stay F32).
-STORED_GGML_TYPE = {"BF16": GGML_TYPE_BF16, "F16": GGML_TYPE_F16, "F32": GGML_TYPE_F32, "F64": GGML_TYPE_F32}
+STORED_GGML_TYPE = {"BF16": GGMLType.BF16, "F16": GGMLType.F16, "F32": GGMLType.F32, "F64": GGMLType.F32}
 
 
 class HParams:
@@ -166,7 +166,7 @@ def provenance_metadata() -> list[Metadatum]:
     """Which phiquant and llama.cpp (through llama-cpp-python) made the file."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from phiquant import __version__
+    from phiquant.version import __version__
 
     try:
         llama_cpp_python = version("llama_cpp_python")
@@ -186,7 +186,7 @@ def checkpoint_tensor(
     return SourceTensor(
         name=gguf_name,
         shape=tuple(reversed(entry.shape)),
-        base_type=GGML_TYPE_F32,
+        base_type=GGMLType.F32,
         read_rows=entry.read,
         read_ahead=entry.read_ahead,
     )
@@ -203,7 +203,7 @@ def check_shape(entry: TensorEntry, expected: Sequence[int], config_file: str) -
 def float32_tensor(name: str, values: Sequence[float]) -> SourceTensor:
     """A small generated 1-D tensor (e.g. LongRoPE factors)."""
     array = np.asarray(values, dtype=np.float32).reshape(1, -1)
-    return SourceTensor(name, (array.shape[1],), GGML_TYPE_F32, lambda start, stop: array[start:stop])
+    return SourceTensor(name, (array.shape[1],), GGMLType.F32, lambda start, stop: array[start:stop])
 
 
 def layer_index(name: str, pattern: re.Pattern[str]) -> int | None:

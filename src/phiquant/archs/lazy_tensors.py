@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from phiquant.model_source import GGML_TYPE_F32, SourceTensor
+from phiquant.ggml.types import GGMLType
+from phiquant.model_source import SourceTensor
 
 RowReader = Callable[[int, int], np.ndarray]
 
@@ -45,7 +46,7 @@ def stacked_experts(
             return np.zeros((0, row_length), dtype=np.float32)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    return SourceTensor(name, (row_length, rows_per_expert, len(experts)), GGML_TYPE_F32, read_rows)
+    return SourceTensor(name, (row_length, rows_per_expert, len(experts)), GGMLType.F32, read_rows)
 
 
 def centred_rows(read: RowReader) -> RowReader:

@@ -30,8 +30,7 @@ from phiquant.archs.common import (
 )
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
-from phiquant.model_source import ModelSource
+from phiquant.model_source import Metadatum, ModelSource
 from phiquant.vocab.bpe import BPEVocabulary, is_byte_level_bpe, llama_cpp_safe_name, read_bpe_vocabulary
 from phiquant.vocab.special import (
     find_special_tokens,

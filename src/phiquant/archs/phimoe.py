@@ -65,8 +65,7 @@ from phiquant.archs.phi3 import (
 )
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
-from phiquant.model_source import ModelSource, SourceTensor
+from phiquant.model_source import Metadatum, ModelSource, SourceTensor
 from phiquant.vocab.special import (
     find_special_tokens,
 )

@@ -18,7 +18,7 @@ import gguf
 import yaml  # type: ignore[import-untyped]
 
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
+from phiquant.model_source import Metadatum
 
 MODEL_CARD = "README.md"
 MAX_MODEL_CARD_BYTES = 8 << 20

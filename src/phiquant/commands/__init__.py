@@ -2,22 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from phiquant.cli import Output
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    summary: str
-    description: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace, Output], int]
+from phiquant.commands.command import Command
 
 
 def _all_commands() -> list[Command]:
@@ -55,3 +40,5 @@ def _all_commands() -> list[Command]:
 
 
 COMMANDS: list[Command] = _all_commands()
+
+__all__ = ["COMMANDS", "Command"]

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from phiquant import api
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output
 from phiquant.errors import EXIT_OK, EXIT_SOME_FAILED
 
 
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     summary = api.batch(
         args.jobs,
         address=args.address,

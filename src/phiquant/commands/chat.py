@@ -17,7 +17,8 @@ import threading
 from typing import TYPE_CHECKING, Any, TextIO
 
 from phiquant import api
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output
 from phiquant.commands.runtime_flags import (
     add_model_arguments,
     add_sampling_arguments,
@@ -38,17 +39,28 @@ _END = object()
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--system", metavar="TEXT", help="system message that starts the conversation")
+    parser.add_argument(
+        "--image",
+        action="append",
+        metavar="FILE",
+        help="an image (PNG, JPEG or WebP) the conversation is about, for a vision model; repeat for several. "
+        "They go before the first user message",
+    )
     add_sampling_arguments(
         parser, max_tokens_help="longest answer in tokens (default: until the model ends it)"
     )
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     from phiquant.runtime.chat import ChatSession
+    from phiquant.runtime.images import read_image_file
 
     sampling = sampling_options(args)
+    images = [read_image_file(path) for path in args.image or []]  # checked before the model loads
     with api.load(args.model, runner_options(args), reporter=output.reporter()) as runner:
-        session = ChatSession(runner, sampling, system=args.system)
+        if images:
+            runner.vision()  # a model without projector is refused now, not at the first message
+        session = ChatSession(runner, sampling, system=args.system, images=images)
         if not output.quiet and not output.json:
             print(
                 f"Chatting with {runner.name} (context {runner.n_ctx} tokens; {runner.placement.describe()}).\n{HELP}",

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from phiquant import api
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output
 from phiquant.commands.source_flags import add_checkpoint_reading_arguments, add_split_arguments
 from phiquant.gguf_io import format_bytes
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     result = api.convert(
         args.source,
         args.output,
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         text_only=args.text_only,
         split_max_size=args.split_max_size,
         split_max_tensors=args.split_max_tensors,
+        mmproj_type=args.mmproj_type,
         reporter=output.reporter(),
     )
 
@@ -54,6 +56,8 @@ def run(args: argparse.Namespace, output: Any) -> int:
             highlight=False,
             markup=False,  # a path like "[/x].gguf" is text, not rich markup
         )
+        if result.mmproj is not None:
+            console.print(f"wrote {result.mmproj} (vision projector)", highlight=False, markup=False)
 
     output.result(result, render)
     return 0

@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from phiquant.commands import Command
+from phiquant.commands.command import Command
 from phiquant.commands.eval import non_negative_int, positive_float, positive_int, render_report
-from phiquant.evaluate.demo import (
+from phiquant.commands.output import Output
+from phiquant.evaluate.options import DEFAULT_MAX_KLD
+from phiquant.evaluate.report import plain, to_json
+from phiquant.workflows.demo import (
     DEMO_CHUNKS,
     DEMO_LADDER,
     DEMO_MAX_TOKENS,
@@ -18,8 +21,6 @@ from phiquant.evaluate.demo import (
     DemoResult,
     run_demo,
 )
-from phiquant.evaluate.options import DEFAULT_MAX_KLD
-from phiquant.evaluate.report import plain, to_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +55,7 @@ def render(console: Any, result: DemoResult) -> None:
     console.print(f"\ndone in {result.seconds:.0f} s ({steps})", highlight=False, markup=False)
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     result = run_demo(
         Path(args.output_dir),
         ladder=DEMO_LADDER,

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from phiquant import api
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.evaluation import Evaluation
 from phiquant.evaluate.options import DEFAULT_CONTEXT, DEFAULT_REL_ERROR, DEFAULT_SEED, EvalOptions
@@ -200,7 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_evaluation_arguments(parser)
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     evaluation = api.evaluate(
         args.files,
         reference=args.ref,

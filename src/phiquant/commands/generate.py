@@ -6,10 +6,11 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from phiquant import api
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output
 from phiquant.commands.runtime_flags import (
     add_model_arguments,
     add_sampling_arguments,
@@ -51,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="treat the prompt as a user message and build the prompt with the model's chat template",
     )
     parser.add_argument("--system", metavar="TEXT", help="system message (with --chat)")
+    parser.add_argument(
+        "--image",
+        action="append",
+        metavar="FILE",
+        help="an image (PNG, JPEG or WebP) for a vision model; repeat for several. With --chat they go "
+        "before the text of the user message; without it the prompt places each at an image marker",
+    )
     add_sampling_arguments(
         parser, max_tokens_help="stop after N tokens (default: when the model ends or the context is full)"
     )
@@ -75,18 +83,44 @@ def prompt_tokens(runner: ModelRunner, args: argparse.Namespace, text: str) -> l
     return runner.chat_tokens(messages + [{"role": "user", "content": text}])
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def image_prompt(runner: ModelRunner, args: argparse.Namespace, text: str, n_images: int) -> str:
+    """The prompt text with one image marker per image: in the user message (--chat), or where the
+    prompt itself puts them."""
+    marker = runner.vision().marker
+    if args.system is not None and not args.chat:
+        raise PhiquantError("--system needs --chat (without it the prompt is used as it is)")
+    if not args.chat:
+        if marker not in text:
+            raise PhiquantError(
+                f"the prompt has no image marker {marker!r}: put one where each image goes, or use --chat"
+            )
+        return text
+    content = text if marker in text else f"{marker}\n" * n_images + text
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    return runner.prompt.render(messages + [{"role": "user", "content": content}])
+
+
+def run(args: argparse.Namespace, output: Output) -> int:
     from phiquant.runtime.generate import Completion
+    from phiquant.runtime.images import read_image_file
 
     text = read_prompt(args)
     sampling = sampling_options(args)
+    images = [read_image_file(path) for path in args.image or []]  # checked before the model loads
     reporter = output.reporter()
     with api.load(args.model, runner_options(args), reporter=reporter) as runner:
-        tokens = prompt_tokens(runner, args, text)
         completion = Completion()
+        if images:
+            pieces = runner.stream_with_images(
+                image_prompt(runner, args, text, len(images)), images, sampling, completion=completion
+            )
+        else:
+            pieces = api.generate_tokens(
+                runner, prompt_tokens(runner, args, text), sampling, completion=completion
+            )
         stream = None if output.json else sys.stdout
         try:
-            for piece in api.generate_tokens(runner, tokens, sampling, completion=completion):
+            for piece in pieces:
                 if stream is not None:
                     stream.write(piece)
                     stream.flush()

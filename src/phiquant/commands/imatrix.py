@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from phiquant import api
-from phiquant.cli import terminal_text
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output, terminal_text
 from phiquant.errors import PhiquantError
 
 
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N", help="evaluation threads (default: llama.cpp's)")
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     result = api.imatrix(
         args.model,
         args.output,

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from phiquant import api
-from phiquant.cli import terminal_text
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output, terminal_text
 from phiquant.gguf_io import format_bytes
 
 
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE.gguf", help="GGUF file")
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     report = api.inspect(args.file)
 
     def render(console: Any) -> None:
@@ -53,6 +53,11 @@ def run(args: argparse.Namespace, output: Any) -> int:
             )
         console.print(table)
         line("hyper-parameters: " + "  ".join(f"{k}={v}" for k, v in report.hyperparameters.items()))
+        if report.architecture == "clip":
+            line("a vision projector (mmproj): give it with --mmproj, or keep it beside its language model")
+            return
+        if report.mmproj:
+            line(f"vision projector: {report.mmproj}")
         tok = report.tokenizer
         line(
             f"tokenizer: {tok['model']} ({tok['pre']}), {tok['n_tokens']} tokens, add_bos={tok['add_bos_token']}"

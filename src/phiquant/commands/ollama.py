@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from phiquant import api
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output
 from phiquant.commands.runtime_flags import read_chat_template
 from phiquant.runtime.memory import CONTEXT_PADDING
 
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     template = read_chat_template(args.chat_template)
     modelfile = api.ollama_modelfile(args.model, args.output, num_ctx=args.ctx, chat_template=template)
     if modelfile.merge_command:

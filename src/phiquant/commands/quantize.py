@@ -8,9 +8,9 @@ import re
 from typing import Any
 
 from phiquant import api
-from phiquant.cli import terminal_text
-from phiquant.commands import Command
+from phiquant.commands.command import Command
 from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, render_report
+from phiquant.commands.output import Output, terminal_text
 from phiquant.commands.report import add_report_arguments
 from phiquant.commands.source_flags import add_checkpoint_reading_arguments, add_split_arguments
 from phiquant.errors import PhiquantError
@@ -117,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_report_arguments(evaluation)
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     overrides = [tensor_type_override(text) for text in args.tensor_type]
     eval_options = evaluation_options(args, prefix="eval-")  # a bad value refused before quantizing
     result = api.quantize(
@@ -134,6 +134,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
         allow_nonfinite=args.allow_nonfinite,
         allow_pickle=args.allow_pickle,
         text_only=args.text_only,
+        mmproj_type=args.mmproj_type,
         threads=args.threads,
         dry_run=args.dry_run,
         max_size=parse_size(args.max_size) if args.max_size is not None else None,
@@ -186,6 +187,8 @@ def run(args: argparse.Namespace, output: Any) -> int:
                 seconds,
             )
         console.print(table)
+        if result.mmproj is not None:
+            console.print(f"vision projector: {result.mmproj}", markup=False, highlight=False, soft_wrap=True)
         for note in result.notes:
             console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
         if result.budget is not None:
@@ -206,7 +209,7 @@ def run(args: argparse.Namespace, output: Any) -> int:
             render_report(console, report)
 
     if output.json and report is not None:
-        from phiquant.cli import to_jsonable
+        from phiquant.commands.output import to_jsonable
         from phiquant.evaluate.report import to_json
 
         print(json.dumps({"quantize": to_jsonable(result), "report": to_json(report)}, indent=2))

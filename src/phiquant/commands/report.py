@@ -6,9 +6,9 @@ import argparse
 from typing import Any
 
 from phiquant import api
-from phiquant.commands import Command
-from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, render_report
-from phiquant.commands.eval import positive_float as positive_float  # `phiquant demo` imports it from here
+from phiquant.commands.command import Command
+from phiquant.commands.eval import add_evaluation_arguments, evaluation_options, positive_float, render_report
+from phiquant.commands.output import Output
 from phiquant.evaluate.options import DEFAULT_MAX_KLD
 from phiquant.evaluate.report import to_json
 
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     report = api.report(
         args.inputs,
         reference=args.ref,

@@ -24,7 +24,7 @@ CONTEXT_HELP = (
 )
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, *, context_help: str = CONTEXT_HELP) -> None:
     parser.add_argument(
         "model",
         metavar="MODEL",
@@ -32,7 +32,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "cache (converted once, cached)",
     )
     group = parser.add_argument_group("runtime")
-    group.add_argument("--ctx", type=int, metavar="N", help=CONTEXT_HELP)
+    group.add_argument("--ctx", type=int, metavar="N", help=context_help)
     group.add_argument(
         "--gpu-layers",
         default=AUTO,
@@ -45,6 +45,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--chat-template",
         metavar="FILE|JINJA",
         help="a Jinja chat template (a file, or the template text itself) replacing the model's own",
+    )
+    group.add_argument(
+        "--mmproj",
+        metavar="FILE",
+        help="vision projector for --image / image_url input (default: the *mmproj*.gguf beside the model)",
     )
 
 
@@ -92,6 +97,7 @@ def runner_options(args: argparse.Namespace, *, n_contexts: int = 1) -> RunnerOp
         chat_template=read_chat_template(args.chat_template),
         chat_template_origin=chat_template_origin(args.chat_template),
         n_contexts=n_contexts,
+        mmproj=Path(args.mmproj) if getattr(args, "mmproj", None) else None,
     )
 
 

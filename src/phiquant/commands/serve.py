@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 from typing import Any
 
 from phiquant import api
-from phiquant.commands import Command
+from phiquant.commands.command import Command
+from phiquant.commands.output import Output
 from phiquant.commands.runtime_flags import add_model_arguments, runner_options
 from phiquant.errors import PhiquantError
 from phiquant.server.limits import ServerLimits
@@ -19,8 +21,18 @@ API_KEY_ENV = "PHIQUANT_API_KEY"
 DEFAULT_LIMITS = ServerLimits()
 
 
+SERVE_CONTEXT_HELP = (
+    "context size in tokens of each slot (default: the model's original context for LongRoPE models such "
+    "as Phi-3.5-mini and Phi-3-*-128k, else its training context). Above a LongRoPE model's original "
+    "context, requests whose prompt plus max_tokens fit the original context still run with the short "
+    "RoPE factors (a request without max_tokens gets that room if its prompt fits); longer ones run with "
+    "the long factors in a second context of N tokens, one request at a time, made at the first such "
+    "request (with --deterministic every slot uses the long factors)"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+    add_model_arguments(parser, context_help=SERVE_CONTEXT_HELP)
     group = parser.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     group.add_argument(
@@ -32,8 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set)",
     )
     group.add_argument(
-        "--parallel", type=int, default=1, metavar="N",
-        help="generation slots: requests that run at once, each in its own context (default %(default)s)",
+        "--parallel", type=int, default=4, metavar="N",
+        help="generation slots: requests that run at once, decoded together in one batch per step "
+        "(default %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--deterministic", action="store_true",
+        help="run each slot alone in its own context, so that the same request always gives the same "
+        "text whatever runs beside it (batched decoding changes the last bits of the logits); no prompt "
+        "reuse between requests",
     )  # fmt: skip
     group.add_argument(
         "--model-alias", metavar="NAME", help="the model id clients use (default: the file name)"
@@ -77,6 +96,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "seconds a client has to send its request (head and body); slower ones get 408",
     )  # fmt: skip
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    parser.add_argument(
+        "--allow-image-urls",
+        action="store_true",
+        help="let image_url parts name http(s) URLs, fetched by the server (default: data: URLs only)",
+    )
 
 
 def _limit(group: Any, flag: str, kind: type, default: Any, text: str) -> None:
@@ -102,7 +126,7 @@ def limits_from(args: argparse.Namespace) -> ServerLimits:
     return ServerLimits(**values)
 
 
-def run(args: argparse.Namespace, output: Any) -> int:
+def run(args: argparse.Namespace, output: Output) -> int:
     from phiquant.server.run import ServeOptions, serve
 
     if args.parallel < 1:
@@ -114,13 +138,19 @@ def run(args: argparse.Namespace, output: Any) -> int:
         port=args.port,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         parallel=args.parallel,
+        deterministic=args.deterministic,
         model_alias=args.model_alias,
         limits=limits_from(args),
         access_log=args.access_log,
         reasoning_format=args.reasoning_format,
+        allow_image_urls=args.allow_image_urls,
     )
     with api.load(
-        args.model, runner_options(args, n_contexts=args.parallel), reporter=output.reporter()
+        args.model,
+        dataclasses.replace(
+            runner_options(args, n_contexts=args.parallel), longrope_lanes=not args.deterministic
+        ),
+        reporter=output.reporter(),
     ) as runner:
         model_id = options.model_alias or runner.name
 

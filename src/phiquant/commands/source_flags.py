@@ -13,6 +13,13 @@ def add_checkpoint_reading_arguments(parser: argparse.ArgumentParser) -> None:
         "vision/audio encoders and their LoRA adapters (the model's own text-only path)",
     )
     parser.add_argument(
+        "--mmproj-type",
+        default="f16",
+        choices=("f16", "bf16", "q8_0", "f32"),
+        help="vision checkpoints (Phi-4-reasoning-vision): the type of the projector file written beside the "
+        "model, <name>-mmproj-<TYPE>.gguf (default f16; never the text types, as llama.cpp)",
+    )
+    parser.add_argument(
         "--allow-pickle",
         action="store_true",
         help="read a checkpoint that has only PyTorch pickles (pytorch_model.bin) with torch's weights-only "

@@ -11,7 +11,6 @@ speed.py        prompt-processing and generation speed
 statistics.py   per-token scores summed into the report's figures
 evaluation.py   evaluate_files(): all of the above for a list of files
 report.py       Markdown, JSON and the recommendation; plot.py draws size against KLD
-demo.py         the bundled model end to end
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ if TYPE_CHECKING:
 class _EvaluatePackage(types.ModuleType):
     """`phiquant.evaluate` is both this package and the API function `phiquant.api.evaluate`: Python
     binds a package's submodules as attributes of its parent, so the package object itself must be
-    the callable `phiquant.evaluate(files, ...)` that the API documents."""
+    the callable `phiquant.evaluate(files, ...)` that the API documents (evaluation.evaluate)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Evaluation:
-        from phiquant.api import evaluate
+        from phiquant.evaluate.evaluation import evaluate
 
         return evaluate(*args, **kwargs)
 

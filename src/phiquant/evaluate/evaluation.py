@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phiquant.bundled import heldout_text_path
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.files import ModelFile, describe, find_reference, require_same_model
 from phiquant.evaluate.options import DEFAULT_OPTIONS, EvalOptions
@@ -155,6 +156,7 @@ def evaluate_files(
             source,
             n_threads=options.threads,
             reporter=reporter,
+            memory_budget=options.memory_budget,
             order=None if options.full else window_order(plan.n_windows, options.seed),
             estimator=estimator,
         )
@@ -249,3 +251,20 @@ def _context_notes(file: ModelFile, plan: WindowPlan) -> list[str]:
             f"windows of {plan.ctx} tokens run LongRoPE's {factors} factors (original context {original})"
         )
     return notes
+
+
+def evaluate(
+    files: str | Path | Sequence[str | Path],
+    *,
+    reference: str | Path | None = None,
+    text: str | Path | None = None,
+    options: EvalOptions = DEFAULT_OPTIONS,
+    reporter: Reporter = SILENT,
+) -> Evaluation:
+    """Perplexity of each GGUF file over `text` (default: phiquant's held-out text) in windows of
+    `options.ctx` tokens, KL divergence and top-token agreement against the reference (default: the
+    F32/BF16/F16 file of the same model among or beside the files), speed, size and bits per weight."""
+    paths = [files] if isinstance(files, (str, Path)) else list(files)
+    return evaluate_files(
+        paths, reference=reference, text=text or heldout_text_path(), options=options, reporter=reporter
+    )

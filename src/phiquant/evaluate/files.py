@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from phiquant.cache import fingerprint
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import GGUFFile, read_gguf
 from phiquant.inspection import file_type_name, type_usage
 
 UNQUANTIZED_FILE_TYPES = ("F32", "BF16", "F16")  # reference preference order
-HASH_SAMPLES_PER_TENSOR = 8
-HASH_SAMPLE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -127,19 +126,20 @@ def find_reference(files: Sequence[ModelFile]) -> ModelFile | None:
 
 
 def content_hash(gguf: GGUFFile) -> str:
-    """A cheap content hash: the header (metadata, tensor names, shapes, types, offsets), the file size,
-    and HASH_SAMPLES_PER_TENSOR evenly spaced 4 KiB samples of every tensor's data.  Re-converting the
-    same checkpoint gives the same hash; any real change to weights changes sampled bytes."""
-    digest = hashlib.sha256()
-    size = gguf.file_size
-    digest.update(size.to_bytes(8, "little"))
-    with open(gguf.path, "rb") as f:
-        digest.update(f.read(gguf.data_offset))
-    for shard in gguf.shards:  # one file, or each shard of a split model
-        with open(shard, "rb") as f:
-            for tensor in (t for t in gguf.tensors if gguf.file_of(t) == shard):
-                span = max(tensor.nbytes - HASH_SAMPLE_BYTES, 0)
-                for k in range(HASH_SAMPLES_PER_TENSOR):
-                    f.seek(tensor.offset + span * k // max(HASH_SAMPLES_PER_TENSOR - 1, 1))
-                    digest.update(f.read(min(HASH_SAMPLE_BYTES, tensor.nbytes)))
-    return digest.hexdigest()
+    """The file's fingerprint (phiquant.cache) over its whole header (metadata, tensor names, shapes,
+    types, offsets) and samples of every tensor's data, each shard of a split model in turn.
+    Re-converting the same checkpoint gives the same hash; any real change to weights changes sampled
+    bytes."""
+    shard_prints = [
+        fingerprint(
+            shard,
+            header_bytes=gguf.data_offset if shard == gguf.path else 0,
+            regions=[(t.offset, t.nbytes) for t in gguf.tensors if gguf.file_of(t) == shard],
+        )
+        for shard in gguf.shards
+    ]
+    return (
+        shard_prints[0]
+        if len(shard_prints) == 1
+        else hashlib.sha256("".join(shard_prints).encode()).hexdigest()[:32]
+    )

@@ -24,6 +24,9 @@ class EvalOptions:
     full: bool = False  # every window in text order (llama-perplexity's figures) instead of sequential
     rel_error: float = DEFAULT_REL_ERROR
     seed: int = DEFAULT_SEED
+    # Bytes the files evaluated together may take (weights, KV caches, logits); None: a share of the
+    # memory available.  0 evaluates one file at a time, so memory does not grow with the number of files.
+    memory_budget: int | None = None
 
 
 DEFAULT_OPTIONS = EvalOptions()

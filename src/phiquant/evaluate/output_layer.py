@@ -9,7 +9,7 @@ dot-product type first, F16 for F16 weights, Q8_K for k-quants, and sums in its 
 same ggml kernels through a one-node graph gives the identical result, which the cache checks against
 llama.cpp's logits when it is made.
 
-Bindings follow quant/ggml.py: the C prototype as a comment, argtypes/restype, typed wrappers.
+Bindings follow phiquant/ggml/kernels.py: the C prototype as a comment, argtypes/restype, typed wrappers.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from phiquant.errors import PhiquantError
+from phiquant.ggml.library import BASE, CPU, load_library
+from phiquant.ggml.types import GGMLType, type_info
 from phiquant.gguf_io import GGUFFile
-from phiquant.quant.ggml import ggml_base_library_path
-from phiquant.quant.types import type_info
 
-GGML_TYPE_F32 = 0
 GGML_STATUS_SUCCESS = 0
 # The tensors llama.cpp's output layer reads; a model without output.weight ties it to the embedding.
 OUTPUT_WEIGHT, TIED_WEIGHT, OUTPUT_BIAS = "output.weight", "token_embd.weight", "output.bias"
@@ -60,13 +59,7 @@ class _Libraries:
 
 @functools.cache
 def _libraries() -> _Libraries:
-    os.environ.setdefault("GGML_NO_BACKTRACE", "1")
-    base_path = ggml_base_library_path()
-    cpu_path = base_path.with_name(base_path.name.replace("ggml-base", "ggml-cpu"))
-    try:
-        base, cpu = ctypes.CDLL(str(base_path)), ctypes.CDLL(str(cpu_path))
-    except OSError as error:
-        raise PhiquantError(f"cannot load ggml's CPU library: {error}", path=cpu_path) from None
+    base, cpu = load_library(BASE), load_library(CPU)
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     signatures: list[tuple[ctypes.CDLL, str, list[type], type | None]] = [
         # struct ggml_context * ggml_init(struct ggml_init_params params);
@@ -178,9 +171,9 @@ class OutputLayer:
         )
         self._bias = None
         if bias is not None:
-            if bias.ggml_type != GGML_TYPE_F32 or bias.shape != (self.n_vocab,):
+            if bias.ggml_type != GGMLType.F32 or bias.shape != (self.n_vocab,):
                 raise PhiquantError(f"{OUTPUT_BIAS} is not an F32 vector of the vocabulary", path=gguf.path)
-            self._bias = self._weights.tensor(GGML_TYPE_F32, bias.shape, np.asarray(gguf.raw_bytes(bias)))
+            self._bias = self._weights.tensor(GGMLType.F32, bias.shape, np.asarray(gguf.raw_bytes(bias)))
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
         """(n, n_embd) float32 hidden states -> (n, n_vocab) float32 logits."""
@@ -198,7 +191,7 @@ class OutputLayer:
         )
         context = _GgmlContext(mem)
         try:
-            inputs = context.tensor(GGML_TYPE_F32, (self.n_embd, n), hidden)
+            inputs = context.tensor(GGMLType.F32, (self.n_embd, n), hidden)
             result = lib.base.ggml_mul_mat(context.handle, self._weight, inputs)
             if self._bias is not None:
                 result = lib.base.ggml_add(context.handle, result, self._bias)

@@ -35,19 +35,19 @@ import llama_cpp
 import numpy as np
 
 from phiquant import temporary_files
+from phiquant.cache import REFERENCE, sub_cache
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.files import ModelFile, content_hash
 from phiquant.evaluate.output_layer import OUTPUT_WEIGHT, TIED_WEIGHT, OutputLayer
 from phiquant.evaluate.windows import WindowPlan
+from phiquant.ggml.types import GGMLType
 from phiquant.progress import Reporter
 from phiquant.runtime.llama import Context, LoadedModel, LoadOptions
-from phiquant.runtime.loader import cache_dir
 
 CACHE_FORMAT = 2
 # Context settings every evaluation uses (llama.cpp's defaults, as llama-perplexity runs): they change
 # the hidden states, so they are part of the key.
 CONTEXT_SETTINGS = "kv=f16;flash_attn=auto;kv_unified=0"
-GGML_TYPE_F16, GGML_TYPE_BF16 = 1, 30
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def tokens_hash(tokens: np.ndarray) -> str:
 
 
 def cache_file(key: ReferenceKey) -> Path:
-    return cache_dir() / "reference" / f"{key.digest}.states"
+    return sub_cache(REFERENCE) / f"{key.digest}.states"
 
 
 # -- storage precision ----------------------------------------------------------------------------------
@@ -80,9 +80,9 @@ def output_weight_type(reference: ModelFile) -> int:
 
 def to_storage(hidden: np.ndarray, weight_type: int) -> np.ndarray:
     """Round h as ggml does before the output product (round to nearest even), losing nothing it uses."""
-    if weight_type == GGML_TYPE_F16:
+    if weight_type == GGMLType.F16:
         return hidden.astype(np.float16)
-    if weight_type == GGML_TYPE_BF16:
+    if weight_type == GGMLType.BF16:
         bits = np.ascontiguousarray(hidden, dtype=np.float32).view(np.uint32)
         rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16  # ggml_compute_fp32_to_bf16
         return rounded.astype(np.uint16)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from phiquant import temporary_files
+from phiquant.errors import make_output_directory
 from phiquant.evaluate.evaluation import Evaluation, FileEvaluation
 from phiquant.evaluate.options import DEFAULT_MAX_KLD
 from phiquant.evaluate.sequential import Interval
@@ -263,7 +264,7 @@ def to_json(report: Report) -> dict[str, Any]:
 def write_report(report: Report, directory: Path, *, plot: bool = True) -> Report:
     from phiquant.evaluate.plot import plot_size_vs_kld
 
-    directory.mkdir(parents=True, exist_ok=True)
+    make_output_directory(directory)
     stem = f"{report.model}-report"
     if plot and any(r.file.divergence for r in report.rows):
         report.plot_path = plot_size_vs_kld(report, directory / f"{stem}.png")

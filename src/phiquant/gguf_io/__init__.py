@@ -3,7 +3,6 @@
 from phiquant.gguf_io.reader import GGUFFile, GGUFTensor, read_gguf
 from phiquant.gguf_io.writer import (
     GGUFOutput,
-    Metadatum,
     TensorInfo,
     check_free_space,
     format_bytes,
@@ -12,6 +11,7 @@ from phiquant.gguf_io.writer import (
     predicted_file_size,
     serialise_header,
 )
+from phiquant.model_source import Metadatum  # GGUF I/O speaks in it; it is defined with ModelSource
 
 __all__ = [
     "GGUFFile",

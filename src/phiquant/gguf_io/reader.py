@@ -21,7 +21,7 @@ from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io.key_types import validate_known_keys
-from phiquant.gguf_io.writer import Metadatum
+from phiquant.model_source import Metadatum
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)

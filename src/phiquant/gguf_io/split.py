@@ -17,6 +17,7 @@ model's tensor total, carry its own index, and together hold each tensor once.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io.writer import GGUFOutput, Metadatum, TensorInfo, padded
+from phiquant.gguf_io.writer import GGUFOutput, TensorInfo, padded
+from phiquant.model_source import Metadatum
 
 if TYPE_CHECKING:
     from phiquant.gguf_io.reader import GGUFFile
@@ -185,8 +187,6 @@ def split_count(first: GGUFFile) -> int | None:
 
 def join_shards(first: GGUFFile, read_one: Callable[[Path], GGUFFile]) -> GGUFFile:
     """The whole model of which `first` is shard 1: its metadata, every shard's tensors."""
-    from phiquant.gguf_io.reader import GGUFFile
-
     count = _checked_count(first)
     index = _checked_index(first, first.path, count, expected=0)
     if index != 0:
@@ -241,15 +241,7 @@ def join_shards(first: GGUFFile, read_one: Callable[[Path], GGUFFile]) -> GGUFFi
             f"the {count} shards hold {len(tensors)} tensors, split.tensors.count says {total}",
             path=first.path,
         )
-    return GGUFFile(
-        first.path,
-        first.version,
-        first.metadata,
-        tensors,
-        first.alignment,
-        first.data_offset,
-        shards=[shard.path for shard in shards],
-    )
+    return dataclasses.replace(first, tensors=tensors, shards=[shard.path for shard in shards])
 
 
 def _checked_count(gguf: GGUFFile) -> int:

@@ -24,18 +24,9 @@ from gguf.gguf_writer import WriterState
 
 from phiquant import temporary_files
 from phiquant.errors import PhiquantError
+from phiquant.model_source import Metadatum
 
 TEMP_SUFFIX = temporary_files.PARTIAL_SUFFIX
-
-
-@dataclass(frozen=True)
-class Metadatum:
-    """One GGUF key/value pair; `sub_type` is the element type of an array."""
-
-    key: str
-    value: Any
-    value_type: GGUFValueType
-    sub_type: GGUFValueType | None = None
 
 
 @dataclass(frozen=True)

@@ -1,2 +1,2 @@
-"""Importance matrices computed by phiquant: collection over llama.cpp's evaluation (collect), the
-calibration text and the cache that `quantize --imatrix auto` uses (auto)."""
+"""Importance matrices: llama.cpp's imatrix file formats (files), collection over llama.cpp's evaluation
+(collect) and a run over a calibration text (run).  `--imatrix auto` is a workflow (phiquant.workflows.imatrix)."""

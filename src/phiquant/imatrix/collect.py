@@ -4,7 +4,7 @@ The statistic is llama.cpp's (tools/imatrix/imatrix.cpp): for every weight matri
 activation x (x W^T), per input column j, the sum over tokens of x_j^2, and the number of tokens; the
 quantizer receives sum / count.  For a Phi-3.5-MoE expert tensor (MUL_MAT_ID), each token contributes
 only to the experts its router chose, so every expert has its own sums and count.  Activations are read
-in the scheduler's evaluation callback (runtime.ggml_graph) while llama.cpp decodes the calibration
+in the scheduler's evaluation callback (phiquant.ggml.graph) while llama.cpp decodes the calibration
 chunks, so collection costs about what evaluation costs.
 
 Choices that follow llama.cpp, so that our file means what llama-imatrix's would:
@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from phiquant.errors import PhiquantError
+from phiquant.ggml import graph as ggml_graph
+from phiquant.ggml.types import GGMLType
+from phiquant.imatrix.files import ImatrixEntry, ImportanceMatrix
 from phiquant.progress import SILENT, Reporter
-from phiquant.quant.imatrix import ImatrixEntry, ImportanceMatrix
-from phiquant.runtime import ggml_graph
 from phiquant.runtime.llama import LoadedModel
 
 MIN_BATCH_TOKENS = 16  # llama.cpp's imatrix ignores plain products of smaller batches
@@ -78,7 +79,7 @@ class ActivationStatistics:
         if operation == "MUL_MAT_ID":
             return True
         activations = node.src[1].contents
-        return bool(activations.ne[1] >= MIN_BATCH_TOKENS and activations.type == ggml_graph.GGML_TYPE_F32)
+        return bool(activations.ne[1] >= MIN_BATCH_TOKENS and activations.type == GGMLType.F32)
 
     def _accumulator(self, name: str, n_matrices: int, ne0: int) -> _Accumulator:
         found = self.accumulators.get(name)

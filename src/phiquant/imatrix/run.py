@@ -1,25 +1,22 @@
-"""An importance-matrix run end to end: a model (GGUF or Hugging Face directory), a calibration text,
-llama.cpp's evaluation, a llama.cpp-format imatrix file; and the cache behind `quantize --imatrix auto`.
+"""An importance-matrix run: a GGUF model, a calibration text, llama.cpp's evaluation, a llama.cpp-format
+imatrix file.  (Hugging Face directories and `quantize --imatrix auto` are workflows: phiquant.workflows.)
 
-A Hugging Face directory is first converted at its own precision (BF16 stays BF16) into a temporary
-GGUF, because llama.cpp evaluates GGUF files only.  The default calibration text is the bundled one
+The default calibration text is the bundled one
 (Python documentation: prose, code and chat turns, PSF license; bundled/texts/README.md), which is
 never the evaluation text.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from phiquant import temporary_files
-from phiquant.errors import PhiquantError
+from phiquant.bundled import calibration_text_path, heldout_text_path
+from phiquant.errors import PhiquantError, make_output_directory
 from phiquant.imatrix.collect import Collection, calibration_chunks, collect_importance, unrouted_experts
+from phiquant.imatrix.files import ImportanceMatrix, write_imatrix
 from phiquant.progress import SILENT, Reporter
-from phiquant.quant.imatrix import ImportanceMatrix, write_imatrix
+from phiquant.runtime.loader import load_model
 
 DEFAULT_CHUNK_SIZE = 512
 MIN_CHUNK_SIZE = 32  # llama.cpp records no plain product of a batch under 16 tokens
@@ -35,8 +32,6 @@ class CalibrationText:
 
 def calibration_text(path: str | Path | None) -> CalibrationText:
     """The user's text file, or the bundled calibration text."""
-    from phiquant.bundled import calibration_text_path, heldout_text_path
-
     if path is None:
         bundled = calibration_text_path()
         return CalibrationText(bundled.read_text(encoding="utf-8"), BUNDLED_DATASET, bundled)
@@ -55,24 +50,8 @@ def calibration_text(path: str | Path | None) -> CalibrationText:
     return CalibrationText(text, path.name, path)
 
 
-@contextmanager
-def gguf_of(source: str | Path, reporter: Reporter = SILENT) -> Iterator[Path]:
-    """The source itself if it is a GGUF file, else its conversion in a temporary directory."""
-    source = Path(source)
-    if source.is_file():
-        yield source
-        return
-    if not source.is_dir():
-        raise PhiquantError("no such file or directory", path=source)
-    from phiquant import api
-
-    with temporary_files.temporary_directory("phiquant-imatrix-") as temporary:
-        reporter.note("converting the checkpoint to GGUF for llama.cpp's evaluation")
-        yield api.convert(source, Path(temporary) / "model.gguf", "auto", reporter=reporter).path
-
-
 def compute_imatrix(
-    source: str | Path,
+    gguf: str | Path,
     *,
     text: str | Path | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -86,9 +65,7 @@ def compute_imatrix(
     if max_chunks is not None and max_chunks < 1:
         raise PhiquantError(f"--chunks must be at least 1, not {max_chunks}")
     calibration = calibration_text(text)
-    from phiquant.runtime.loader import load_model
-
-    with gguf_of(source, reporter) as path, load_model(path) as model:
+    with load_model(gguf) as model:
         if chunk_size > model.n_ctx_train:
             reporter.warn(
                 f"--ctx {chunk_size} is longer than the model's training context ({model.n_ctx_train})"
@@ -109,46 +86,9 @@ def compute_imatrix(
 
 def save_collection(collection: Collection, output: str | Path) -> Path:
     output = Path(output)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PhiquantError(
-            f"cannot create the output directory: {error.strerror}", path=output.parent
-        ) from None
+    make_output_directory(output.parent)
     write_imatrix(output, collection.imatrix)
     return output
-
-
-def source_fingerprint(source: str | Path) -> str:
-    """Identifies a model's bytes cheaply: every file's name, size and modification time."""
-    source = Path(source)
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file())
-    else:
-        from phiquant.gguf_io import read_gguf
-
-        files = read_gguf(source).shards  # every shard of a split model
-    digest = hashlib.sha256()
-    for file in files:
-        status = file.stat()
-        digest.update(f"{file.name}|{status.st_size}|{status.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:24]
-
-
-def cached_imatrix(source: str | Path, reporter: Reporter = SILENT) -> Path:
-    """`--imatrix auto`: the bundled-text imatrix of this model, computed once and kept in the cache."""
-    from phiquant.bundled import calibration_text_path
-    from phiquant.runtime.loader import cache_dir
-
-    text_digest = hashlib.sha256(calibration_text_path().read_bytes()).hexdigest()[:12]
-    key = f"{source_fingerprint(source)}-{text_digest}-{DEFAULT_CHUNK_SIZE}"
-    path = cache_dir() / "imatrix" / f"{key}.gguf"
-    if path.is_file():
-        reporter.note(f"importance matrix from the cache: {path}")
-        return path
-    reporter.note("computing an importance matrix over the bundled calibration text (--imatrix auto)")
-    collection = compute_imatrix(source, reporter=reporter)
-    return save_collection(collection, path)  # written to a temporary name, then renamed
 
 
 def unrouted_expert_warnings(imatrix: ImportanceMatrix) -> list[str]:
@@ -164,18 +104,3 @@ def unrouted_expert_warnings(imatrix: ImportanceMatrix) -> list[str]:
         f"(e.g. {next(iter(found))} experts {next(iter(found.values()))}): they are quantized with "
         "uniform importance, as without an imatrix"
     ]
-
-
-# Types whose quantizers use an importance matrix (ggml's quantize_* take quant_weights); Q8_0 and the
-# float types ignore it.
-_IMATRIX_IGNORED = frozenset({"F32", "F16", "BF16", "Q8_0"})
-
-
-def auto_imatrix(
-    source: str | Path, preset_names: list[str], budget: bool, reporter: Reporter = SILENT
-) -> Path | None:
-    """`--imatrix auto`: the cached imatrix when a chosen type (or a budget's candidates) uses one."""
-    if not budget and all(name in _IMATRIX_IGNORED for name in preset_names):
-        reporter.note("--imatrix auto: no chosen type uses an importance matrix; none computed")
-        return None
-    return cached_imatrix(source, reporter)

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phiquant import __version__, temporary_files
+from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes, read_gguf
 from phiquant.gguf_io.split import SHARD_NAME, ordered_shard_sets, reproducing_option
 from phiquant.inspection import inspect_gguf
 from phiquant.integrations.card_identity import base_model_of, license_of
+from phiquant.version import __version__
 
 BASE_TAGS = ("gguf", "llama.cpp", "quantized", "phiquant")
 UNQUANTIZED_TYPES = ("F32", "BF16", "F16")

@@ -1,7 +1,7 @@
-"""The quantization core: ggml kernel binding, type tables, llama.cpp's per-tensor rules, imatrix I/O.
+"""The quantization core: presets, llama.cpp's per-tensor rules, plans, quantizing rows through ggml.
 
     facts = model_facts_from_metadata(metadata)
-    weights = imatrix_weights_for_model(read_imatrix(path), tensors)
+    weights = imatrix_weights_for_model(read_imatrix(path), tensors)   # phiquant.imatrix.files
     plan = plan_quantization(tensors, facts, "Q4_K_M", QuantOptions(has_imatrix=bool(weights)))
     for tensor in plan.tensors:          # llama.cpp's output order
         if tensor.quantize:
@@ -10,22 +10,16 @@
         else:
             check_source_data(tensor.source_type, raw, tensor.name)   # then copy raw as is
 
-Modules: types (ggml types, presets, name parsing), ggml (ctypes binding), rules and preset_rules
+Modules: types (presets, name parsing; ggml's types are phiquant.ggml.types), rules and preset_rules
 (llama-quant.cpp's per-tensor rules as pure functions), plan (plan_quantization, QuantPlan), quantize
-(threaded quantize_rows, CLI-compatible imatrix metadata), imatrix (GGUF/.dat importance matrices),
-GGUF files are read and written through phiquant.gguf_io.
+(threaded quantize_rows, CLI-compatible imatrix metadata), budget/budget_plan/budget_anchor (the size
+budget's allocation), tensor_error (per-tensor quantization errors).  The kernels are phiquant.ggml's;
+importance-matrix files are phiquant.imatrix.files'.
 
 Results are byte-identical to llama.cpp's llama_model_quantize (tests/quant/test_oracle_*.py), except
 where phiquant deliberately refuses what llama.cpp does silently or crashes on; see plan.py.
 """
 
-from phiquant.quant.imatrix import (
-    ImatrixEntry,
-    ImportanceMatrix,
-    imatrix_weights_for_model,
-    read_imatrix,
-    write_imatrix,
-)
 from phiquant.quant.plan import (
     Decision,
     ModelFacts,
@@ -51,8 +45,6 @@ __all__ = [
     "PRESETS",
     "Decision",
     "GGMLType",
-    "ImatrixEntry",
-    "ImportanceMatrix",
     "KVOverride",
     "LlamaFtype",
     "ModelFacts",
@@ -63,13 +55,10 @@ __all__ = [
     "TensorPlan",
     "check_source_data",
     "imatrix_kv_overrides",
-    "imatrix_weights_for_model",
     "llama_tensor_order",
     "model_facts_from_metadata",
     "parse_ggml_type",
     "parse_preset",
     "plan_quantization",
     "quantize_rows",
-    "read_imatrix",
-    "write_imatrix",
 ]

@@ -11,9 +11,9 @@ quadratic form in the logit change and, across independent tensors, close to add
 
 with one sensitivity per tensor role (attn_qkv, attn_output, ffn_up, ffn_down, output, token_embd, ...)
 times one factor per layer (1 for tensors outside the layers), both calibrated against KL divergences
-measured on the model (quant.budget_calibration).  The layer factor matters: on the bundled model the
-first and last layers moved the KLD 7-9 times more per unit of error than the middle ones, which a
-role-only predictor could not see.
+measured on the model (workflows.budget.calibration).  The layer factor matters: the first and last
+layers move the KLD several times more per unit of error than the middle ones, which a role-only
+predictor cannot see.
 
 The allocation.  Minimising a separable sum under a total-bytes constraint is a multiple-choice knapsack.
 Each tensor's options are reduced to their lower convex hull in (bytes, loss); upgrades are then taken

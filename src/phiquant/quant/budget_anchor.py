@@ -3,14 +3,11 @@
 Why.  A preset's per-tensor plan (quant.plan) is a feasible point of the same knapsack that
 quant.budget.allocate solves, and it encodes knowledge the predictor lacks: the predictor has one
 sensitivity per tensor role and one factor per layer, fitted from probes at one bit level
-(quant.budget_calibration), so it cannot see that the V third of a fused attn_qkv matters more than Q
+(workflows.budget.calibration), so it cannot see that the V third of a fused attn_qkv matters more than Q
 and K, nor how a role's weight varies from layer to layer beyond the shared factor, which llama.cpp's
-rules (use_more_bits, attn_v/ffn_down upgrades) partly encode.  Measured on the
-bundled model with role sensitivities alone, the free allocation won by a wide margin where presets are
-poor (Q2_K, Q3_K_M: held-out KLD 0.030 -> 0.016) and lost narrowly where they are good (Q4_K_M, Q5_K_M:
-predicted 10-15% better, measured 1-6% worse): there the predictor's own error was larger than the gain
-it claimed.  Layer factors (quant.budget_calibration) shrank that error, and the free allocation now
-wins at Q4_K_M too; at Q5_K_M its predicted gain stays under FREE_MARGIN and the anchored plan is used.
+rules (use_more_bits, attn_v/ffn_down upgrades) partly encode.  Where presets are poor, a free allocation
+gains much; where they are good, the predictor's own error can be larger than the gain it claims, and
+following it would make the file worse than the preset.  (The README's budget section has the figures.)
 
 How.  Take the largest preset that fits the budget (give or take FIT_SLACK; anchor_preset), start from
 its plan and move only where the predictor is confident:
@@ -23,8 +20,7 @@ its plan and move only where the predictor is confident:
 The free allocation is then chosen only if it is predicted better than the anchored plan by more than
 FREE_MARGIN of that plan's loss; otherwise the anchored plan is, and the file records which.  The margin
 is smaller than TRUST_MARGIN because it is relative to the whole model's loss, most of which both plans
-share: on the bundled model the free plan's total was predicted to within 3% at Q2_K (0.0160 predicted,
-0.0164 measured) but missed by 10-25% at Q4_K_M/Q5_K_M, where its claimed gain was under 10%.
+share, and the predictor's error on that total is largest where the claimed gain is smallest.
 Either way the result is never predicted worse than the preset's own plan when the budget holds that
 plan (and worse only by the cheapest fit step when the budget is a little short of it).
 """

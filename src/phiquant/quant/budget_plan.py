@@ -2,8 +2,8 @@
 
 The steps: measure every quantizable tensor's error for each candidate type (quant.tensor_error),
 calibrate one sensitivity per tensor role and one factor per layer against KL divergences measured on the
-model over the calibration text (quant.budget_calibration), allocate under the budget (quant.budget.allocate), and hand
-the choice to the ordinary planner as exact per-tensor overrides, so the file is written by the same path
+model over the calibration text (workflows.budget.calibration), allocate under the budget
+(quant.budget.allocate), and hand the choice to the ordinary planner as exact per-tensor overrides, so the file is written by the same path
 as every preset.  The measured profile is cached per model and importance matrix.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from gguf import GGUFValueType
 
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
+from phiquant.model_source import Metadatum
 from phiquant.quant.budget import Allocation, Sensitivities, TensorOptions, minimum_bytes
 from phiquant.quant.budget_anchor import FREE_MARGIN, TRUST_MARGIN, choose_allocation
 from phiquant.quant.plan import TensorPlan

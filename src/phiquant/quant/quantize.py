@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from phiquant.errors import PhiquantError
-from phiquant.quant import ggml
+from phiquant.ggml import kernels as ggml
 from phiquant.quant.types import GGMLType, type_info
 
 # llama-quant.cpp: chunks hold at least 32 * 512 values (or one row, if rows are longer).

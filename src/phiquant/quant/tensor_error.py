@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from phiquant.ggml import kernels as ggml
 from phiquant.model_source import SourceTensor
-from phiquant.quant import ggml
 from phiquant.quant.budget import TensorOptions, TypeOption
 from phiquant.quant.quantize import quantize_rows
 from phiquant.quant.rules import layer_from_name, tensor_category

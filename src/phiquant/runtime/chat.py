@@ -13,12 +13,17 @@ import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from phiquant.errors import PhiquantError
 from phiquant.runtime.generate import Completion, SamplingOptions, generate
+from phiquant.runtime.images import ImageInput
 from phiquant.runtime.llama import Context
 from phiquant.runtime.reply_parser import MARKERS
-from phiquant.runtime.runner import ModelRunner
+from phiquant.runtime.vision import MediaPrompt
+
+if TYPE_CHECKING:  # the runner imports this module to open chat sessions
+    from phiquant.runtime.runner import ModelRunner
 
 
 @dataclass
@@ -28,6 +33,7 @@ class ChatSession:
     system: str | None = None
     history: list[dict[str, str]] = field(default_factory=list)
     last: Completion | None = None
+    images: list[ImageInput] = field(default_factory=list)  # shown before the first user message
     _context: Context | None = field(default=None, repr=False)
 
     def messages(self, user_text: str | None = None) -> list[dict[str, str]]:
@@ -35,12 +41,25 @@ class ChatSession:
         user = [{"role": "user", "content": user_text}] if user_text is not None else []
         return system + self.history + user
 
+    def _image_prompt(self, user_text: str) -> MediaPrompt:
+        """The conversation with one image marker per image at the start of the first user message
+        (each turn is evaluated whole: image positions hold no token ids to match a prefix on)."""
+        vision = self.runner.vision()
+        messages = self.messages(user_text)
+        first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        markers = f"{vision.marker}\n" * len(self.images)
+        messages[first] = {**messages[first], "content": markers + messages[first]["content"]}
+        return vision.build_prompt(self.runner.prompt.render(messages), self.images, self.runner.text_tokens)
+
     def reply(self, user_text: str, *, cancel: threading.Event | None = None) -> Iterator[str]:
         """Stream the answer to `user_text`; the turn joins the history when the answer ends (also
         when it is cancelled: the history holds what the user saw)."""
-        tokens = self.runner.chat_tokens(self.messages(user_text))
+        prompt = self._image_prompt(user_text) if self.images else None
+        tokens = prompt.positions if prompt else self.runner.chat_tokens(self.messages(user_text))
         n_ctx = self.runner.n_ctx
         if len(tokens) >= n_ctx:
+            if prompt:
+                prompt.close()
             raise PhiquantError(
                 f"the conversation has {len(tokens)} tokens and the context holds {n_ctx}: "
                 "/reset to start over, or restart with a larger --ctx"
@@ -51,12 +70,15 @@ class ChatSession:
             preserved_tokens=self.runner.prompt.single_token_ids(MARKERS),
         )
         completion = Completion()
+        evaluate = (lambda context: self.runner.vision().evaluate(context, prompt)) if prompt else None
         try:
             yield from generate(
                 self.context, tokens, options, self.runner.end_ids, cancel=cancel, completion=completion,
-                reuse_prefix=True,
+                reuse_prefix=True, evaluate=evaluate,
             )  # fmt: skip
         finally:
+            if prompt:
+                prompt.close()
             self.last = completion
             if completion.finish_reason:
                 self.history += [

@@ -12,7 +12,7 @@ import ctypes
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import llama_cpp as lc
@@ -47,6 +47,7 @@ class Completion:
     text: str = ""
     tokens: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose keys and values were already in the cache (not evaluated)
     seed: int = 0  # the seed the sampler used (drawn at random when none was given)
     # "stop" (end token or stop string), "length" (max_tokens or the context is full),
     # "time" (the deadline passed) or "cancelled"
@@ -191,7 +192,7 @@ def token_logprob(context: Context, index: int, token: int, top_n: int) -> Token
     return TokenLogprob(token, float(logprobs[token]), top)
 
 
-class _StopStringFilter:
+class StopStringFilter:
     """Releases text only once no stop string can still start inside it."""
 
     def __init__(self, stops: Sequence[str]):
@@ -232,13 +233,15 @@ def generate(
     completion: Completion | None = None,
     reuse_prefix: bool = False,
     deadline: float | None = None,
+    evaluate: Callable[[Context], None] | None = None,
 ) -> Iterator[str]:
     """Evaluate the prompt, then yield text as it is generated.  `completion` (if given) is filled
     in with the tokens, the full text and the finish reason.
 
     The context starts empty unless `reuse_prefix`: then the keys and values of the longest prefix
     the context already holds (an earlier chat turn) are kept and only the rest is evaluated.
-    `deadline` (time.monotonic()) ends generation with finish_reason "time"."""
+    `deadline` (time.monotonic()) ends generation with finish_reason "time".  `evaluate` fills the
+    context in place of decoding `prompt_tokens` (a prompt with images, whose positions they are)."""
     result = completion if completion is not None else Completion()
     result.prompt_tokens = len(prompt_tokens)
     if not prompt_tokens:
@@ -253,7 +256,10 @@ def generate(
     sampler = Sampler(options, model.n_vocab, result.seed, model=model)
     try:
         started = time.perf_counter()
-        _evaluate_prompt(context, prompt_tokens, reuse_prefix)
+        if evaluate is not None:
+            evaluate(context)
+        else:
+            result.cached_tokens = _evaluate_prompt(context, prompt_tokens, reuse_prefix)
         result.prompt_seconds = time.perf_counter() - started
         try:
             yield from _sample_loop(context, sampler, options, end_ids, result, cancel, deadline)
@@ -263,11 +269,14 @@ def generate(
         sampler.close()
 
 
-def _evaluate_prompt(context: Context, prompt_tokens: Sequence[int], reuse_prefix: bool) -> None:
+def _evaluate_prompt(context: Context, prompt_tokens: Sequence[int], reuse_prefix: bool) -> int:
+    """Evaluate what the context does not hold yet; returns how many prompt tokens it already held."""
     kept = common_prefix_length(context.tokens, prompt_tokens) if reuse_prefix else 0
     # At least the last prompt token is evaluated again: its logits pick the first new token.
     context.keep_prefix(min(kept, len(prompt_tokens) - 1))
-    context.decode(list(prompt_tokens[context.n_past :]))
+    cached = context.n_past
+    context.decode(list(prompt_tokens[cached:]))
+    return cached
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -290,7 +299,7 @@ def _sample_loop(
 ) -> Iterator[str]:
     model = context.model
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    stops = _StopStringFilter(options.stop)
+    stops = StopStringFilter(options.stop)
     while True:
         if cancel is not None and cancel.is_set():
             result.finish_reason = "cancelled"

@@ -34,7 +34,12 @@ ENFORCED_FORMATS = frozenset(
 )
 # llama-cpp-python's `char` rule lets raw control characters into strings, which JSON forbids (a strict
 # parser rejects them); llama.cpp's own converter (common/json-schema-to-grammar.cpp) excludes them.
-STRICT_JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+# llama.cpp's grammar decodes UTF-8 without checking the range: byte tokens can spell surrogates
+# (ED A0..BF xx) or code points above U+10FFFF (F4 90.., F5..FF leads), which it would count as one
+# character each while they are invalid UTF-8 (four replacement characters in the text); excluded too.
+STRICT_JSON_CHAR = (
+    r'[^"\\\x7F\x00-\x1F\uD800-\uDFFF\U00110000-\U003FFFFF] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+)
 MAX_REPETITIONS = 1024  # minItems/maxItems/minLength/maxLength above this are refused
 MAX_GRAMMAR_CHARS = 1 << 20
 MAX_DEPTH = 64

@@ -21,8 +21,7 @@ import llama_cpp as lc
 import numpy as np
 
 from phiquant.errors import PhiquantError
-
-GGML_TYPE_F32 = 0
+from phiquant.ggml.types import GGMLType
 
 LOG_ENV = "PHIQUANT_LLAMA_LOG"  # =1 copies llama.cpp's log to stderr
 
@@ -170,6 +169,7 @@ class LoadedModel:
         n_threads: int | None = None,
         reference_precision: bool = False,
         n_seq_max: int = 1,
+        kv_unified: bool = False,
         embeddings: bool = False,
         eval_callback: EvalCallback | None = None,
     ) -> Context:
@@ -180,6 +180,7 @@ class LoadedModel:
             n_threads=n_threads,
             reference_precision=reference_precision,
             n_seq_max=n_seq_max,
+            kv_unified=kv_unified,
             embeddings=embeddings,
             eval_callback=eval_callback,
         )
@@ -197,6 +198,7 @@ class Context:
         n_threads: int | None = None,
         reference_precision: bool = False,
         n_seq_max: int = 1,
+        kv_unified: bool = False,
         embeddings: bool = False,
         eval_callback: EvalCallback | None = None,
     ):
@@ -205,18 +207,21 @@ class Context:
         if reference_precision:
             # Comparisons with transformers need F32 throughout: the default F16 KV cache and the CPU
             # flash-attention path (which rounds Q to F16) cost about 1e-6 NMSE and flip near-tied top-1s.
-            params.type_k = params.type_v = GGML_TYPE_F32
+            params.type_k = params.type_v = GGMLType.F32
             params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_ctx = n_ctx
         params.n_batch = n_batch or min(n_ctx, 512)
         params.n_ubatch = min(params.n_batch, 512)  # llama.cpp's default micro-batch
-        # One KV stream per sequence (kv_unified off), as llama.cpp's perplexity tool runs its windows.
+        # One KV stream per sequence (kv_unified off), as llama.cpp's perplexity tool runs its windows:
+        # each sequence then holds n_ctx / n_seq_max tokens, and that per-sequence size (n_ctx_seq) is
+        # what picks LongRoPE's factor set (llama-model.cpp, get_rope_factors).
         params.n_seq_max = n_seq_max
+        params.kv_unified = kv_unified
         params.embeddings = embeddings
         if n_threads:
             params.n_threads = n_threads
             params.n_threads_batch = n_threads
-        # The scheduler's per-node callback (runtime.ggml_graph): kept referenced while llama.cpp holds it.
+        # The scheduler's per-node callback (phiquant.ggml.graph): kept referenced while llama.cpp holds it.
         self._eval_callback = None
         if eval_callback is not None:
             self._eval_callback = lc.ggml_backend_sched_eval_callback(
@@ -229,6 +234,7 @@ class Context:
                 f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)", path=model.path
             )
         self.n_ctx = lc.llama_n_ctx(self._ctx)
+        self.n_ctx_seq = lc.llama_n_ctx_seq(self._ctx)
         self.n_batch = params.n_batch
         self.tokens: list[int] = []  # what the KV cache holds, position by position
         self.embeddings = embeddings
@@ -306,6 +312,43 @@ class Context:
         finally:
             lc.llama_batch_free(batch)
 
+    def last_logits(self) -> np.ndarray:
+        """The logits of the last position evaluated (after a decode that asked for them)."""
+        pointer = lc.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,)).copy()
+
+    def remove_sequence_positions(self, seq_id: int, start: int) -> None:
+        """Forget sequence `seq_id` from position `start` on (0: all of it)."""
+        if not lc.llama_memory_seq_rm(lc.llama_get_memory(self._ctx), seq_id, start, -1):
+            raise PhiquantError(f"llama.cpp could not remove positions {start}- of sequence {seq_id}")
+
+    def copy_sequence(self, source: int, destination: int) -> None:
+        """Make `destination` hold what `source` holds (llama.cpp copies the KV stream at the next decode)."""
+        lc.llama_memory_seq_cp(lc.llama_get_memory(self._ctx), source, destination, -1, -1)
+
+    def sequence_length(self, seq_id: int) -> int:
+        """How many positions llama.cpp's KV cache holds for `seq_id` (its highest position + 1)."""
+        return int(lc.llama_memory_seq_pos_max(lc.llama_get_memory(self._ctx), seq_id)) + 1
+
+    def decode_sequences(
+        self, tokens: np.ndarray, positions: np.ndarray, seq_ids: np.ndarray, outputs: np.ndarray
+    ) -> None:
+        """One llama_decode of tokens from several sequences (token i at positions[i] of seq_ids[i]);
+        the logits of the rows where outputs[i] is set are then read with `logits_row(i)` or sampled
+        at batch index i.  Does not touch `self.tokens` (each caller tracks its sequences)."""
+        n = len(tokens)
+        if self._window_batch is None or self._window_batch.capacity < n:
+            self._window_batch = _TokenBatch(max(n, self.n_batch))
+        self._window_batch.fill_tokens(tokens, positions, seq_ids, outputs)
+        status = lc.llama_decode(self._ctx, self._window_batch.struct)
+        if status != 0:
+            raise PhiquantError(f"llama.cpp failed to evaluate {n} tokens (llama_decode returned {status})")
+
+    def logits_row(self, index: int) -> np.ndarray:
+        """A copy of the logits of batch index `index` of the last decode."""
+        pointer = lc.llama_get_logits_ith(self._ctx, index)
+        return np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,)).copy()
+
     def decode_windows(self, windows: np.ndarray, output_from: int) -> WindowOutput:
         """Evaluate independent token windows in one batch, window i as sequence i at positions
         0..n-1, after clearing the cache; return the outputs of positions >= `output_from`.
@@ -382,4 +425,14 @@ class _TokenBatch:
         self.pos[:n] = np.tile(positions, n_seq)
         self.seq_id[:n] = np.repeat(np.arange(n_seq, dtype=np.int32), length)
         self.output[:n] = 1 if all_outputs else np.tile(positions >= output_from, n_seq)
+        self.struct.n_tokens = n
+
+    def fill_tokens(
+        self, tokens: np.ndarray, positions: np.ndarray, seq_ids: np.ndarray, outputs: np.ndarray
+    ) -> None:
+        n = len(tokens)
+        self.token[:n] = tokens
+        self.pos[:n] = positions
+        self.seq_id[:n] = seq_ids
+        self.output[:n] = outputs
         self.struct.n_tokens = n

@@ -25,24 +25,18 @@ from pathlib import Path
 import llama_cpp
 
 from phiquant import temporary_files
+from phiquant.cache import RUNTIME_PROBE, sub_cache
 from phiquant.gguf_io import read_gguf
 from phiquant.runtime.llama import LoadedModel, LoadOptions
 
 PROBE_TIMEOUT_SECONDS = 300
 ENV_OVERRIDE = "PHIQUANT_EXTRA_BUFTS"
-# Test hook: makes the probe child die as the AMX kernels do, to exercise the fallback.
-ENV_SIMULATE_CRASH = "PHIQUANT_PROBE_SIMULATE_CRASH"
 
 
 @dataclass(frozen=True)
 class ProbeVerdict:
     use_extra_bufts: bool
     reason: str
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("PHIQUANT_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(base) / "phiquant" if base else Path.home() / ".cache" / "phiquant"
 
 
 def cpu_fingerprint() -> str:
@@ -69,7 +63,7 @@ def decide_extra_bufts(path: Path) -> ProbeVerdict:
     if types <= {0, 1, 30}:  # F32/F16/BF16 weights never take the AMX or repack paths
         return ProbeVerdict(True, "unquantized model")
     key = probe_key(types)
-    cache_file = cache_dir() / "runtime-probe.json"
+    cache_file = sub_cache(RUNTIME_PROBE) / "verdicts.json"
     cached = _read_cache(cache_file)
     if key in cached:
         return ProbeVerdict(bool(cached[key]), "cached probe")
@@ -84,15 +78,20 @@ def probe_file(types: set[int]) -> Path:
     from phiquant.runtime.probe_model import write_probe_model
 
     name = "probe-" + "-".join(str(t) for t in sorted(types)) + ".gguf"
-    path = cache_dir() / name
+    path = sub_cache(RUNTIME_PROBE) / name
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_probe_model(path, types)
     return path
 
 
+def probe_command(path: Path) -> list[str]:
+    """The child process that loads `path` with extra buffer types (this module's __main__)."""
+    return [sys.executable, "-m", "phiquant.runtime.loader", str(path)]
+
+
 def run_probe(path: Path) -> ProbeVerdict:
-    command = [sys.executable, "-m", "phiquant.runtime.loader", str(path)]
+    command = probe_command(path)
     # The child must import this very phiquant, installed or not (a source checkout on sys.path).
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(
@@ -139,8 +138,6 @@ def load_model(path: str | Path, *, n_gpu_layers: int = 0) -> LoadedModel:
 
 def _probe_main(path: str) -> int:
     """Child process: load with extra buffer types and evaluate a few tokens."""
-    if os.environ.get(ENV_SIMULATE_CRASH) == "1":
-        os.kill(os.getpid(), signal.SIGSEGV)
     with LoadedModel(path, LoadOptions(use_extra_bufts=True)) as model, model.new_context(64) as context:
         tokens = [t % model.n_vocab for t in range(1, 17)]
         context.decode(tokens, all_logits=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFValueType
 
-from phiquant.gguf_io import Metadatum
-from phiquant.model_source import GGML_TYPE_F32, ModelSource, SourceTensor
+from phiquant.ggml import kernels as ggml
+from phiquant.ggml.types import GGMLType
+from phiquant.model_source import Metadatum, ModelSource, SourceTensor
 from phiquant.pipeline import OutputPlan, write_gguf_files
-from phiquant.quant import ggml
 from phiquant.quant.quantize import quantize_rows
 
 N_EMBD = 256
@@ -32,7 +32,7 @@ def _random_tensor(name: str, shape: tuple[int, ...], seed: int, ones: bool = Fa
         rng = np.random.default_rng(seed + start)
         return rng.normal(0, 0.05, (stop - start, shape[0])).astype(np.float32)
 
-    return SourceTensor(name, shape, GGML_TYPE_F32, read_rows)
+    return SourceTensor(name, shape, GGMLType.F32, read_rows)
 
 
 def probe_model_source(n_layer: int) -> ModelSource:
@@ -71,18 +71,18 @@ def probe_model_source(n_layer: int) -> ModelSource:
         Metadatum("tokenizer.ggml.scores", [0.0] * N_VOCAB, GGUFValueType.ARRAY, GGUFValueType.FLOAT32),
         Metadatum("tokenizer.ggml.token_type", [1] * N_VOCAB, GGUFValueType.ARRAY, GGUFValueType.INT32),
     ]
-    return ModelSource("phi3", metadata, tensors, GGML_TYPE_F32, "probe")
+    return ModelSource("phi3", metadata, tensors, GGMLType.F32, "probe")
 
 
 def write_probe_model(path: Path, tensor_types: set[int]) -> None:
     """One layer per type; every matrix of layer i (and output/token_embd in the first type) gets
     type i.  Types that need an importance matrix get a uniform one."""
-    types = sorted(t for t in tensor_types if ggml.is_quantized(t)) or [GGML_TYPE_F32]
+    types = sorted(t for t in tensor_types if ggml.is_quantized(t)) or [GGMLType.F32]
     source = probe_model_source(len(types))
-    plan_types = {}
+    plan_types: dict[str, int] = {}
     for tensor in source.tensors:
         if len(tensor.shape) == 1:
-            plan_types[tensor.name] = GGML_TYPE_F32
+            plan_types[tensor.name] = GGMLType.F32
         elif tensor.name.startswith("blk."):
             plan_types[tensor.name] = types[int(tensor.name.split(".")[1])]
         else:

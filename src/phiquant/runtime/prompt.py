@@ -18,8 +18,8 @@ from typing import Any
 from phiquant.gguf_io import GGUFFile
 from phiquant.runtime.chat_template import ChatTemplate
 from phiquant.runtime.llama import LoadedModel
+from phiquant.vocab.pieces import TokenType
 from phiquant.vocab.special import EOG_IDS_KEY, LSTRIP_IDS_KEY, RSTRIP_IDS_KEY
-from phiquant.vocab.spm import TokenType
 
 # Token types llama.cpp matches as whole tokens inside text (llama-vocab.cpp special token cache).
 _MATCHED_TYPES = {int(TokenType.CONTROL), int(TokenType.USER_DEFINED), int(TokenType.UNKNOWN)}

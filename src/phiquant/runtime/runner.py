@@ -16,18 +16,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phiquant.errors import PhiquantError
+from phiquant.ggml import devices
 from phiquant.gguf_io import GGUFFile, read_gguf
 from phiquant.progress import SILENT, Reporter
-from phiquant.runtime import devices, memory
+from phiquant.runtime import memory
 from phiquant.runtime.llama import Context, LoadedModel
 from phiquant.runtime.loader import load_model
-from phiquant.runtime.model_files import ModelFile, resolve_model
+from phiquant.runtime.model_files import ModelFile, gguf_model_file
 from phiquant.runtime.prompt import PromptTokenizer
 from phiquant.runtime.sampling import SamplingOptions
 
 if TYPE_CHECKING:
     from phiquant.runtime.chat import ChatSession
     from phiquant.runtime.generate import Completion
+    from phiquant.runtime.images import ImageInput
+    from phiquant.runtime.vision import VisionProjector
 
 AUTO = "auto"
 # The user's message a new template is tried on at start-up, so a broken or hostile template fails
@@ -43,7 +46,11 @@ class RunnerOptions:
     chat_template: str | None = None  # Jinja source that replaces the GGUF's template
     chat_template_origin: str = "--chat-template"  # what its errors name: the file it came from
     n_contexts: int = 1  # server slots; each holds its own KV cache
+    # The batched server: above a LongRoPE model's original context, the slots hold the original
+    # context each (short factors) and one extra sequence holds n_ctx (long factors).
+    longrope_lanes: bool = False
     n_batch: int = 512
+    mmproj: Path | None = None  # vision projector; None: the `*mmproj*.gguf` beside the model, if any
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,9 @@ class ModelRunner:
     placement: Placement
     file: ModelFile
     warnings: list[str] = field(default_factory=list)
+    mmproj: Path | None = None
+    _vision: VisionProjector | None = field(default=None, repr=False)
+    _vision_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def name(self) -> str:
@@ -145,7 +155,59 @@ class ModelRunner:
 
         return ChatSession(self, sampling or SamplingOptions(), system=system)
 
+    def vision(self) -> VisionProjector:
+        """The libmtmd context for images, loaded on first use; a model without mmproj is refused."""
+        from phiquant.runtime.vision import VisionProjector
+
+        with self._vision_lock:
+            if self._vision is None:
+                if self.mmproj is None:
+                    raise PhiquantError(
+                        f"{self.name} has no vision projector, so it cannot read images: give --mmproj FILE "
+                        "(convert writes <name>-mmproj-F16.gguf beside a vision model's GGUF)",
+                        path=self.file.gguf,
+                    )
+                self._vision = VisionProjector(self.mmproj, self.model, threads=self.threads)
+            return self._vision
+
+    def stream_with_images(
+        self,
+        text: str,
+        images: Sequence[ImageInput],
+        sampling: SamplingOptions | None = None,
+        *,
+        completion: Completion | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """`stream` for a prompt whose text holds one image marker per image (runner.vision().marker)."""
+        from phiquant.runtime.generate import generate
+
+        vision = self.vision()
+        prompt = vision.build_prompt(text, images, self.text_tokens)
+        context = self.new_context()
+        try:
+            positions = prompt.positions
+            sampling = sampling or SamplingOptions()
+            room = self.n_ctx - len(positions)
+            if room > 0 and sampling.max_tokens > room:
+                sampling = dataclasses.replace(sampling, max_tokens=room)
+            yield from generate(
+                context,
+                positions,
+                sampling,
+                self.end_ids,
+                completion=completion,
+                cancel=cancel,
+                evaluate=lambda ctx: vision.evaluate(ctx, prompt),
+            )
+        finally:
+            context.close()
+            prompt.close()
+
     def close(self) -> None:
+        if self._vision is not None:
+            self._vision.close()
+            self._vision = None
         self.model.close()
 
     def __enter__(self) -> ModelRunner:
@@ -156,18 +218,23 @@ class ModelRunner:
 
 
 def open_runner(
-    model: str | Path, options: RunnerOptions = RunnerOptions(), *, reporter: Reporter = SILENT
+    model: ModelFile | str | Path, options: RunnerOptions = RunnerOptions(), *, reporter: Reporter = SILENT
 ) -> ModelRunner:
-    file = resolve_model(model, reporter=reporter)
+    file = model if isinstance(model, ModelFile) else gguf_model_file(model)
     gguf = read_gguf(file.gguf)
     shape = memory.ModelShape.from_gguf(gguf)
     n_ctx = options.n_ctx if options.n_ctx is not None else memory.default_context_size(shape)
     memory.check_context_size(shape, n_ctx)
     warnings = memory.context_warnings(shape, n_ctx)
-    placement = place_layers(options.gpu_layers, shape, gguf, n_ctx, options.n_contexts, options.n_batch)
+    n_contexts = options.n_contexts
+    original = shape.long_rope_original_context
+    if options.longrope_lanes and warnings and original:
+        warnings = []
+        n_contexts = 1 + -(-options.n_contexts * original // n_ctx)  # in units of n_ctx, rounded up
+    placement = place_layers(options.gpu_layers, shape, gguf, n_ctx, n_contexts, options.n_batch)
     if isinstance(placement.requested, int) and placement.requested > placement.gpu_layers:
         warnings.append(f"--gpu-layers {placement.requested}: {placement.describe()}")
-    _check_host_memory(shape, n_ctx, options.n_contexts, placement)
+    _check_host_memory(shape, n_ctx, n_contexts, placement)
     for warning in warnings:
         reporter.warn(warning)
     reporter.note(f"context {n_ctx} tokens; {placement.describe()}")
@@ -195,7 +262,18 @@ def open_runner(
         placement=placement,
         file=file,
         warnings=warnings,
+        mmproj=_projector_file(options.mmproj, file.gguf),
     )
+
+
+def _projector_file(requested: Path | None, model_file: Path) -> Path | None:
+    if requested is not None:
+        if not Path(requested).is_file():
+            raise PhiquantError("no such mmproj file", path=requested)
+        return Path(requested)
+    from phiquant.gguf_io.mmproj_writer import find_mmproj
+
+    return find_mmproj(model_file)
 
 
 def parse_gpu_layers(text: str) -> int | str:

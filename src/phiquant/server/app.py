@@ -22,17 +22,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from phiquant import __version__
 from phiquant.errors import PhiquantError
 from phiquant.runtime.generate import Completion
+from phiquant.runtime.llama import Context
 from phiquant.runtime.runner import ModelRunner
+from phiquant.runtime.vision import MediaPrompt
 from phiquant.server import responses as shapes
 from phiquant.server.errors import ApiError, bad_request, context_length_exceeded
+from phiquant.server.images import IMAGE_PLACEHOLDER, load_images
 from phiquant.server.limits import LimitsMiddleware, RequestCount, ServerLimits
 from phiquant.server.replies import (
     ReplyFormat,
     chat_events,
     chat_prompt,
+    chat_text,
     generation_failed,
     marker_tokens,
     text_events,
@@ -45,7 +48,8 @@ from phiquant.server.requests import (
     parse_completion_request,
     parse_json_body,
 )
-from phiquant.server.slots import GenerationJob, Slot, SlotPool, job_events
+from phiquant.server.slots import GenerationJob, RunsJobs, SlotPool, job_events
+from phiquant.version import __version__
 
 
 @dataclass
@@ -60,6 +64,7 @@ class ServerState:
     markers: frozenset[int] = (
         frozenset()
     )  # reply-marker control tokens whose text is kept (replies.marker_tokens)
+    allow_image_urls: bool = False  # --allow-image-urls: image_url parts may name http(s) URLs
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -165,10 +170,46 @@ async def chat_completions(request: Request) -> Response:
     body = parse_json_body(await request.body())
     parsed = parse_chat_request(body, state.runner.model.n_vocab)
     _check_model(state, parsed.model)
+    if parsed.images:
+        return await _generate_with_images(request, state, parsed)
     tokens, reply = await _tokenize(
         lambda: chat_prompt(state.runner, parsed, state.model_id, state.reasoning_format)
     )
     return await _generate(request, state, parsed, tokens, "chat", reply)
+
+
+async def _generate_with_images(request: Request, state: ServerState, parsed: GenerationRequest) -> Response:
+    """Images decoded, the prompt rendered with the projector's marker at each image, off the loop."""
+
+    def build() -> tuple[MediaPrompt, ReplyFormat]:
+        try:
+            vision = state.runner.vision()
+        except PhiquantError as error:
+            raise bad_request(error.message, param="messages", code="images_not_supported") from None
+        images = load_images(parsed.images, allow_urls=state.allow_image_urls)
+        marked = dataclasses.replace(
+            parsed,
+            messages=tuple(
+                {**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, vision.marker)}
+                for m in parsed.messages
+            ),
+        )
+        text, reply = chat_text(state.runner, marked, state.model_id, state.reasoning_format)
+        try:
+            return vision.build_prompt(text, images, state.runner.text_tokens), reply
+        except PhiquantError as error:
+            raise bad_request(error.message, param="messages", code="invalid_image") from None
+
+    prompt, reply = await run_in_threadpool(build)
+    vision = state.runner.vision()
+    try:
+        return await _generate(
+            request, state, parsed, prompt.positions, "chat", reply,
+            evaluate=lambda context: vision.evaluate(context, prompt), release=prompt.close,
+        )  # fmt: skip
+    except BaseException:
+        prompt.close()  # refused before a slot took the job
+        raise
 
 
 async def text_completions(request: Request) -> Response:
@@ -220,7 +261,7 @@ def _plan_max_tokens(state: ServerState, n_prompt: int, requested: int | None, w
             param="max_tokens",
             code="max_tokens_too_large",
         )
-    return requested if requested is not None else min(room, state.max_tokens)
+    return requested if requested is not None else min(state.pool.default_room(n_prompt), state.max_tokens)
 
 
 async def _generate(
@@ -230,6 +271,9 @@ async def _generate(
     tokens: list[int],
     kind: str,
     reply: ReplyFormat,
+    *,
+    evaluate: Callable[[Context], None] | None = None,
+    release: Callable[[], None] | None = None,
 ) -> Response:
     where = "messages" if kind == "chat" else "prompt"
     max_tokens = _plan_max_tokens(state, len(tokens), parsed.max_tokens, where)
@@ -240,6 +284,7 @@ async def _generate(
     job = GenerationJob(
         tokens, options, state.limits.request_timeout, asyncio.get_running_loop(), choices=parsed.n
     )
+    job.evaluate, job.release = evaluate, release
     slot.submit(job)  # from here on the worker frees the slot, however the response ends
     header = shapes.ResponseHeader.new(kind, state.model_id)
     if parsed.stream:
@@ -266,7 +311,7 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def _acquire_slot(request: Request, state: ServerState) -> Slot | None:
+async def _acquire_slot(request: Request, state: ServerState) -> RunsJobs | None:
     """Queue for a slot (FIFO); None when the client disconnects while waiting."""
     limits = state.limits
     acquiring = asyncio.ensure_future(
@@ -327,8 +372,10 @@ def new_state(
     limits: ServerLimits,
     model_id: str | None,
     reasoning_format: str = "deepseek",
+    *,
+    allow_image_urls: bool = False,
 ) -> ServerState:
     return ServerState(
         runner, pool, limits, model_id or runner.name, int(time.time()),
-        reasoning_format=reasoning_format, markers=marker_tokens(runner),
+        reasoning_format=reasoning_format, markers=marker_tokens(runner), allow_image_urls=allow_image_urls,
     )  # fmt: skip

@@ -26,6 +26,7 @@ from phiquant.runtime.json_grammar import (
 from phiquant.runtime.sampling import MAX_TOP_LOGPROBS
 from phiquant.runtime.tool_prompt import ToolFunction
 from phiquant.server.errors import ApiError, bad_request
+from phiquant.server.images import IMAGE_PLACEHOLDER, ImageRef, image_part
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
@@ -57,7 +58,9 @@ def wrong_type(name: str, value: Any, expected: str) -> ApiError:
     )
 
 
-def parse_message(message: Any, index: int) -> dict[str, Any]:
+def parse_message(message: Any, index: int, images: list[ImageRef]) -> dict[str, Any]:
+    """One message, its content as text; each image_url part is appended to `images` and marked in the
+    text by IMAGE_PLACEHOLDER."""
     where = f"messages[{index}]"
     if not isinstance(message, dict):
         raise wrong_type(where, message, "an object")
@@ -74,10 +77,14 @@ def parse_message(message: Any, index: int) -> dict[str, Any]:
     content = message.get("content")
     if content is None and parsed.get("tool_calls"):
         content = ""
-    if isinstance(content, list):
-        content = "".join(_text_part(part, f"{where}.content") for part in content)
+    if isinstance(content, str):
+        content = content.replace(IMAGE_PLACEHOLDER, "")  # only image parts place images
+    elif isinstance(content, list):
+        content = "".join(
+            _content_part(part, f"{where}.content[{i}]", images) for i, part in enumerate(content)
+        )
     if not isinstance(content, str):
-        raise wrong_type(f"{where}.content", content, "a string or an array of text parts")
+        raise wrong_type(f"{where}.content", content, "a string or an array of text and image_url parts")
     parsed["content"] = content
     if role == "tool":
         call_id = message.get("tool_call_id")
@@ -122,13 +129,17 @@ def _message_tool_calls(value: Any, where: str) -> tuple[tuple[str, str, str], .
     return tuple(calls)
 
 
-def _text_part(part: Any, where: str) -> str:
+def _content_part(part: Any, where: str, images: list[ImageRef]) -> str:
+    if isinstance(part, dict) and part.get("type") == "image_url":
+        images.append(image_part(part, where))
+        return IMAGE_PLACEHOLDER
     if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
         raise bad_request(
-            f"Invalid '{where}': this server accepts only text parts ({{'type': 'text', 'text': ...}}).",
+            f"Invalid '{where}': this server accepts text and image_url parts "
+            "({'type': 'text', 'text': ...} or {'type': 'image_url', 'image_url': {'url': 'data:...'}}).",
             param=where,
         )
-    return str(part["text"])
+    return str(part["text"]).replace(IMAGE_PLACEHOLDER, "")
 
 
 def _check_schema(schema: Any, param: str) -> None:

@@ -60,6 +60,14 @@ def chat_prompt(
     runner: ModelRunner, request: GenerationRequest, model_id: str, reasoning_format: str
 ) -> tuple[list[int], ReplyFormat]:
     """The prompt's token ids and how to read the reply.  Runs the template: call it off the event loop."""
+    text, reply = chat_text(runner, request, model_id, reasoning_format)
+    return runner.prompt.tokenize(text), reply
+
+
+def chat_text(
+    runner: ModelRunner, request: GenerationRequest, model_id: str, reasoning_format: str
+) -> tuple[str, ReplyFormat]:
+    """The rendered prompt text and how to read the reply (image prompts tokenize the text themselves)."""
     template = runner.prompt.template
     style = tool_style(template.source if template is not None else None)
     if style is None:
@@ -70,7 +78,7 @@ def chat_prompt(
     except PhiquantError as error:
         raise bad_request(error.message, code="chat_template_error") from None
     reasoning = reasoning_format != "none"
-    return runner.prompt.tokenize(text), ReplyFormat(
+    return text, ReplyFormat(
         piece=token_piece(runner),
         reasoning=reasoning,
         started_in_reasoning=reasoning and prompt_opens_reasoning(text),

@@ -26,6 +26,7 @@ from phiquant.server.chat_fields import (
     wrong_type,
 )
 from phiquant.server.errors import bad_request
+from phiquant.server.images import ImageRef
 
 DEFAULTS = SamplingOptions()
 MAX_CHOICES = 16  # `n`: choices are generated one after another, so each costs a full generation
@@ -76,6 +77,7 @@ class GenerationRequest:
     echo: bool = False
     n: int = 1  # choices, generated with seeds seed, seed+1, ...
     tools: ToolRequest = ToolRequest()
+    images: tuple[ImageRef, ...] = ()  # image_url parts, in order; IMAGE_PLACEHOLDER marks each in the text
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -96,7 +98,8 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
 
 def parse_chat_request(body: dict[str, Any], n_vocab: int) -> GenerationRequest:
     _check_fields(body, CHAT_FIELDS)
-    messages = tuple(parse_message(m, i) for i, m in enumerate(_required(body, "messages", list)))
+    images: list[ImageRef] = []
+    messages = tuple(parse_message(m, i, images) for i, m in enumerate(_required(body, "messages", list)))
     if not messages:
         raise bad_request("'messages' must contain at least one message.", param="messages")
     tools = parse_tools(body)
@@ -119,6 +122,7 @@ def parse_chat_request(body: dict[str, Any], n_vocab: int) -> GenerationRequest:
         tools=tools,
         grammar=grammar,
         logprobs=chat_logprobs(body),
+        images=tuple(images),
     )
 
 

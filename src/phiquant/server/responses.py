@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from phiquant import __version__
 from phiquant.runtime.generate import Completion, TokenLogprob
 from phiquant.runtime.reply_parser import ParsedReply, ToolCall
+from phiquant.version import __version__
 
 TokenPiece = Callable[[int], bytes]  # a token id's text as bytes, special tokens included
 
@@ -46,11 +46,17 @@ class ResponseHeader:
         }
 
 
-def usage(completions: Sequence[Completion]) -> dict[str, int]:
+def usage(completions: Sequence[Completion]) -> dict[str, Any]:
     """One prompt, read once per request; the completion tokens of every choice."""
     prompt = completions[0].prompt_tokens if completions else 0
+    cached = completions[0].cached_tokens if completions else 0
     generated = sum(c.completion_tokens for c in completions)
-    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": generated,
+        "total_tokens": prompt + generated,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def finish_reason(completion: Completion, called_tools: bool = False) -> str:

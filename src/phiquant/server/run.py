@@ -19,11 +19,13 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
-    parallel: int = 1
+    parallel: int = 4
+    deterministic: bool = False  # each slot in its own context: no batched decoding, no prompt reuse
     model_alias: str | None = None
     limits: ServerLimits = ServerLimits()
     access_log: bool = False
     reasoning_format: str = "deepseek"  # "none": <think> sections stay inline in the content
+    allow_image_urls: bool = False
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -57,14 +59,25 @@ def serve(runner: ModelRunner, options: ServeOptions, on_listening: Callable[[st
     except ImportError:
         raise PhiquantError("the server needs uvicorn and starlette: pip install 'phiquant[serve]'") from None
     from phiquant.server.app import build_app, new_state
+    from phiquant.server.batched_slots import BatchedSlotPool
     from phiquant.server.protocol import head_timeout_protocol
-    from phiquant.server.slots import SlotPool
+    from phiquant.server.slots import IsolatedSlotPool, SlotPool
 
     sock = bind_socket(options.host, options.port)
-    threads_per_slot = max(1, runner.threads // options.parallel)
-    pool = SlotPool(runner, options.parallel, threads_per_slot)
+    pool: SlotPool
+    if options.deterministic:
+        pool = IsolatedSlotPool(runner, options.parallel, max(1, runner.threads // options.parallel))
+    else:
+        pool = BatchedSlotPool(runner, options.parallel)
     try:
-        state = new_state(runner, pool, options.limits, options.model_alias, options.reasoning_format)
+        state = new_state(
+            runner,
+            pool,
+            options.limits,
+            options.model_alias,
+            options.reasoning_format,
+            allow_image_urls=options.allow_image_urls,
+        )
         app = build_app(state, api_key=options.api_key)
         config = uvicorn.Config(
             app,

@@ -1,10 +1,14 @@
-"""Generation slots: one llama.cpp context and one worker thread each, handed out first come, first served.
+"""Generation slots, handed out first come, first served, in one of two modes.
 
-Each request runs alone in its slot's context (cleared before it starts), so its tokens depend only
-on its own prompt and seed, never on what other requests run beside it: llama.cpp's batched decoding
-of several sequences changes matrix shapes and with them the last bits of the logits.  The worker
-thread streams text back to the event loop through an asyncio queue; the slot is free again only
-when its worker has stopped using the context, after a finish, an error or a cancellation.
+Batched (the default, server.batched_slots): a slot is a lease on the batch engine (runtime.batch_engine), which decodes
+every running request in one llama_decode per step and reuses a cached prompt prefix.
+Deterministic (`--deterministic`): each slot has its own llama.cpp context and worker thread, and a
+request runs alone in it (cleared before it starts), so its tokens depend only on its own prompt and
+seed, never on what other requests run beside it: batched decoding of several sequences changes
+matrix shapes and with them the last bits of the logits.
+
+Either way the text goes back to the event loop through an asyncio queue, and the slot is free again
+only once its request has stopped using the context, after a finish, an error or a cancellation.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from phiquant.errors import PhiquantError
 from phiquant.runtime.generate import (
@@ -56,6 +60,8 @@ class GenerationJob:
     choices: int = 1  # n: generated one after another, choice i with seed + i
     cancel: threading.Event = field(default_factory=threading.Event)
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    evaluate: Callable[[Context], None] | None = None  # fills the context instead of `tokens` (images)
+    release: Callable[[], None] | None = None  # frees what `evaluate` holds, once the job is over
 
     def emit(self, kind: str, value: Any) -> None:
         """Called from the worker thread."""
@@ -117,6 +123,9 @@ class Slot:
         except Exception as error:  # a bug: answer this request with a 500, keep the slot serving
             log.exception("generation failed in slot %d", self.index)
             job.emit("error", error)
+        finally:
+            if job.release is not None:
+                job.release()
 
     def _run_choice(self, job: GenerationJob, index: int, options: SamplingOptions, deadline: float) -> None:
         # Each choice evaluates the prompt again in the cleared context; a shared prompt cache is the
@@ -131,6 +140,7 @@ class Slot:
             cancel=job.cancel,
             completion=completion,
             deadline=deadline,
+            evaluate=job.evaluate,
         ):
             job.emit("text", ChoiceText(index, text, completion.logprobs[sent:]))
             sent = len(completion.logprobs)
@@ -198,14 +208,17 @@ class FirstComeFirstServed(Generic[T]):
         self._free.append(item)
 
 
+class RunsJobs(Protocol):
+    """A slot of either kind: it runs one submitted job at a time."""
+
+    def submit(self, job: GenerationJob) -> None: ...
+
+
 class SlotPool:
     """The server's slots behind a first-come-first-served line."""
 
-    def __init__(self, runner: ModelRunner, n_slots: int, threads_per_slot: int):
-        self.slots = [
-            Slot(i, runner.new_context(threads=threads_per_slot), runner.end_ids, self.release)
-            for i in range(n_slots)
-        ]
+    def __init__(self, slots: Sequence[RunsJobs]):
+        self.slots = slots
         self._line = FirstComeFirstServed(list(self.slots))
 
     @property
@@ -216,7 +229,7 @@ class SlotPool:
     def idle(self) -> int:
         return self._line.idle
 
-    async def acquire(self, *, max_queue: int, timeout: float) -> Slot:
+    async def acquire(self, *, max_queue: int, timeout: float) -> RunsJobs:
         try:
             return await self._line.acquire(max_queue=max_queue, timeout=timeout)
         except QueueFull:
@@ -233,12 +246,34 @@ class SlotPool:
                 retry_after=timeout / 4,
             ) from None
 
-    def release(self, slot: Slot) -> None:
+    def release(self, slot: RunsJobs) -> None:
         """Event-loop thread only (workers call it through call_soon_threadsafe)."""
         self._line.release(slot)
 
+    def default_room(self, n_prompt: int) -> int:
+        """The most tokens a request that gives no max_tokens may generate."""
+        raise NotImplementedError
+
     def close(self) -> None:
-        for slot in self.slots:
+        raise NotImplementedError
+
+
+class IsolatedSlotPool(SlotPool):
+    """--deterministic: one context and worker thread per slot."""
+
+    def __init__(self, runner: ModelRunner, n_slots: int, threads_per_slot: int):
+        self.n_ctx = runner.n_ctx
+        context = runner.new_context
+        self.isolated = [
+            Slot(i, context(threads=threads_per_slot), runner.end_ids, self.release) for i in range(n_slots)
+        ]
+        super().__init__(self.isolated)
+
+    def default_room(self, n_prompt: int) -> int:
+        return self.n_ctx - n_prompt
+
+    def close(self) -> None:
+        for slot in self.isolated:
             slot.stop()
 
 

@@ -19,10 +19,10 @@ from gguf import GGUFValueType
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.checkpoint.json_fields import is_token_id, json_object
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
+from phiquant.model_source import Metadatum
+from phiquant.vocab.pieces import TokenType
 from phiquant.vocab.pretokenizer import KnownPreTokenizer, identify_pre_tokenizer, load_tokenizer
 from phiquant.vocab.special import AddedToken, added_tokens
-from phiquant.vocab.spm import TokenType
 
 TOKENIZER_JSON = "tokenizer.json"
 

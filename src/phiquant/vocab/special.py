@@ -18,7 +18,7 @@ from gguf import GGUFValueType
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.checkpoint.json_fields import is_token_id, json_list, json_object
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
+from phiquant.model_source import Metadatum
 
 EOG_IDS_KEY = "phiquant.eog_token_ids"
 # Hugging Face added-token flags that GGUF has no keys for; phiquant's prompt tokenizer uses them

@@ -8,7 +8,6 @@ their real ids, padded to config.json's vocab_size with unused `[PAD{id}]` entri
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,9 @@ from gguf import GGUFValueType
 from phiquant.checkpoint.directory import Checkpoint
 from phiquant.checkpoint.files import MAX_JSON_BYTES
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
+from phiquant.model_source import Metadatum
+from phiquant.vocab.pieces import BasePieces, TokenType
 from phiquant.vocab.special import AddedToken, added_tokens
-
-
-class TokenType(IntEnum):
-    """llama.cpp's token types (llama.h LLAMA_TOKEN_TYPE_*)."""
-
-    NORMAL = 1
-    UNKNOWN = 2
-    CONTROL = 3
-    USER_DEFINED = 4
-    UNUSED = 5
-    BYTE = 6
-
 
 # Scores llama.cpp's converter gives tokens that are not SentencePiece pieces; only their order
 # relative to real pieces matters to the tokenizer, and these never win a merge.
@@ -64,17 +52,6 @@ class Vocabulary:
             ),
             Metadatum("tokenizer.ggml.add_space_prefix", self.add_space_prefix, GGUFValueType.BOOL),
         ]
-
-
-@dataclass
-class BasePieces:
-    """A SentencePiece model's own pieces (before added tokens and padding), as llama.cpp stores them."""
-
-    tokens: list[str]
-    scores: list[float]
-    types: list[int]  # TokenType values
-    add_space_prefix: bool
-    warnings: list[str]
 
 
 def read_sentencepiece_vocabulary(checkpoint: Checkpoint, vocab_size: int) -> Vocabulary:

@@ -22,7 +22,7 @@ from typing import Any
 
 from phiquant.checkpoint.json_fields import is_token_id, json_list, json_object
 from phiquant.errors import PhiquantError
-from phiquant.vocab.spm import BasePieces, TokenType
+from phiquant.vocab.pieces import BasePieces, TokenType
 
 SPACE_MARK = "\u2581"
 BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")

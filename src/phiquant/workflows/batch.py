@@ -84,9 +84,9 @@ def ladder_task(job: ModelJob, directory: str, evaluate: bool, threads: int) -> 
         }
     from phiquant.gguf_io.split import SplitLimits, parse_split_size
     from phiquant.hub import resolve_source
-    from phiquant.quant.job import attach_imatrix, default_file_name, open_source, plan_files, write_files
     from phiquant.quant.plan import QuantOptions
     from phiquant.quant.types import parse_preset
+    from phiquant.workflows.job import attach_imatrix, default_file_name, open_source, plan_files, write_files
 
     source = resolve_source(job.source)
     names = list(dict.fromkeys(([job.reference] if evaluate else []) + list(job.types)))
@@ -94,7 +94,7 @@ def ladder_task(job: ModelJob, directory: str, evaluate: bool, threads: int) -> 
     opened = open_source(source)
     imatrix: str | Path | None = job.imatrix
     if imatrix == "auto":
-        from phiquant.imatrix.run import auto_imatrix
+        from phiquant.workflows.imatrix import auto_imatrix
 
         imatrix = auto_imatrix(source, [p.name for p in presets], False)
     if imatrix is not None:

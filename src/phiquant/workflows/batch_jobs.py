@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.options import EvalOptions
 
@@ -166,9 +166,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 
 def write_manifest(directory: Path, data: dict[str, Any]) -> None:
-    temporary = directory / f".{MANIFEST}.partial"
-    temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, directory / MANIFEST)
+    temporary_files.write_text(directory / MANIFEST, json.dumps(data, indent=2) + "\n")
 
 
 def job_record(job: ModelJob) -> dict[str, Any]:

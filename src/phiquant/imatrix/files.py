@@ -24,8 +24,9 @@ import numpy as np
 from gguf import GGUFValueType
 
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import GGUFOutput, Metadatum, TensorInfo, read_gguf
+from phiquant.gguf_io import GGUFOutput, TensorInfo, read_gguf
 from phiquant.gguf_io.reader import GGUF_MAGIC
+from phiquant.model_source import Metadatum
 from phiquant.quant.plan import TensorDesc
 from phiquant.quant.types import GGMLType
 

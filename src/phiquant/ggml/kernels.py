@@ -16,42 +16,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 
 from phiquant.errors import PhiquantError
-from phiquant.quant.types import GGMLType, TypeInfo, TypeRole, type_info
-
-_LIBRARY_FILE_NAMES = {"linux": "libggml-base.so", "darwin": "libggml-base.dylib", "win32": "ggml-base.dll"}
-_CPU_LIBRARY_FILE_NAMES = {"linux": "libggml-cpu.so", "darwin": "libggml-cpu.dylib", "win32": "ggml-cpu.dll"}
-
-
-def ggml_base_library_path() -> Path:
-    """Where llama-cpp-python keeps libggml-base, found without importing llama_cpp itself."""
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.submodule_search_locations:
-        raise PhiquantError(
-            "llama-cpp-python is not installed; phiquant needs it for ggml's quantizers "
-            "(pip install llama-cpp-python==0.3.36)"
-        )
-    file_name = _LIBRARY_FILE_NAMES.get(sys.platform, "libggml-base.so")
-    return Path(next(iter(spec.submodule_search_locations))) / "lib" / file_name
+from phiquant.ggml.library import BASE, CPU, load_library
+from phiquant.ggml.types import GGMLType, TypeInfo, TypeRole, type_info
 
 
 @functools.cache
 def _library() -> ctypes.CDLL:
-    os.environ.setdefault("GGML_NO_BACKTRACE", "1")
-    path = ggml_base_library_path()
-    if not path.is_file():
-        raise PhiquantError("ggml library not found; reinstall llama-cpp-python==0.3.36", path=path)
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as error:
-        raise PhiquantError(f"cannot load the ggml library: {error}", path=path) from None
+    lib = load_library(BASE)
     _declare(lib)
     return lib
 
@@ -69,10 +44,9 @@ def _cpu_float_converters() -> dict[GGMLType, _FloatRowConverter]:
     slower; the SIMD versions round the same way (round to nearest even), so the bytes are the same
     (tests/quant/test_ggml.py checks it).  Missing symbols (other builds) fall back to ggml-base.
     """
-    path = ggml_base_library_path().with_name(_CPU_LIBRARY_FILE_NAMES.get(sys.platform, "libggml-cpu.so"))
     try:
-        lib = ctypes.CDLL(str(path))
-    except OSError:
+        lib = load_library(CPU)
+    except PhiquantError:
         return {}
     converters = {}
     for ggml_type, symbol in (

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import llama_cpp as lc
+
+from phiquant.errors import PhiquantError
+from phiquant.ggml.library import REGISTRY, load_library
 
 # enum ggml_backend_dev_type (ggml-backend.h)
 DEVICE_TYPE_CPU = 0
 DEVICE_TYPE_GPU = 1
 DEVICE_TYPE_IGPU = 2
 _OFFLOAD_TYPES = {DEVICE_TYPE_GPU, DEVICE_TYPE_IGPU}
-
-_LIBRARY_FILE_NAMES = {"linux": "libggml.so", "darwin": "libggml.dylib", "win32": "ggml.dll"}
 
 
 @dataclass(frozen=True)
@@ -35,14 +33,9 @@ class GpuDevice:
 
 @functools.cache
 def _registry() -> ctypes.CDLL | None:
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "lib"
-    path /= _LIBRARY_FILE_NAMES.get(sys.platform, "libggml.so")
     try:
-        lib = ctypes.CDLL(str(path))
-    except OSError:
+        lib = load_library(REGISTRY)
+    except PhiquantError:
         return None
     # size_t ggml_backend_dev_count(void);
     lib.ggml_backend_dev_count.argtypes, lib.ggml_backend_dev_count.restype = [], ctypes.c_size_t

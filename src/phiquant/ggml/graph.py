@@ -15,14 +15,12 @@ import functools
 
 import numpy as np
 
-from phiquant.quant.ggml import ggml_base_library_path
+from phiquant.ggml.library import BASE, load_library
 
 GGML_MAX_DIMS = 4
 GGML_MAX_SRC = 10
 GGML_MAX_OP_PARAMS = 64
 GGML_MAX_NAME = 64
-GGML_TYPE_F32 = 0
-GGML_TYPE_I32 = 26
 
 
 class GGMLTensor(ctypes.Structure):
@@ -49,7 +47,7 @@ GGMLTensor._fields_ = [
 
 @functools.cache
 def _library() -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(ggml_base_library_path()))
+    lib = load_library(BASE)
     tensor_pointer = ctypes.POINTER(GGMLTensor)
     # const char * ggml_op_desc(const struct ggml_tensor * t);  (op name; unary ops by their own name)
     lib.ggml_op_desc.argtypes = [tensor_pointer]
@@ -74,7 +72,7 @@ def check_struct_layout() -> None:
     if ctypes.sizeof(GGMLTensor) != expected:
         raise RuntimeError(
             f"ggml_tensor mirror is {ctypes.sizeof(GGMLTensor)} bytes, ggml's is {expected}: "
-            "update runtime/ggml_graph.py for this llama-cpp-python"
+            "update phiquant/ggml/graph.py for this llama-cpp-python"
         )
 
 

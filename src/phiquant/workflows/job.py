@@ -19,14 +19,13 @@ from phiquant.archs import load_model_source
 from phiquant.archs.common import provenance_metadata
 from phiquant.checkpoint.directory import open_checkpoint
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
+from phiquant.ggml import kernels as ggml
 from phiquant.gguf_io.split import SplitLimits
 from phiquant.gguf_source import load_gguf_source
-from phiquant.model_source import ModelSource
+from phiquant.imatrix.files import ImportanceMatrix, imatrix_weights_for_model, read_imatrix
+from phiquant.model_source import Metadatum, ModelSource
 from phiquant.pipeline import OutputPlan, planned_paths, predicted_size, tensor_descs, write_gguf_files
 from phiquant.progress import SILENT, Reporter
-from phiquant.quant import ggml
-from phiquant.quant.imatrix import ImportanceMatrix, imatrix_weights_for_model, read_imatrix
 from phiquant.quant.plan import QuantOptions, QuantPlan, model_facts_from_metadata, plan_quantization
 from phiquant.quant.quantize import imatrix_kv_overrides, quantize_rows
 from phiquant.quant.types import Preset, parse_preset
@@ -123,20 +122,25 @@ def plan_files(
     source: Source,
     presets: list[str],
     output_paths: list[Path],
-    options: QuantOptions,
+    options: QuantOptions | Sequence[QuantOptions],
     imatrix_path: str | Path | None = None,
     more_metadata: Sequence[Metadatum] = (),
     split: SplitLimits | None = None,
 ) -> list[PlannedFile]:
-    """`more_metadata`: keys the files carry beyond the usual ones (a budget plan's phiquant.budget.*);
-    `split`: write each file as shards (its `path` is then the first shard, what llama.cpp loads)."""
+    """One planned file per (preset, path): `options` for all of them, or one per file (a ladder of
+    differently configured files, written in one pass by `write_files`).  `more_metadata`: keys the files
+    carry beyond the usual ones (a budget plan's phiquant.budget.*); `split`: write each file as shards
+    (its `path` is then the first shard, what llama.cpp loads)."""
     facts = model_facts_from_metadata(model_metadata_map(source.model))
     descs = tensor_descs(source.model)
     extra = extra_metadata(source, imatrix_path) + list(more_metadata)
+    per_file = [options] * len(presets) if isinstance(options, QuantOptions) else list(options)
+    if len(per_file) != len(presets):
+        raise ValueError(f"{len(per_file)} option sets for {len(presets)} files")
     planned = []
-    for name, path in zip(presets, output_paths):
+    for name, path, file_options in zip(presets, output_paths, per_file):
         preset = parse_preset(name)
-        plan = plan_quantization(descs, facts, preset, options)
+        plan = plan_quantization(descs, facts, preset, file_options)
         output = OutputPlan.from_quant_plan(path, plan, extra, split)
         paths = planned_paths(source.model, output, ggml.row_size)
         size = predicted_size(source.model, output, ggml.row_size)

@@ -1,27 +1,32 @@
 """A budgeted quantization run: the measured profile of the opened model (cached), then the plan.
 
-Kept apart from quant.budget_plan so that the planning stays free of file and llama.cpp I/O.
+The planning itself (quant.budget, quant.budget_plan, quant.budget_anchor) stays free of file and
+llama.cpp I/O; this module measures what it needs.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from phiquant import temporary_files
+from phiquant.cache import BUDGET, fingerprint, sub_cache
 from phiquant.errors import PhiquantError
-from phiquant.gguf_io import Metadatum
+from phiquant.model_source import Metadatum
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant.budget import Sensitivities, TensorOptions
-from phiquant.quant.budget_calibration import load_profile, measure_sensitivities, profile_key, save_profile
 from phiquant.quant.budget_plan import BudgetPlan, BudgetRequest, plan_budget
-from phiquant.quant.job import Source, plan_files
 from phiquant.quant.plan import Decision, QuantOptions
 from phiquant.quant.tensor_error import measure_tensors
 from phiquant.quant.types import GGMLType
+from phiquant.workflows.as_gguf import as_gguf
+from phiquant.workflows.budget.calibration import (
+    load_profile,
+    measure_sensitivities,
+    profile_key,
+    save_profile,
+)
+from phiquant.workflows.job import Source, plan_files
 
 MEASURE_BASE = "Q8_0"  # any quantized preset: every quantizable tensor is overridden by the plan
 # The preset a budgeted file is labelled with (general.file_type): the one named after its dominant type.
@@ -37,18 +42,6 @@ ANCHOR_PRESETS = (
 )  # fmt: skip
 
 
-@contextmanager
-def unquantized_reference(source_path: Path, reporter: Reporter) -> Iterator[Path]:
-    """The source GGUF itself, or the checkpoint converted at its own precision for the calibration."""
-    if source_path.is_file():
-        yield source_path
-        return
-    from phiquant import api
-
-    with temporary_files.temporary_directory("phiquant-reference-") as temporary:
-        yield api.convert(source_path, Path(temporary) / "reference.gguf", "auto", reporter=reporter).path
-
-
 def model_profile(
     source: Source,
     source_path: Path,
@@ -58,10 +51,7 @@ def model_profile(
     reporter: Reporter = SILENT,
 ) -> tuple[list[TensorOptions], Sensitivities]:
     """Every quantizable tensor's options and the fitted sensitivities (per role and layer), from the cache if there."""
-    from phiquant.imatrix.run import source_fingerprint
-    from phiquant.runtime.loader import cache_dir
-
-    cache = cache_dir() / "budget" / f"{profile_key(source_fingerprint(source_path), imatrix_path)}.json"
+    cache = sub_cache(BUDGET) / f"{profile_key(fingerprint(source_path), imatrix_path)}.json"
     cached = load_profile(cache)
     if cached is not None:
         reporter.note(f"budget profile from the cache: {cache}")
@@ -72,9 +62,9 @@ def model_profile(
     reporter.start("measuring quantization errors", total=sum(t.n_elements for t in tensors), unit="weights")
     options = measure_tensors(tensors, source.importance, threads=threads, progress=reporter.advance)
     reporter.finish()
-    with unquantized_reference(source_path, reporter) as reference:
+    with as_gguf(source_path, reporter=reporter) as reference:
         sensitivities, base, probes = measure_sensitivities(
-            source_path, imatrix_path, options, reference, threads=threads, reporter=reporter
+            source, imatrix_path, options, reference.gguf, threads=threads, reporter=reporter
         )
     reporter.note(
         f"calibration KLD: base {base:.5f}, " + ", ".join(f"{k} {v:.5f}" for k, v in probes.items())

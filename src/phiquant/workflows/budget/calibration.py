@@ -8,9 +8,8 @@ kinds of probe:
 Each probe's KL divergence against the unquantized model, minus the base's, is what its tensors' error
 increase cost.  The model s_t = s_role * f_layer is fitted to both kinds by alternating: role
 sensitivities given the layer factors, then layer factors given the role sensitivities (each step
-matches its own probes exactly; a few rounds settle both).  Measured on the bundled model against
-probes of every (layer, role) pair (benchmarks/sensitivity_fit.py), this predicts each pair's KLD to a
-factor of 1.4 (root mean square of the log ratio), where role sensitivities alone missed by a factor of 3.
+matches its own probes exactly; a few rounds settle both).  benchmarks/sensitivity_fit.py measures how
+well this predicts probes of every (layer, role) pair, against role sensitivities alone.
 The probes run over the calibration text, never the evaluation text, so the held-out figures that judge
 the plan stay independent of the fit.  The measured profile (options and sensitivities) is cached per
 model and importance matrix.
@@ -18,7 +17,6 @@ model and importance matrix.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import statistics
@@ -27,14 +25,22 @@ from pathlib import Path
 from typing import TypeVar
 
 from phiquant import temporary_files
+from phiquant.bundled import calibration_text_path
+from phiquant.cache import cache_key, fingerprint
+from phiquant.evaluate.evaluation import evaluate
 from phiquant.evaluate.options import EvalOptions
 from phiquant.progress import SILENT, Reporter
 from phiquant.quant.budget import Sensitivities, TensorOptions, TypeOption
+from phiquant.quant.plan import QuantOptions
 from phiquant.quant.types import GGMLType
+from phiquant.workflows.job import Source, plan_files, write_files
 
 PROBE_TYPE = GGMLType.Q3_K
 BASE_TYPE = GGMLType.Q8_0
-PROBE_OPTIONS = EvalOptions(ctx=512, max_windows=16, speed_runs=0)
+# One probe file (and one llama.cpp context) at a time: each context holds logits and attention scores
+# for a whole batch over the full vocabulary, so evaluating the probes together took memory in proportion
+# to vocabulary x batch x probes.  One at a time, memory does not grow with the number of probes.
+PROBE_OPTIONS = EvalOptions(ctx=512, max_windows=16, speed_runs=0, memory_budget=0, full=True)
 PROFILE_VERSION = 2
 MIN_SENSITIVITY_SHARE = 0.01  # a probe that moved KLD by noise only gets 1% of the median
 MAX_LAYER_BANDS = 8  # layer probes per model: each costs a Q8_0-sized file and its evaluation
@@ -135,7 +141,7 @@ def probe_overrides(tensors: Sequence[TensorOptions], members: set[str]) -> list
 
 
 def probe_klds(
-    source: str | Path,
+    source: Source,
     imatrix: str | Path | None,
     tensors: Sequence[TensorOptions],
     probes: dict[str, set[str]],
@@ -145,26 +151,24 @@ def probe_klds(
     reporter: Reporter = SILENT,
 ) -> dict[str, float]:
     """Probe label -> mean KLD over the calibration text of a file with the label's tensors at the probe
-    type and the rest at the base type (files written to, and removed with, a temporary directory)."""
-    from phiquant import api
-    from phiquant.bundled import calibration_text_path
-
+    type and the rest at the base type.  Every probe file is written in one pass over the source, to a
+    temporary directory removed with them."""
     with temporary_files.temporary_directory("phiquant-calibration-") as temporary:
-        paths = {}
-        for index, (label, members) in enumerate(probes.items()):
-            result = api.quantize(
-                source,
-                BASE_TYPE.name,
-                Path(temporary) / f"probe-{index}",
-                imatrix=imatrix,
-                tensor_types=probe_overrides(tensors, members),
-                threads=threads,
+        options = [
+            QuantOptions(
+                tensor_types=tuple(probe_overrides(tensors, members)), has_imatrix=source.imatrix is not None
             )
-            paths[label] = result.files[0].path.resolve()
+            for members in probes.values()
+        ]
+        files = [Path(temporary) / f"probe-{index}.gguf" for index in range(len(probes))]
+        planned = plan_files(source, [BASE_TYPE.name] * len(probes), files, options, imatrix)
+        reporter.note(f"writing {len(planned)} calibration files (base and probes) in one pass")
+        write_files(source, planned, threads=threads, reporter=reporter)
+        paths = {label: p.path.resolve() for label, p in zip(probes, planned)}
         reporter.note(
             f"calibrating sensitivities: {len(probes)} files (base and probes) against {reference.name}"
         )
-        evaluation = api.evaluate(
+        evaluation = evaluate(
             list(paths.values()),
             reference=reference,
             text=calibration_text_path(),
@@ -176,7 +180,7 @@ def probe_klds(
 
 
 def measure_sensitivities(
-    source: str | Path,
+    source: Source,
     imatrix: str | Path | None,
     tensors: Sequence[TensorOptions],
     reference: Path,
@@ -194,8 +198,7 @@ def measure_sensitivities(
 
 
 def profile_key(source_fingerprint: str, imatrix: str | Path | None) -> str:
-    digest = hashlib.sha256(Path(imatrix).read_bytes()).hexdigest()[:16] if imatrix else "none"
-    return f"v{PROFILE_VERSION}-{source_fingerprint}-{digest}"
+    return cache_key(PROFILE_VERSION, source_fingerprint, fingerprint(imatrix) if imatrix else "none")
 
 
 def save_profile(path: Path, tensors: Sequence[TensorOptions], sensitivities: Sensitivities) -> None:

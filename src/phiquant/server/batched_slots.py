@@ -1,0 +1,132 @@
+"""The default slots: leases on the batch engine (runtime.batch_engine), which decodes every running
+request in one llama_decode per step.  A request with images runs in a context of its own instead,
+one at a time: libmtmd evaluates an image prompt into a whole context, not into one sequence of a
+batch."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections import deque
+from collections.abc import Callable
+
+from phiquant.errors import PhiquantError
+from phiquant.runtime.batch_engine import BatchEngine, EngineConfig, EngineJob, lane_sizes
+from phiquant.runtime.generate import MAX_SEED, Completion, TokenLogprob, random_seed
+from phiquant.runtime.runner import ModelRunner
+from phiquant.server.slots import ChoiceText, GenerationJob, Slot, SlotPool
+
+
+class Lease:
+    """A batched slot: the right to run one request in the engine (which picks the sequences).
+    A request with images runs in the pool's image slot instead (see BatchedSlotPool)."""
+
+    def __init__(
+        self,
+        index: int,
+        engine: BatchEngine,
+        on_free: Callable[[Lease], None],
+        run_alone: Callable[[GenerationJob, Lease], None],
+    ):
+        self.index = index
+        self.engine = engine
+        self.on_free = on_free
+        self.run_alone = run_alone
+
+    def submit(self, job: GenerationJob) -> None:
+        if job.evaluate is not None:
+            self.run_alone(job, self)
+            return
+        _JobEvents(job, self).next_wave()
+
+
+class _JobEvents:
+    """An engine job's results as the events of a GenerationJob.  A request with more choices than
+    the engine has sequences runs in waves of at most that many (choice i always with seed + i)."""
+
+    def __init__(self, job: GenerationJob, lease: Lease):
+        self.job = job
+        self.lease = lease
+        self.base_seed = job.options.seed
+        if job.choices > 1 and self.base_seed is None:
+            self.base_seed = random_seed()
+        self.first = 0  # the index of the current wave's first choice
+        self.size = 0
+        self.failed = False
+
+    def next_wave(self) -> None:
+        engine = self.lease.engine
+        self.first += self.size
+        side_by_side = engine.config.n_sequences
+        if engine.lane_of(len(self.job.tokens), self.job.options.max_tokens) == "long":
+            side_by_side = 1  # the long lane has one sequence
+        self.size = min(self.job.choices - self.first, side_by_side)
+        options = self.job.options
+        if self.base_seed is not None:
+            options = dataclasses.replace(options, seed=(self.base_seed + self.first) % (MAX_SEED + 1))
+        try:
+            engine.submit(
+                EngineJob(
+                    self.job.tokens, options, self, n=self.size, time_limit=self.job.time_limit,
+                    cancel=self.job.cancel,
+                )
+            )  # fmt: skip
+        except PhiquantError as error:  # refused before it started
+            self.error(error)
+            self.released()
+
+    def text(self, choice: int, text: str, logprobs: list[TokenLogprob]) -> None:
+        self.job.emit("text", ChoiceText(self.first + choice, text, logprobs))
+
+    def done(self, choice: int, completion: Completion) -> None:
+        self.job.emit("done", (self.first + choice, completion))
+
+    def error(self, error: Exception) -> None:
+        self.failed = True
+        self.job.emit("error", error)
+
+    def released(self) -> None:
+        if not self.failed and not self.job.cancel.is_set() and self.first + self.size < self.job.choices:
+            self.next_wave()
+            return
+        with contextlib.suppress(RuntimeError):  # a closed event loop: the server is stopping
+            self.job.loop.call_soon_threadsafe(self.lease.on_free, self.lease)
+
+
+class BatchedSlotPool(SlotPool):
+    """The default: every slot's request decoded together by one engine."""
+
+    def __init__(self, runner: ModelRunner, n_slots: int):
+        short, long = lane_sizes(runner.n_ctx, runner.shape.long_rope_original_context)
+        config = EngineConfig(n_slots, short, long, n_batch=runner.n_batch, n_threads=runner.threads)
+        self.engine = BatchEngine(runner.model, config, runner.end_ids)
+        self.runner = runner
+        self.n_ctx = runner.n_ctx
+        # Requests with images run one at a time in a context of their own (made on first use):
+        # libmtmd evaluates an image prompt into a whole context, not into one sequence of the batch.
+        self._image_slot: Slot | None = None
+        self._image_leases: deque[Lease] = deque()
+        super().__init__([Lease(i, self.engine, self.release, self._run_alone) for i in range(n_slots)])
+
+    def _run_alone(self, job: GenerationJob, lease: Lease) -> None:
+        """Event-loop thread: hands a job with images to the image slot; its lease is freed when
+        that job is over (the slot runs its jobs in the order they came)."""
+        if self._image_slot is None:
+            context = self.runner.new_context(threads=self.runner.threads)
+            self._image_slot = Slot(-1, context, self.runner.end_ids, self._image_job_over)
+        self._image_leases.append(lease)
+        self._image_slot.submit(job)
+
+    def _image_job_over(self, slot: Slot) -> None:
+        self.release(self._image_leases.popleft())
+
+    def default_room(self, n_prompt: int) -> int:
+        """A short prompt of a LongRoPE model gets the room of the original context, so that it runs
+        with the short factors; a longer one the room of the whole context."""
+        short = self.engine.config.sequence_tokens
+        return short - n_prompt if n_prompt < short else self.n_ctx - n_prompt
+
+    def close(self) -> None:
+        self.engine.close()
+        if self._image_slot is not None:
+            self._image_slot.stop()
