@@ -1,32 +1,30 @@
 """The `phiquant` command's entry point (`python -m phiquant` and the console script).
 
-Ctrl-C and SIGTERM are answered from the first moment: before `main` takes over they end the
-command with its exit code (nothing has been written yet), not with a traceback.
+Ctrl-C and SIGTERM are answered from the first moment.  While the CLI's modules import, a signal is
+only recorded (a handler raising inside an import can surface as another error, such as a dataclass's
+RuntimeError); `main` then acts on it with its exit code and closing line, before anything is written.
 """
 
 from __future__ import annotations
 
 import signal
-import sys
 from typing import NoReturn
-
-# Said as phiquant.cli says it once it runs; here nothing can have been written yet.
-NOTHING_WRITTEN = "no partial output was left to remove"
-
-
-def _exit_terminated(signum: int, frame: object) -> NoReturn:
-    sys.stderr.write(f"phiquant: terminated; {NOTHING_WRITTEN}\n")
-    raise SystemExit(143)
 
 
 def run() -> NoReturn:
-    signal.signal(signal.SIGTERM, _exit_terminated)
-    try:
-        from phiquant.cli import main
-    except KeyboardInterrupt:
-        sys.stderr.write(f"phiquant: interrupted; {NOTHING_WRITTEN}\n")
-        raise SystemExit(130) from None
-    raise SystemExit(main())
+    caught: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, frame: caught.append(number))
+    from phiquant.cli import main
+
+    # main installs its own handlers first; whatever was recorded until then (the list stays live) is
+    # acted on inside its error boundary.
+    code = main(startup_signals=caught)
+    # While Python shuts down it puts the default (fatal) action back for signals that have Python
+    # handlers; the command's work is done and committed, so a signal now is ignored instead.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -88,10 +88,17 @@ def _cleanup_report() -> str:
     return "partial output removed: " + ", ".join(terminal_text(path.name) for path in removed)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+def main(argv: Sequence[str] | None = None, *, startup_signals: Sequence[int] = ()) -> int:
+    """Run one command.  `startup_signals`: signals the entry point recorded while this module was
+    still importing (phiquant.__main__), acted on here, once the handlers below are in place."""
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+    }
     temporary_files.forget_removed()
     try:
+        if startup_signals:
+            raise Terminated() if startup_signals[0] == signal.SIGTERM else KeyboardInterrupt()
         return _run(argv)
     except Terminated:
         print(f"phiquant: terminated; {_cleanup_report()}", file=sys.stderr)
@@ -100,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"phiquant: interrupted; {_cleanup_report()}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _run(argv: Sequence[str] | None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -106,6 +107,10 @@ class _FileSlot:
         for pending in self.in_flight:
             if pending is not None:
                 pending.result()
+
+    def settle(self) -> None:
+        """Let scoring in flight finish, whatever it raises (the pass is ending either way)."""
+        futures.wait([pending for pending in self.in_flight if pending is not None])
 
 
 def evaluate_pass(
@@ -229,7 +234,11 @@ def _open_slot(
     model = stack.enter_context(load_model(file.path))
     second = spare > memory_estimate(file, plan) - file.file_size  # room for another KV cache and logits
     contexts = [_open_context(stack, model, plan, n_threads) for _ in range(2 if second else 1)]
-    return _FileSlot(contexts, scores, [None] * len(contexts))
+    slot = _FileSlot(contexts, scores, [None] * len(contexts))
+    # Unwound before the contexts: a scorer still reading their logits when an error or Ctrl-C leaves
+    # the pass would otherwise read memory llama.cpp has freed.
+    stack.callback(slot.settle)
+    return slot
 
 
 def _open_context(stack: ExitStack, model: LoadedModel, plan: WindowPlan, n_threads: int | None) -> Context:

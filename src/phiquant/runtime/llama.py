@@ -23,6 +23,11 @@ import numpy as np
 from phiquant.errors import PhiquantError
 from phiquant.ggml.types import GGMLType
 
+# llama.cpp calls back into Python (its log, the eval callback) from inside these C calls; a Ctrl-C
+# handler raising there would be swallowed by ctypes ("Exception ignored") and the interrupt lost, or
+# leave llama.cpp mid-graph.  The calls run with SIGINT/SIGTERM held and the signal acts when they return.
+from phiquant.temporary_files import signals_held
+
 LOG_ENV = "PHIQUANT_LLAMA_LOG"  # =1 copies llama.cpp's log to stderr
 
 _backend_lock = threading.Lock()
@@ -89,7 +94,8 @@ class LoadedModel:
         params.vocab_only = options.vocab_only
         if not options.use_mmap:
             params.load_mode = lc.LLAMA_LOAD_MODE_NONE
-        self._model = lc.llama_model_load_from_file(str(self.path).encode(), params)
+        with signals_held():
+            self._model = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             raise PhiquantError(
                 "llama.cpp could not load this model (see the llama.cpp log with PHIQUANT_LLAMA_LOG=1)",
@@ -228,7 +234,8 @@ class Context:
                 lambda tensor, ask, user_data: eval_callback(tensor, ask)
             )
             params.cb_eval = self._eval_callback
-        self._ctx = lc.llama_init_from_model(model._model, params)
+        with signals_held():
+            self._ctx = lc.llama_init_from_model(model._model, params)
         if not self._ctx:
             raise PhiquantError(
                 f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)", path=model.path
@@ -295,7 +302,8 @@ class Context:
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = all_logits or (want_last and i == n - 1)
             batch.n_tokens = n
-            status = lc.llama_decode(self._ctx, batch)
+            with signals_held():
+                status = lc.llama_decode(self._ctx, batch)
             if status != 0:
                 raise PhiquantError(
                     f"llama.cpp failed to evaluate {n} tokens (llama_decode returned {status})"
@@ -340,7 +348,8 @@ class Context:
         if self._window_batch is None or self._window_batch.capacity < n:
             self._window_batch = _TokenBatch(max(n, self.n_batch))
         self._window_batch.fill_tokens(tokens, positions, seq_ids, outputs)
-        status = lc.llama_decode(self._ctx, self._window_batch.struct)
+        with signals_held():
+            status = lc.llama_decode(self._ctx, self._window_batch.struct)
         if status != 0:
             raise PhiquantError(f"llama.cpp failed to evaluate {n} tokens (llama_decode returned {status})")
 
@@ -362,7 +371,8 @@ class Context:
         batch = self._window_batch
         batch.fill(windows, output_from, all_outputs=self.embeddings)
         self.clear()
-        status = lc.llama_decode(self._ctx, batch.struct)
+        with signals_held():
+            status = lc.llama_decode(self._ctx, batch.struct)
         if status != 0:
             raise PhiquantError(
                 f"llama.cpp failed to evaluate {windows.size} tokens (llama_decode returned {status})"

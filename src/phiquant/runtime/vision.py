@@ -27,6 +27,11 @@ from phiquant.runtime import llama
 from phiquant.runtime.images import ImageInput
 from phiquant.runtime.llama import Context, LoadedModel
 
+# llama.cpp calls back into Python (its log, the eval callback) from inside these C calls; a Ctrl-C
+# handler raising there would be swallowed by ctypes ("Exception ignored") and the interrupt lost, or
+# leave llama.cpp mid-graph.  The calls run with SIGINT/SIGTERM held and the signal acts when they return.
+from phiquant.temporary_files import signals_held
+
 IMAGE_POSITION = -1  # what Context.tokens records for a position holding image features
 # clip.projector_type -> the marker the model's chat format puts where an image goes
 MARKERS = {"phi4": PHI4_IMAGE_MARKER}
@@ -120,7 +125,8 @@ class VisionProjector:
         self._marker = self.info.marker.encode()
         params.media_marker = self._marker
         self._lock = threading.Lock()  # one libmtmd context: server slots encode their images in turn
-        self._ctx = mt.mtmd_init_from_file(str(self.path).encode(), model._model, params)
+        with signals_held():
+            self._ctx = mt.mtmd_init_from_file(str(self.path).encode(), model._model, params)
         if not self._ctx:
             raise PhiquantError("libmtmd could not load this mmproj file", path=self.path)
         if not mt.mtmd_support_vision(self._ctx):
@@ -205,7 +211,8 @@ class VisionProjector:
 
     def encode(self, image: ImageChunk) -> np.ndarray:
         """The projected features libmtmd computes for an image: (n_tokens, n_embd)."""
-        status = mt.mtmd_encode_chunk(self._ctx, image.chunk)
+        with signals_held():
+            status = mt.mtmd_encode_chunk(self._ctx, image.chunk)
         if status != 0:
             raise PhiquantError(f"{image.origin}: the vision encoder failed (status {status})")
         pointer = mt.mtmd_get_output_embd(self._ctx)
@@ -233,7 +240,7 @@ class VisionProjector:
                 context.decode(segment)
                 continue
             new_n_past = lc.llama_pos(0)
-            with self._lock:
+            with self._lock, signals_held():
                 status = mt.mtmd_helper_eval_chunk_single(
                     self._ctx,
                     context._ctx,
