@@ -51,3 +51,28 @@ def test_signal_during_convert_leaves_nothing(large_checkpoint, tmp_path, sent, 
     assert process.returncode == exit_code, stderr
     assert "Traceback" not in stderr and "partial output removed" in stderr
     assert list(out.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def large_gguf(large_checkpoint, tmp_path_factory) -> Path:
+    from phiquant import api
+
+    return api.convert(large_checkpoint, tmp_path_factory.mktemp("gguf") / "large-f16.gguf", "f16").path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sent", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"]
+)
+def test_signal_during_llama_cpp_evaluation_is_not_swallowed(large_gguf, tmp_path, sent, exit_code) -> None:
+    """imatrix evaluates inside llama_decode, which calls back into Python for every graph node: a
+    signal handled inside that callback used to be swallowed by ctypes, and the command finished."""
+    out = tmp_path / "out"
+    out.mkdir()
+    process = start_phiquant("imatrix", large_gguf, "--chunks", "64", "-o", out / "m.imatrix.gguf")
+    time.sleep(3)  # past start-up and model loading: into the evaluation (held signals act after a call)
+    process.send_signal(sent)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == exit_code, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert list(out.iterdir()) == []
