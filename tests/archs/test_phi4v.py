@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 from gguf import MODEL_TENSOR, TENSOR_NAMES, GGUFReader, Keys
-from phiquant.workflows.job import open_source
 
 from phiquant import api
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io.mmproj_writer import write_mmproj
+from phiquant.workflows.job import open_source
 from tests.fixtures.phi4v_checkpoints import PHI4_REASONING_VISION, PROJECTOR_PREFIX, VISION_PREFIX
 from tests.fixtures.phi4v_reference import checkpoint_state, load_text_model, patchify
 from tests.oracles import llama_cpp_logits, normalised_mse, top1_agreement, transformers_logits
