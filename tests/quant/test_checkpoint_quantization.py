@@ -66,6 +66,13 @@ def imatrix(f32_gguf, tmp_path_factory) -> tuple[Path, Path]:
     return path, npz
 
 
+@pytest.fixture(scope="module")
+def ours_with_imatrix(checkpoint, imatrix, tmp_path_factory) -> api.QuantizeResult:
+    """Every preset with the imatrix, written once: the byte test and the dry-run test both read them."""
+    names = [p.name for p in LLAMA_PRESETS]
+    return api.quantize(checkpoint, names, tmp_path_factory.mktemp("ours-imatrix"), imatrix=imatrix[0])
+
+
 def reference_files(
     f32_gguf: Path, out: Path, presets, imatrix: tuple[Path, Path] | None
 ) -> dict[str, Path | None]:
@@ -93,15 +100,16 @@ def reference_files(
 @pytest.mark.slow
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["no-imatrix", "imatrix"])
 def test_every_preset_equals_llama_cpp_byte_for_byte(
-    checkpoint, f32_gguf, imatrix, tmp_path, with_imatrix
+    checkpoint, f32_gguf, imatrix, tmp_path, request, with_imatrix
 ) -> None:
     presets = LLAMA_PRESETS if with_imatrix else [p for p in LLAMA_PRESETS if p.name not in NEEDS_IMATRIX]
     reference = reference_files(f32_gguf, tmp_path / "llama", presets, imatrix if with_imatrix else None)
     refused = [name for name, path in reference.items() if path is None]
     assert refused == [], f"llama.cpp refused {refused}"
-    ours = api.quantize(
-        checkpoint, [p.name for p in presets], tmp_path / "ours", imatrix=imatrix[0] if with_imatrix else None
-    )
+    if with_imatrix:
+        ours = request.getfixturevalue("ours_with_imatrix")
+    else:
+        ours = api.quantize(checkpoint, [p.name for p in presets], tmp_path / "ours")
     assert [f.type for f in ours.files] == [p.name for p in presets]
     different = [
         f.type
@@ -124,11 +132,11 @@ def test_presets_that_need_an_imatrix_are_refused_without_one_like_llama_cpp(
 
 
 @pytest.mark.slow
-def test_dry_run_sizes_equal_the_written_files(checkpoint, imatrix, tmp_path) -> None:
+def test_dry_run_sizes_equal_the_written_files(checkpoint, imatrix, ours_with_imatrix, tmp_path) -> None:
     names = [p.name for p in LLAMA_PRESETS]
     predicted = api.quantize(checkpoint, names, tmp_path, imatrix=imatrix[0], dry_run=True)
     assert list(tmp_path.iterdir()) == []
-    written = api.quantize(checkpoint, names, tmp_path, imatrix=imatrix[0])
+    written = ours_with_imatrix
     assert [f.file_size for f in predicted.files] == [f.path.stat().st_size for f in written.files]
     assert [f.bits_per_weight for f in predicted.files] == [f.bits_per_weight for f in written.files]
 

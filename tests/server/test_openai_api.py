@@ -59,7 +59,11 @@ def test_streamed_chat_is_the_same_answer_in_pieces(server) -> None:
     )
     finishing = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishing == ["length"]
-    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    # Token counts, not prompt_tokens_details: how much of the prompt a free sequence still holds
+    # depends on which sequence each request was given.
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert chunks[-1].choices == []
+    assert [getattr(chunks[-1].usage, k) for k in counts] == [getattr(whole.usage, k) for k in counts]
     assert len({c.id for c in chunks}) == 1
 
 
