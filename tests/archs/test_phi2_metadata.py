@@ -43,8 +43,8 @@ def test_tensors_keep_every_bias_split_qkv_and_f32_norms(spec, converted_bpe_ggu
     gguf = read_gguf(converted_bpe_gguf(spec, "f16"))
     names = [t.name for t in gguf.tensors]
     assert names == llama_tensor_order(names)
-    # 7 modules with weight and bias per layer (phi_model_files.md §8.3 lists them; its "12 per layer"
-    # count leaves out input_layernorm), plus embedding, final norm (2) and biased head (2).
+    # 7 modules with weight and bias per layer (docs/phi_model_files.md §8.3), plus embedding, final norm
+    # (2) and biased head (2).
     assert len(names) == 14 * spec.num_hidden_layers + 5
     assert {
         "output.weight",

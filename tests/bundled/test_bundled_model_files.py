@@ -1,6 +1,6 @@
 """The bundled model's files have the structure of microsoft/Phi-3.5-mini-instruct's, only smaller.
 
-The oracle is /work/shared/reference/phi_model_files.md (§0.1, §0.2, §1.1-1.4), transcribed here
+The oracle is docs/phi_model_files.md §0.1, §0.2 and §1.1 to §1.4, transcribed here
 rather than imported from the training tools, so a tool bug cannot make its own output look right.
 """
 

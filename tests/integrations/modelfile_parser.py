@@ -1,5 +1,5 @@
-"""Reading a Modelfile as Ollama does (docs/modelfile.md): one instruction per line, case-insensitive
-keywords, values quoted with "..." or triple quotes spanning lines, `#` comments."""
+"""Reading a Modelfile as Ollama does (its repository's `ollama/docs/modelfile.md`): one instruction per
+line, case-insensitive keywords, values quoted with "..." or triple quotes spanning lines, `#` comments."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The pure helpers behind the planner, on cases where llama.cpp's behaviour is easy to get wrong.
 
 The planner as a whole is proven against llama.cpp in test_oracle_*.py; these pin down the pieces (with
-values observed from llama.cpp runs noted in /work/shared/reference/quant_spec.md) so that a regression
-points at the helper that broke.
+the rules as llama.cpp's src/llama-quant.cpp writes them) so that a regression points at the helper
+that broke.
 """
 
 from __future__ import annotations

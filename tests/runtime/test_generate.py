@@ -19,7 +19,7 @@ from phiquant.runtime.prompt import PromptTokenizer
 from tests.fixtures.phi3_specs import PHI35_MINI
 from tests.oracles import normalised_mse
 
-# Phi-3.5's generation_config eos list (phi_model_files.md §1.3): <|end|>, <|assistant|>, <|endoftext|>.
+# Phi-3.5's generation_config eos list (docs/phi_model_files.md §1.2): <|end|>, <|assistant|>, <|endoftext|>.
 PHI35_END_IDS = {32007: "<|end|>", 32001: "<|assistant|>", 32000: "<|endoftext|>"}
 USER_ID = 32010  # <|user|>: a control token that ends nothing
 BIAS = 2.5  # enough for the end token to come after a few dozen tokens on the random fixture

@@ -15,7 +15,7 @@ from tests.fixtures.phi3_specs import PHI3_MEDIUM_4K, PHI35_MINI
 from tests.fixtures.transformers_reference import load_transformers_model
 from tests.oracles import llama_cpp_logits, normalised_mse, transformers_logits
 
-# Phi-3-mini-128k-instruct's config.json (phi_model_files.md §3.1, as §1.1) in GGUF keys.
+# Phi-3-mini-128k-instruct's config.json (docs/phi_model_files.md §3.1, as §1.1) in GGUF keys.
 PHI3_MINI_128K_METADATA = {
     "general.architecture": "phi3",
     "phi3.block_count": 32,

@@ -3,7 +3,7 @@
 Oracles: the `tokenizers` library on tokenizer.json and transformers' AutoTokenizer, which agree on every
 string here.  Two layouts of the image/audio placeholders: as reserved names of the o200k vocabulary only
 (the stored tokenizer_config.json of the real repository lists no added token for them), and as added
-special tokens at 200010/200011 (phi_model_files.md §10).  Plain text goes through llama.cpp's tokenizer
+special tokens at 200010/200011 (docs/phi_model_files.md §10).  Plain text goes through llama.cpp's tokenizer
 (text with combining marks left out: llama.cpp's gpt-4o pre-tokenizer limitation, pinned in
 test_bpe_tokenizer_parity.py); text holding added tokens through phiquant's prompt tokenizer.
 """
