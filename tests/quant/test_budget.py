@@ -155,11 +155,13 @@ def test_layers_are_probed_in_at_most_eight_contiguous_bands(n_layers: int, size
 
 def test_profile_round_trips_through_the_cache(tmp_path) -> None:
     tensors = [tensor("blk.3.ffn_up", 1024, 1.0, "ffn_up", 3), tensor("output", 1024, 2.0, "output")]
-    sensitivities = Sensitivities({"ffn_up": 0.5, "output": 7.0}, {3: 2.5})
+    sensitivities = Sensitivities({"ffn_up": 0.5, "output": 7.0}, {3: 2.5}, worst_measured_kld=0.25)
     save_profile(tmp_path / "profile.json", tensors, sensitivities)
     assert load_profile(tmp_path / "profile.json") == (tensors, sensitivities)
     (tmp_path / "old.json").write_text('{"tensors": [], "sensitivities": {"ffn_up": 1.0}}')  # version 1
     assert load_profile(tmp_path / "old.json") is None
+    (tmp_path / "v2.json").write_text('{"tensors": [], "roles": {"ffn_up": 1.0}, "layers": {}}')  # no evidence
+    assert load_profile(tmp_path / "v2.json") is None
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from phiquant.commands.source_flags import add_checkpoint_reading_arguments, add
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import format_bytes
 from phiquant.quant.budget import parse_size
+from phiquant.quant.budget_plan import BudgetSummary
 from phiquant.quant.types import parse_ggml_type
 
 
@@ -193,18 +194,7 @@ def run(args: argparse.Namespace, output: Output) -> int:
             console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
         if result.budget is not None:
             budget = result.budget
-            console.print(
-                f"budget ({budget.request}): predicted mean KLD {budget.predicted_kld:.5f} nats, "
-                f"{format_bytes(budget.predicted_size)} (smallest possible {format_bytes(budget.minimum_size)}); "
-                f"plan: {'free allocation' if budget.anchor == 'free' else 'anchored to ' + budget.anchor}; "
-                "sensitivities "
-                + ", ".join(f"{k} {v:.3g}" for k, v in budget.sensitivities.items())
-                + "; layer factors "
-                + " ".join(f"{v:.2g}" for v in budget.layer_factors.values()),
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+            console.print(_budget_line(budget), markup=False, highlight=False, soft_wrap=True)
         if report is not None:
             render_report(console, report)
 
@@ -216,6 +206,22 @@ def run(args: argparse.Namespace, output: Output) -> int:
         return 0
     output.result(result, render)
     return 0
+
+
+def _budget_line(budget: BudgetSummary) -> str:
+    kld = f"predicted mean KLD {budget.predicted_kld:.5f} nats"
+    if budget.fit_warning:
+        kld += " (implausible: see the warning)"
+    plan = "free allocation" if budget.anchor == "free" else f"anchored to {budget.anchor}"
+    return (
+        f"budget ({budget.request}): {kld}, {format_bytes(budget.predicted_size)} "
+        f"(smallest possible {format_bytes(budget.minimum_size)}); labelled {budget.label}, weights "
+        + ", ".join(f"{name} {share:.0%}" for name, share in budget.mix.items())
+        + f"; plan: {plan}; sensitivities "
+        + ", ".join(f"{k} {v:.3g}" for k, v in budget.sensitivities.items())
+        + "; layer factors "
+        + " ".join(f"{v:.2g}" for v in budget.layer_factors.values())
+    )
 
 
 COMMAND = Command(

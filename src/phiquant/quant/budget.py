@@ -54,6 +54,8 @@ class Sensitivities:
 
     roles: Mapping[str, float]
     layers: Mapping[int, float] = field(default_factory=dict)
+    # the largest mean KLD any calibration file measured: how far the fit's evidence reaches (None: unknown)
+    worst_measured_kld: float | None = None
 
     def of(self, tensor: TensorOptions) -> float:
         role = self.roles.get(tensor.role, 1.0)

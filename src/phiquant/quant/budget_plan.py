@@ -10,6 +10,7 @@ as every preset.  The measured profile is cached per model and importance matrix
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from phiquant.model_source import Metadatum
 from phiquant.quant.budget import Allocation, Sensitivities, TensorOptions, minimum_bytes
 from phiquant.quant.budget_anchor import FREE_MARGIN, TRUST_MARGIN, choose_allocation
 from phiquant.quant.plan import TensorPlan
-from phiquant.quant.types import GGMLType
+from phiquant.quant.types import GGMLType, type_info
 
 METHOD = (
     "greedy on the convex hull of each tensor's (bytes, predicted KLD); predicted KLD = role sensitivity x "
@@ -30,6 +31,23 @@ METHOD = (
 )
 KEY_PREFIX = "phiquant.budget."
 MAX_FIT_ROUNDS = 8
+# A predicted KLD this many times the worst any calibration file measured is an extrapolation the fit has
+# no evidence for.  A real plan can exceed every probe (a probe lowers one role or one band of layers to
+# Q3_K; a plan may lower all of them, further), by some ten times at the smallest budgets; a fit spoiled by
+# noise (a probe whose KLD change is noise divided by a tiny error change) overshoots by orders of magnitude.
+IMPLAUSIBLE_FACTOR = 100.0
+# general.file_type of a budgeted file.  llama.cpp has no value for a mix: llama-quantize writes the ftype it
+# was asked for, and its loader, finding no general.file_type, names a file after its most common tensor
+# type, mapped as below (src/llama-model-loader.cpp: Q3_K -> MOSTLY_Q3_K_M, Q4_K -> MOSTLY_Q4_K_M, ...).  A
+# budget asks for no ftype, so its file is labelled by that loader rule, counted in weights rather than
+# tensors: counting tensors lets the F32 norms outvote the matrices, and counting bytes named a file Q8_0
+# for its 8-bit token embedding while most of its weights were Q2_K.  The exact mix is recorded in
+# phiquant.budget.tensor_types; the key keeps a value every llama.cpp build can read.
+PRESET_OF_TYPE = {
+    GGMLType.IQ1_S: "IQ1_S", GGMLType.IQ2_XXS: "IQ2_XXS", GGMLType.IQ2_XS: "IQ2_XS", GGMLType.Q2_K: "Q2_K",
+    GGMLType.IQ3_XXS: "IQ3_XXS", GGMLType.IQ3_S: "IQ3_S", GGMLType.Q3_K: "Q3_K_M", GGMLType.IQ4_XS: "IQ4_XS",
+    GGMLType.Q4_K: "Q4_K_M", GGMLType.Q5_K: "Q5_K_M", GGMLType.Q6_K: "Q6_K", GGMLType.Q8_0: "Q8_0",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,13 @@ class BudgetPlan:
     predicted_size: int  # the file's bytes
     minimum_size: int  # the smallest file the candidates allow
     anchor: str = "free"  # the preset the plan started from, or "free" (quant.budget_anchor)
+    mix: Mapping[str, float] = dataclasses.field(default_factory=dict)  # type -> share of the weights
+    fit_warning: str | None = None  # why the predicted KLD is not to be trusted (fit_warning)
+
+    @property
+    def label(self) -> str:
+        """The preset written to general.file_type: the type holding most weights (PRESET_OF_TYPE)."""
+        return PRESET_OF_TYPE[GGMLType[list(self.mix)[0]]]
 
     def overrides(self) -> tuple[tuple[str, str], ...]:
         """(regex, type) pairs naming each tensor exactly, for QuantOptions.tensor_types."""
@@ -98,7 +123,7 @@ class BudgetPlan:
                 array,
                 string,
             ),
-        ]
+        ] + ([Metadatum(KEY_PREFIX + "fit_warning", self.fit_warning, string)] if self.fit_warning else [])
 
 
 # file size of a per-tensor assignment, metadata included (the caller plans it through the real planner)
@@ -142,19 +167,66 @@ def plan_budget(
                 f"--target-bpw {request.target_bpw} is below the smallest these types allow for this model: "
                 f"{smallest_bpw:.3f} bits per weight"
             )
+    refuse_unusable_fit(sensitivities)
     share = limit - measured
     for _ in range(MAX_FIT_ROUNDS):
         allocation, anchor = choose_allocation(
             tensors, max(share, minimum_bytes(tensors)), sensitivities, presets or {}
         )
-        draft = BudgetPlan(request, allocation, sensitivities, 0, minimum_file, anchor)
+        refuse_unusable_fit(sensitivities, allocation.predicted_loss)
+        mix, warning = (
+            type_shares(tensors, allocation.types),
+            fit_warning(allocation.predicted_loss, sensitivities),
+        )
+        draft = BudgetPlan(request, allocation, sensitivities, 0, minimum_file, anchor, mix, warning)
         types = {name: t.name for name, t in allocation.types.items()}
         size = size_of(types, draft.metadata())
         used = size if request.max_bytes is not None else allocation.tensor_bytes + fixed_tensor_bytes
         if used <= limit:
-            return BudgetPlan(request, allocation, sensitivities, size, minimum_file, anchor)
+            return dataclasses.replace(draft, predicted_size=size)
         share -= used - limit  # padding and longer type names in the metadata: take it off and retry
     raise PhiquantError(f"could not fit the plan into {request.describe()}")
+
+
+def refuse_unusable_fit(sensitivities: Sensitivities, predicted_kld: float = 0.0) -> None:
+    """A fit with a non-finite or negative sensitivity or prediction orders the upgrades arbitrarily (NaN
+    compares false with everything), so its plan is no plan: refused, where a preset still works."""
+    values = {f"sensitivity of {k}": v for k, v in sensitivities.roles.items()}
+    values |= {f"factor of layer {k}": v for k, v in sensitivities.layers.items()}
+    values["predicted mean KLD"] = predicted_kld
+    bad = [f"{name} {value}" for name, value in values.items() if not math.isfinite(value) or value < 0]
+    if bad:
+        raise PhiquantError(
+            f"the budget plan cannot be trusted: the sensitivity fit gave {', '.join(bad[:3])} (a calibration "
+            "file's KL divergence was not a finite number); quantize to a preset with -t instead"
+        )
+
+
+def fit_warning(predicted_kld: float, sensitivities: Sensitivities) -> str | None:
+    """Why a finite prediction is implausible, or None: far beyond anything the calibration measured."""
+    worst = sensitivities.worst_measured_kld
+    if worst is None or not math.isfinite(worst) or predicted_kld <= IMPLAUSIBLE_FACTOR * max(worst, 0.0):
+        return None
+    return (
+        f"the predicted mean KLD ({predicted_kld:.5g} nats) is over {IMPLAUSIBLE_FACTOR:.0f} times the worst "
+        f"any calibration file measured ({worst:.5g} nats): the sensitivity fit is extrapolating beyond its "
+        "evidence, so the figure and the choice of types rest on noise; measure the file (--eval) before "
+        "trusting it"
+    )
+
+
+def type_shares(tensors: Sequence[TensorOptions], types: Mapping[str, GGMLType]) -> dict[str, float]:
+    """Each chosen type's share of the budgeted tensors' weights, largest first (ties: the smaller type)."""
+    weights: dict[GGMLType, int] = {}
+    for tensor in tensors:
+        option = tensor.options[0]
+        info = type_info(option.type)
+        weights[types[tensor.name]] = (
+            weights.get(types[tensor.name], 0) + option.n_bytes // info.block_bytes * info.block_size
+        )
+    total = sum(weights.values()) or 1
+    ordered = sorted(weights.items(), key=lambda item: (-item[1], type_info(item[0]).bits_per_weight))
+    return {t.name: n / total for t, n in ordered}
 
 
 def budget_request(
@@ -201,6 +273,9 @@ class BudgetSummary:
     layer_factors: dict[int, float]  # per layer index
     types: dict[str, str]
     anchor: str = "free"
+    label: str = ""  # the preset written to general.file_type (PRESET_OF_TYPE)
+    mix: dict[str, float] = dataclasses.field(default_factory=dict)  # type -> share of the weights
+    fit_warning: str | None = None  # set when the predicted KLD is implausible (fit_warning)
 
 
 def summarise(budget: BudgetPlan | None) -> BudgetSummary | None:
@@ -215,4 +290,7 @@ def summarise(budget: BudgetPlan | None) -> BudgetSummary | None:
         layer_factors=dict(budget.sensitivities.layers),
         types={name: t.name for name, t in sorted(budget.allocation.types.items())},
         anchor=budget.anchor,
+        label=budget.label,
+        mix=dict(budget.mix),
+        fit_warning=budget.fit_warning,
     )

@@ -157,6 +157,8 @@ def quantize(
     )
     planned = plan_files(opened, [p.name for p in presets], paths, options, imatrix, more_metadata, split)
     warnings = list(opened.model.warnings)
+    if budget is not None and budget.fit_warning:
+        warnings.append(budget.fit_warning)
     if allow_requantize and any(_is_quantized_source(opened)):
         warnings.append(
             "requantizing an already quantized file compounds the quality loss of both quantizations"

@@ -41,7 +41,7 @@ BASE_TYPE = GGMLType.Q8_0
 # for a whole batch over the full vocabulary, so evaluating the probes together took memory in proportion
 # to vocabulary x batch x probes.  One at a time, memory does not grow with the number of probes.
 PROBE_OPTIONS = EvalOptions(ctx=512, max_windows=16, speed_runs=0, memory_budget=0, full=True)
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3  # 3: the worst measured KLD is kept with the sensitivities
 MIN_SENSITIVITY_SHARE = 0.01  # a probe that moved KLD by noise only gets 1% of the median
 MAX_LAYER_BANDS = 8  # layer probes per model: each costs a Q8_0-sized file and its evaluation
 FIT_ROUNDS = 50
@@ -102,7 +102,8 @@ def sensitivities_from_kld(
             raw_bands[band] = max(kld - base_kld, 0.0) / predicted if predicted > 0 else 0.0
         bands = _floored(raw_bands)
         factor = {layer: bands[band] for layer, band in band_of_layer.items()}
-    return Sensitivities(roles, dict(sorted(factor.items())))
+    worst = max([base_kld, *role_kld.values(), *band_kld.values()])
+    return Sensitivities(roles, dict(sorted(factor.items())), worst)
 
 
 def calibration_probes(tensors: Sequence[TensorOptions]) -> dict[str, set[str]]:
@@ -214,6 +215,7 @@ def save_profile(path: Path, tensors: Sequence[TensorOptions], sensitivities: Se
         ],
         "roles": dict(sensitivities.roles),
         "layers": {str(layer): factor for layer, factor in sensitivities.layers.items()},
+        "worst_measured_kld": sensitivities.worst_measured_kld,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary_files.write_text(path, json.dumps(data))
@@ -237,6 +239,7 @@ def load_profile(path: Path) -> tuple[list[TensorOptions], Sensitivities] | None
         ]
         roles = {str(k): float(v) for k, v in data["roles"].items()}
         layers = {int(k): float(v) for k, v in data["layers"].items()}
-        return tensors, Sensitivities(roles, layers)
+        worst = data["worst_measured_kld"]
+        return tensors, Sensitivities(roles, layers, None if worst is None else float(worst))
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -7,7 +7,6 @@ llama.cpp I/O; this module measures what it needs.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import Path
 
 from phiquant.cache import BUDGET, fingerprint, sub_cache
@@ -29,12 +28,6 @@ from phiquant.workflows.budget.calibration import (
 from phiquant.workflows.job import Source, plan_files
 
 MEASURE_BASE = "Q8_0"  # any quantized preset: every quantizable tensor is overridden by the plan
-# The preset a budgeted file is labelled with (general.file_type): the one named after its dominant type.
-PRESET_OF_TYPE = {
-    GGMLType.IQ1_S: "IQ1_S", GGMLType.IQ2_XXS: "IQ2_XXS", GGMLType.IQ2_XS: "IQ2_XS", GGMLType.Q2_K: "Q2_K",
-    GGMLType.IQ3_XXS: "IQ3_XXS", GGMLType.IQ3_S: "IQ3_S", GGMLType.Q3_K: "Q3_K_M", GGMLType.IQ4_XS: "IQ4_XS",
-    GGMLType.Q4_K: "Q4_K_M", GGMLType.Q5_K: "Q5_K_M", GGMLType.Q6_K: "Q6_K", GGMLType.Q8_0: "Q8_0",
-}  # fmt: skip
 # The presets a budget may be anchored to (quant.budget_anchor): the k-quant mixes, whose rules need no
 # importance matrix; a preset whose plan cannot be made of this model is skipped.
 ANCHOR_PRESETS = (
@@ -98,7 +91,7 @@ def budget_for(
     threads: int | None = None,
     reporter: Reporter = SILENT,
 ) -> tuple[BudgetPlan, str]:
-    """The plan for `request`, and the preset the file is labelled with."""
+    """The plan for `request`, and the preset the file is labelled with (BudgetPlan.label)."""
     tensors, sensitivities = model_profile(
         source, source_path, imatrix_path, threads=threads, reporter=reporter
     )
@@ -115,9 +108,4 @@ def budget_for(
     fixed = sum(t.target_bytes for t in base.plan.tensors if t.name not in names)
     presets = preset_assignments(source, names)
     plan = plan_budget(request, tensors, sensitivities, size_of, base.plan.n_elements, fixed, presets)
-    counts: Counter[GGMLType] = Counter()
-    for option_set in tensors:
-        chosen = plan.allocation.types[option_set.name]
-        counts[chosen] += next(o.n_bytes for o in option_set.options if o.type == chosen)
-    label = PRESET_OF_TYPE.get(counts.most_common(1)[0][0], MEASURE_BASE)
-    return plan, label
+    return plan, plan.label
