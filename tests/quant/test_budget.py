@@ -160,7 +160,8 @@ def test_profile_round_trips_through_the_cache(tmp_path) -> None:
     assert load_profile(tmp_path / "profile.json") == (tensors, sensitivities)
     (tmp_path / "old.json").write_text('{"tensors": [], "sensitivities": {"ffn_up": 1.0}}')  # version 1
     assert load_profile(tmp_path / "old.json") is None
-    (tmp_path / "v2.json").write_text('{"tensors": [], "roles": {"ffn_up": 1.0}, "layers": {}}')  # no evidence
+    # version 2: no worst measured KLD
+    (tmp_path / "v2.json").write_text('{"tensors": [], "roles": {"ffn_up": 1.0}, "layers": {}}')
     assert load_profile(tmp_path / "v2.json") is None
 
 

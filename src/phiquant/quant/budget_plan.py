@@ -198,7 +198,8 @@ def refuse_unusable_fit(sensitivities: Sensitivities, predicted_kld: float = 0.0
     if bad:
         raise PhiquantError(
             f"the budget plan cannot be trusted: the sensitivity fit gave {', '.join(bad[:3])} (a calibration "
-            "file's KL divergence was not a finite number); quantize to a preset with -t instead"
+            "file's KL divergence was not a finite number, or the cached profile is damaged); quantize to a "
+            "preset with -t instead"
         )
 
 
