@@ -127,10 +127,13 @@ def _write_cache(file: Path, data: dict[str, bool]) -> None:
         pass  # a read-only cache only costs a probe next time
 
 
-def load_model(path: str | Path, *, n_gpu_layers: int = 0) -> LoadedModel:
-    """Load a GGUF for inference with the fastest CPU paths this machine survives."""
+def load_model(
+    path: str | Path, *, n_gpu_layers: int = 0, verdict: ProbeVerdict | None = None
+) -> LoadedModel:
+    """Load a GGUF for inference with the fastest CPU paths this machine survives (`verdict`: the file's
+    decide_extra_bufts, for a caller loading it again and again)."""
     path = Path(path)
-    verdict = decide_extra_bufts(path)
+    verdict = verdict or decide_extra_bufts(path)
     model = LoadedModel(path, LoadOptions(n_gpu_layers=n_gpu_layers, use_extra_bufts=verdict.use_extra_bufts))
     model.extra_bufts_reason = verdict.reason
     return model
