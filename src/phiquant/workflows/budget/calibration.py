@@ -63,7 +63,7 @@ PROBE_OPTIONS = EvalOptions(
 )
 # Every window (the floor is the whole population): a full pass's figures exactly, in the same one sweep.
 FULL_PROBE_OPTIONS = replace(PROBE_OPTIONS, min_windows=PROBE_WINDOWS)
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3  # 3: probes measured sequentially
 MIN_SENSITIVITY_SHARE = 0.01  # a probe that moved KLD by noise only gets 1% of the median
 MAX_LAYER_BANDS = 8  # layer probes per model: each costs a Q8_0-sized file and its evaluation
 FIT_ROUNDS = 50
