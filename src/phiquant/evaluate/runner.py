@@ -27,7 +27,7 @@ from phiquant.evaluate.sequential import SequentialEstimator, WindowMeans, feed_
 from phiquant.evaluate.windows import WindowPlan
 from phiquant.progress import Reporter
 from phiquant.runtime.llama import Context, LoadedModel
-from phiquant.runtime.loader import ProbeVerdict, decide_extra_bufts, load_model
+from phiquant.runtime.loader import ProbeVerdict, load_model, verdict_for_types
 
 MEMORY_SHARE = 0.4  # of available memory for the files of one group (mapped weights, KV caches, logits)
 
@@ -149,8 +149,8 @@ def evaluate_pass(
                 if estimator is not None:
                     spare = 0  # each batch is scored before the next: a second context would sit idle
                 one_at_a_time = estimator is not None and budget == 0
-                # Each file's loading verdict (runtime.loader) reads its tensor types: once, not per batch.
-                verdicts = [decide_extra_bufts(files[i].path) for i in group] if one_at_a_time else []
+                # Each file's loading verdict (runtime.loader), from the header already read: once a pass.
+                verdicts = [_verdict(files[i]) for i in group] if one_at_a_time else []
                 slots = (
                     []
                     if one_at_a_time
@@ -224,6 +224,10 @@ def _decode_in_turn(
             batch[-1].result()  # one copy waiting to be scored at most
         batch.append(scorer.submit(_score, logits, targets, rows, scores))
     return batch
+
+
+def _verdict(file: ModelFile) -> ProbeVerdict:
+    return verdict_for_types({t.ggml_type for t in file.gguf.tensors})
 
 
 def _rebuild(

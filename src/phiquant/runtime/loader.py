@@ -56,10 +56,14 @@ def probe_key(tensor_types: set[int]) -> str:
 
 
 def decide_extra_bufts(path: Path) -> ProbeVerdict:
+    return verdict_for_types({t.ggml_type for t in read_gguf(path).tensors})
+
+
+def verdict_for_types(types: set[int]) -> ProbeVerdict:
+    """decide_extra_bufts for a model with these tensor types (a caller that has read its header)."""
     override = os.environ.get(ENV_OVERRIDE)
     if override in ("0", "1"):
         return ProbeVerdict(override == "1", f"{ENV_OVERRIDE}={override}")
-    types = {t.ggml_type for t in read_gguf(path).tensors}
     if types <= {0, 1, 30}:  # F32/F16/BF16 weights never take the AMX or repack paths
         return ProbeVerdict(True, "unquantized model")
     key = probe_key(types)

@@ -43,12 +43,18 @@ BASE_TYPE = GGMLType.Q8_0
 # file is loaded only while it decodes (memory_budget=0), so memory does not grow with their number.
 # The sweep stops once every probe's mean KLD has a relative standard error of at most PROBE_REL_ERROR,
 # after at least PROBE_MIN_WINDOWS windows, out of the PROBE_WINDOWS a full pass scores; the order of the
-# probes is not needed (settle_order=False), only each one's mean.  The tolerance is what keeps the fitted
-# plan the full pass's: on the bundled model (6 MB budget) the plan fitted from the
-# first 8 windows of the visiting order equalled the plan from all 16 in 40 of 40 window orders, where
-# its largest relative standard error was 0.04-0.07 (0.04 at seed 0); from 4 windows it differed in
-# 4 of 40 orders (seed 0 among them, 2 tensors) though the error was still 0.08.  Hence the floor of two
-# batches (8 windows) and 0.08: most orders stop at 8 windows, noisier ones go on, up to all 16.
+# probes is not needed (settle_order=False), only each one's mean.  The tolerance is the one that keeps the
+# fitted plan the full pass's, measured on the bundled model (all 16 windows' KLDs of every probe, then
+# plans fitted from the first n windows of 40 seeded visiting orders):
+#   budget  n=4: equal plans / KLD excess    n=8                       n=12
+#   6 MB    36/40, excess <= 0.01%           40/40                     40/40
+#   8 MB    21/40, excess <= 0.92%           37/40, excess <= 0.08%    40/40
+#   5 MB    4/40, excess <= 0.83%            9/40, excess <= 0.54%     8/40, excess <= 0.54%
+# (excess: the plan's predicted KLD under the 16-window fit over the 16-window plan's, less 1; at 5 MB
+# the plan turns on near ties that even 12 of the 16 windows decide differently, at no real cost).
+# The largest relative standard error over the probes was 0.04-0.07 at 8 windows (0.04 at seed 0) and
+# still only 0.08 at 4.  Hence the floor of two batches (8 windows) and 0.08: most orders stop at 8,
+# noisier ones go on, up to all 16.
 PROBE_WINDOWS = 16
 PROBE_MIN_WINDOWS = 8
 PROBE_REL_ERROR = 0.08
@@ -63,7 +69,7 @@ PROBE_OPTIONS = EvalOptions(
 )
 # Every window (the floor is the whole population): a full pass's figures exactly, in the same one sweep.
 FULL_PROBE_OPTIONS = replace(PROBE_OPTIONS, min_windows=PROBE_WINDOWS)
-PROFILE_VERSION = 3  # 3: probes measured sequentially
+PROFILE_VERSION = 3
 MIN_SENSITIVITY_SHARE = 0.01  # a probe that moved KLD by noise only gets 1% of the median
 MAX_LAYER_BANDS = 8  # layer probes per model: each costs a Q8_0-sized file and its evaluation
 FIT_ROUNDS = 50
