@@ -208,9 +208,10 @@ def _decode_in_turn(
     scorer: ThreadPoolExecutor,
 ) -> list[Future[WindowMeans]]:
     """One batch decoded by every file in turn, each loaded only while it decodes (memory_budget 0 in a
-    sweep): memory holds one model, one context and one copy of its logits being scored, whatever the
-    number of files, while the reference's rows of the batch are rebuilt once for them all.  Scoring a
-    file's copied logits overlaps the next file's loading and decoding."""
+    sweep): memory holds one model, one context and at most two copies of a batch's logits (one being
+    scored, one just decoded), whatever the number of files, while the reference's rows of the batch are
+    rebuilt once for them all.  Scoring a file's copied logits overlaps the next file's loading and
+    decoding."""
     batch: list[Future[WindowMeans]] = []
     for file, verdict, scores in zip(files, verdicts, result.scores):
         with ExitStack() as stack:
@@ -221,7 +222,7 @@ def _decode_in_turn(
             result.decode_seconds += time.perf_counter() - decode_began
             logits = np.array(out.logits[:, : plan.scored_per_window])
         if batch:
-            batch[-1].result()  # one copy waiting to be scored at most
+            batch[-1].result()  # the previous copy scored before this one queues
         batch.append(scorer.submit(_score, logits, targets, rows, scores))
     return batch
 
