@@ -9,8 +9,14 @@ each model is run with each checkout in turn, so the machine's load falls on bot
 
     python benchmarks/budget_scale.py --models bundled mid --code /tmp/before --code .
 
-Prints one line per run, then one JSON line (the last line of stdout) with every run and the plan each
-made (tensor -> type), so the plans of two checkouts can be compared.
+--before REV does the archiving itself (`git archive REV` into a temporary directory, run first, then
+this checkout), and adds per model the wall-time ratio (this / REV), both peak RSS figures and whether
+the two plans are equal:
+
+    python benchmarks/budget_scale.py --models bundled --before 18c241d
+
+Prints one line per run (and per comparison), then one JSON line (the last line of stdout) with every
+run and the plan each made (tensor -> type), so the plans of two checkouts can be compared.
 """
 
 from __future__ import annotations
@@ -105,10 +111,42 @@ def main() -> None:
     )
     parser.add_argument("--models", nargs="+", default=["bundled", "mid"], choices=sorted(MODELS))
     parser.add_argument("--code", action="append", type=Path, help="checkout root (default: this one)")
+    parser.add_argument("--before", metavar="REV", help="compare a git archive of REV with this checkout")
     args = parser.parse_args()
     codes = [c.resolve() for c in args.code] if args.code else [ROOT]
+    with tempfile.TemporaryDirectory(prefix="phiquant-bench-before-") as before:
+        if args.before:
+            archive(args.before, Path(before))
+            codes = [Path(before), ROOT]
+        runs = measure(args.models, codes)
+    if args.before:
+        compared = [compare(name, runs) for name in args.models]
+        runs += compared
+    print(json.dumps(runs))
+
+
+def archive(rev: str, directory: Path) -> None:
+    """The tree of commit `rev` of this repository, unpacked into `directory`."""
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=tar, check=True)
+
+
+def compare(name: str, runs: list[dict[str, object]]) -> dict[str, object]:
+    """The second checkout's run of `name` against the first's: wall ratio, peak RSS, equal plans."""
+    before, after = [r for r in runs if r["model"] == name]
+    ratio = float(after["seconds"]) / float(before["seconds"])  # type: ignore[arg-type]
+    equal = before["plan"] == after["plan"]
+    print(
+        f"{name:8} wall {after['seconds']} s / {before['seconds']} s = {ratio:.2f}; peak RSS "
+        f"{after['peak_rss_mb']} MB (before {before['peak_rss_mb']} MB); plans equal: {equal}",
+        flush=True,
+    )
+    return {"model": name, "wall_ratio": round(ratio, 3), "plans_equal": equal}
+
+
+def measure(models: list[str], codes: list[Path]) -> list[dict[str, object]]:
     runs = []
-    for name in args.models:
+    for name in models:
         model, max_size = model_dir(name)
         for code in codes:
             measured = run(code, model, max_size)
@@ -117,7 +155,7 @@ def main() -> None:
                 flush=True,
             )
             runs.append({"model": name, "code": str(code), **measured})
-    print(json.dumps(runs))
+    return runs
 
 
 if __name__ == "__main__":

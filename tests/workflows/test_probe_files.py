@@ -61,3 +61,28 @@ def test_probes_evaluated_one_at_a_time_score_as_all_together(
 
     together, alone = klds(None), klds(0)
     assert len(together) == len(OVERRIDES) and together == alone
+
+
+@pytest.mark.slow
+def test_probes_loaded_in_turn_in_a_sequential_sweep_score_as_all_together(
+    one_pass_ladder: list[Path], tmp_path: Path
+) -> None:
+    reference = api.convert(bundled_model_dir(), tmp_path / "reference.gguf", "auto").path
+
+    def klds(memory_budget: int | None) -> list[float]:
+        options = EvalOptions(
+            ctx=128,
+            max_windows=12,
+            speed_runs=0,
+            memory_budget=memory_budget,
+            min_windows=8,
+            settle_order=False,
+        )
+        evaluation = evaluate(
+            one_pass_ladder, reference=reference, text=calibration_text_path(), options=options
+        )
+        assert evaluation.sequential is not None and evaluation.n_windows >= 8
+        return [f.divergence.kld_mean for f in evaluation.files if f.divergence]
+
+    together, in_turn = klds(None), klds(0)
+    assert len(together) == len(OVERRIDES) and together == in_turn

@@ -18,7 +18,13 @@ from phiquant.evaluate.options import DEFAULT_OPTIONS, EvalOptions
 from phiquant.evaluate.reference import ReferenceSource
 from phiquant.evaluate.runner import PassResult, evaluate_pass
 from phiquant.evaluate.scoring import TokenScores
-from phiquant.evaluate.sequential import FileEstimate, SequentialEstimator, SequentialSummary, window_order
+from phiquant.evaluate.sequential import (
+    MIN_WINDOWS,
+    FileEstimate,
+    SequentialEstimator,
+    SequentialSummary,
+    window_order,
+)
 from phiquant.evaluate.speed import Speed, measure_speed
 from phiquant.evaluate.statistics import Divergence, Perplexity, divergence, perplexity, uniform_perplexity
 from phiquant.evaluate.windows import WindowPlan, plan_windows
@@ -144,6 +150,8 @@ def evaluate_files(
             rel_error=options.rel_error,
             is_reference=[_is_reference(f, chosen) for f in files],
             has_reference=chosen is not None,
+            min_windows=options.min_windows or MIN_WINDOWS,
+            settle_order=options.settle_order,
         )
     with ExitStack() as stack:
         source = None

@@ -24,6 +24,11 @@ class EvalOptions:
     full: bool = False  # every window in text order (llama-perplexity's figures) instead of sequential
     rel_error: float = DEFAULT_REL_ERROR
     seed: int = DEFAULT_SEED
+    # Sequential evaluation's floor of windows (None: sequential.MIN_WINDOWS) and whether it also waits
+    # for the files' order by mean KLD to settle (a ladder's report ranks them; a caller that only needs
+    # each file's mean to `rel_error` does not).
+    min_windows: int | None = None
+    settle_order: bool = True
     # Bytes the files evaluated together may take (weights, KV caches, logits); None: a share of the
     # memory available.  0 evaluates one file at a time, so memory does not grow with the number of files.
     memory_budget: int | None = None

@@ -27,7 +27,7 @@ from phiquant.evaluate.sequential import SequentialEstimator, WindowMeans, feed_
 from phiquant.evaluate.windows import WindowPlan
 from phiquant.progress import Reporter
 from phiquant.runtime.llama import Context, LoadedModel
-from phiquant.runtime.loader import load_model
+from phiquant.runtime.loader import ProbeVerdict, load_model, verdict_for_types
 
 MEMORY_SHARE = 0.4  # of available memory for the files of one group (mapped weights, KV caches, logits)
 
@@ -129,8 +129,9 @@ def evaluate_pass(
     window).  Three threads share the work, each mostly outside the GIL: this one runs llama.cpp's
     decode, one rebuilds the reference's logits of the batch (ggml), one scores (numpy).
 
-    With an `estimator`, every file runs in one sweep (one group, whatever the memory budget) and the
-    pass stops after the first batch at which the estimator is settled."""
+    With an `estimator`, every file runs in one sweep (one group) and the pass stops after the first
+    batch at which the estimator is settled; a memory budget of 0 then loads each file only while it
+    decodes a batch (`_decode_in_turn`), so memory does not grow with the number of files."""
     budget = memory_budget if memory_budget is not None else int(MEMORY_SHARE * available_memory())
     windows = np.arange(plan.n_windows) if order is None else np.asarray(order)
     result = PassResult([TokenScores() for _ in files], TokenScores() if source else None, 0.0, 0.0)
@@ -147,7 +148,16 @@ def evaluate_pass(
                 spare = budget - sum(memory_estimate(files[i], plan) for i in group)
                 if estimator is not None:
                     spare = 0  # each batch is scored before the next: a second context would sit idle
-                slots = [_open_slot(stack, files[i], plan, n_threads, spare, result.scores[i]) for i in group]
+                one_at_a_time = estimator is not None and budget == 0
+                # Each file's loading verdict (runtime.loader), from the header already read: once a pass.
+                verdicts = [_verdict(files[i]) for i in group] if one_at_a_time else []
+                slots = (
+                    []
+                    if one_at_a_time
+                    else [
+                        _open_slot(stack, files[i], plan, n_threads, spare, result.scores[i]) for i in group
+                    ]
+                )
                 began = time.perf_counter()
                 for batch_number, indices in enumerate(plan.batches_of(windows)):
                     targets = plan.targets_at(indices).reshape(-1)
@@ -158,6 +168,10 @@ def evaluate_pass(
                         rows = rebuilder.submit(_rebuild, output_layer, hidden, targets, own)
                     tokens = plan.windows_at(indices)
                     batch: list[Future[WindowMeans]] = []
+                    if one_at_a_time:
+                        batch = _decode_in_turn(
+                            files, verdicts, plan, n_threads, tokens, targets, rows, result, scorer
+                        )
                     for slot in slots:
                         context = slot.free_context(batch_number)
                         decode_began = time.perf_counter()
@@ -180,6 +194,41 @@ def evaluate_pass(
                 result.seconds += time.perf_counter() - began
     reporter.finish()
     return result
+
+
+def _decode_in_turn(
+    files: Sequence[ModelFile],
+    verdicts: Sequence[ProbeVerdict],
+    plan: WindowPlan,
+    n_threads: int | None,
+    tokens: np.ndarray,
+    targets: np.ndarray,
+    rows: Future[ReferenceRows] | None,
+    result: PassResult,
+    scorer: ThreadPoolExecutor,
+) -> list[Future[WindowMeans]]:
+    """One batch decoded by every file in turn, each loaded only while it decodes (memory_budget 0 in a
+    sweep): memory holds one model, one context and at most two copies of a batch's logits (one being
+    scored, one just decoded), whatever the number of files, while the reference's rows of the batch are
+    rebuilt once for them all.  Scoring a file's copied logits overlaps the next file's loading and
+    decoding."""
+    batch: list[Future[WindowMeans]] = []
+    for file, verdict, scores in zip(files, verdicts, result.scores):
+        with ExitStack() as stack:
+            model = stack.enter_context(load_model(file.path, verdict=verdict))
+            context = _open_context(stack, model, plan, n_threads)
+            decode_began = time.perf_counter()
+            out = context.decode_windows(tokens, plan.first_scored)
+            result.decode_seconds += time.perf_counter() - decode_began
+            logits = np.array(out.logits[:, : plan.scored_per_window])
+        if batch:
+            batch[-1].result()  # the previous copy scored before this one queues
+        batch.append(scorer.submit(_score, logits, targets, rows, scores))
+    return batch
+
+
+def _verdict(file: ModelFile) -> ProbeVerdict:
+    return verdict_for_types({t.ggml_type for t in file.gguf.tensors})
 
 
 def _rebuild(

@@ -10,12 +10,13 @@ is used it is 0 and the estimate is the full-text figure itself.  Intervals use 
 degrees of freedom.
 
 Stopping rule, checked after each batch of windows (the windows llama.cpp decodes together):
-  * at least MIN_WINDOWS windows are in (a spread estimated from fewer is itself too uncertain), and
+  * at least `min_windows` (default MIN_WINDOWS) windows are in (a spread estimated from fewer is
+    itself too uncertain), and
   * every file's mean KL divergence has a relative standard error of at most `rel_error`, and
   * the ladder's order by mean KLD is settled: for each pair of neighbours in that order, the paired
     per-window difference of their KLD (the same windows for every file, so the noise largely cancels)
     excludes zero at the chosen confidence, Bonferroni-corrected over the pairs so the whole order holds
-    at that confidence;
+    at that confidence (unless the caller asks for each file's mean alone: `settle_order=False`);
 or the text is used up.  Without a reference (perplexity only) the rule is on each file's perplexity:
 the standard error of its mean log-likelihood, which is its relative error, at most `rel_error`.
 The reference itself (KL divergence 0 at every token) takes no part in the rule.
@@ -130,12 +131,14 @@ class SequentialEstimator:
         has_reference: bool,
         confidence: float = CONFIDENCE,
         min_windows: int = MIN_WINDOWS,
+        settle_order: bool = True,
     ):
         self.n_files = n_files
         self.windows_available = windows_available
         self.rel_error = rel_error
         self.confidence = confidence
         self.min_windows = min_windows
+        self.settle_order = settle_order
         self.has_reference = has_reference
         self.ranked = [i for i in range(n_files) if not is_reference[i]] if has_reference else []
         self._kld: list[np.ndarray] = []
@@ -226,6 +229,9 @@ class SequentialEstimator:
                 return False
         return True
 
+    def _order_done(self) -> bool:
+        return not self.settle_order or self.order_settled()
+
     def precise_enough(self) -> bool:
         if self.has_reference:
             klds = np.stack(self._kld)
@@ -242,10 +248,10 @@ class SequentialEstimator:
             return True
         if self.n_windows < self.min_windows:
             return False
-        return self.precise_enough() and self.order_settled()
+        return self.precise_enough() and self._order_done()
 
     def summary(self, *, seed: int, tokens_per_window: int) -> SequentialSummary:
-        settled = self.n_windows >= self.min_windows and self.precise_enough() and self.order_settled()
+        settled = self.n_windows >= self.min_windows and self.precise_enough() and self._order_done()
         return SequentialSummary(
             rel_error=self.rel_error,
             confidence=self.confidence,

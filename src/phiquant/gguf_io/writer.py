@@ -13,13 +13,14 @@ import errno
 import io
 import os
 import shutil
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFValueType, GGUFWriter
+from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFEndian, GGUFValueType, GGUFWriter
 from gguf.gguf_writer import WriterState
 
 from phiquant import temporary_files
@@ -45,7 +46,12 @@ def padded(nbytes: int, alignment: int = GGUF_DEFAULT_ALIGNMENT) -> int:
 
 class _HeaderWriter(GGUFWriter):
     """gguf's writer, able to write an empty array: GGUF allows them and llama.cpp copies them into
-    quantized files, but gguf-py refuses to pack one, so requantizing such a file would fail."""
+    quantized files, but gguf-py refuses to pack one, so requantizing such a file would fail.
+
+    Arrays of numbers and of strings (a vocabulary's tokens, scores and types: tens of thousands of
+    items) are packed in one call, with the bytes gguf-py's item-by-item packing gives (little-endian
+    '<' formats have no padding, so packing n items at once is their concatenation); every file of a
+    ladder and every size a budget plan predicts serialises the header again."""
 
     def _pack_val(
         self, val: Any, vtype: GGUFValueType, add_vtype: bool, sub_type: GGUFValueType | None = None
@@ -53,7 +59,24 @@ class _HeaderWriter(GGUFWriter):
         if vtype == GGUFValueType.ARRAY and sub_type is not None and len(val) == 0:
             prefix = self._pack("I", vtype) if add_vtype else b""
             return prefix + self._pack("I", sub_type) + self._pack("Q", 0)
+        little = self.endianess == GGUFEndian.LITTLE
+        if vtype == GGUFValueType.ARRAY and sub_type is not None and little and isinstance(val, Sequence):
+            items = _packed_items(val, sub_type)
+            if items is not None:
+                prefix = self._pack("I", vtype) if add_vtype else b""
+                return prefix + self._pack("I", sub_type) + self._pack("Q", len(val)) + items
         return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
+def _packed_items(values: Sequence[Any], item_type: GGUFValueType) -> bytes | None:
+    """The items of a little-endian GGUF array, packed at once; None for item types left to gguf-py."""
+    fmt = GGUFWriter._simple_value_packing.get(item_type)
+    if fmt is not None and item_type != GGUFValueType.BOOL:
+        return struct.pack(f"<{len(values)}{fmt}", *values)
+    if item_type == GGUFValueType.STRING:
+        encoded = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+        return b"".join(struct.pack("<Q", len(e)) + e for e in encoded)
+    return None
 
 
 def serialise_header(arch: str | None, metadata: Sequence[Metadatum], tensors: Sequence[TensorInfo]) -> bytes:

@@ -56,10 +56,14 @@ def probe_key(tensor_types: set[int]) -> str:
 
 
 def decide_extra_bufts(path: Path) -> ProbeVerdict:
+    return verdict_for_types({t.ggml_type for t in read_gguf(path).tensors})
+
+
+def verdict_for_types(types: set[int]) -> ProbeVerdict:
+    """decide_extra_bufts for a model with these tensor types (a caller that has read its header)."""
     override = os.environ.get(ENV_OVERRIDE)
     if override in ("0", "1"):
         return ProbeVerdict(override == "1", f"{ENV_OVERRIDE}={override}")
-    types = {t.ggml_type for t in read_gguf(path).tensors}
     if types <= {0, 1, 30}:  # F32/F16/BF16 weights never take the AMX or repack paths
         return ProbeVerdict(True, "unquantized model")
     key = probe_key(types)
@@ -127,10 +131,13 @@ def _write_cache(file: Path, data: dict[str, bool]) -> None:
         pass  # a read-only cache only costs a probe next time
 
 
-def load_model(path: str | Path, *, n_gpu_layers: int = 0) -> LoadedModel:
-    """Load a GGUF for inference with the fastest CPU paths this machine survives."""
+def load_model(
+    path: str | Path, *, n_gpu_layers: int = 0, verdict: ProbeVerdict | None = None
+) -> LoadedModel:
+    """Load a GGUF for inference with the fastest CPU paths this machine survives (`verdict`: the file's
+    decide_extra_bufts, for a caller loading it again and again)."""
     path = Path(path)
-    verdict = decide_extra_bufts(path)
+    verdict = verdict or decide_extra_bufts(path)
     model = LoadedModel(path, LoadOptions(n_gpu_layers=n_gpu_layers, use_extra_bufts=verdict.use_extra_bufts))
     model.extra_bufts_reason = verdict.reason
     return model

@@ -21,6 +21,7 @@ import json
 import re
 import statistics
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,11 +38,38 @@ from phiquant.workflows.job import Source, plan_files, write_files
 
 PROBE_TYPE = GGMLType.Q3_K
 BASE_TYPE = GGMLType.Q8_0
-# One probe file (and one llama.cpp context) at a time: each context holds logits and attention scores
-# for a whole batch over the full vocabulary, so evaluating the probes together took memory in proportion
-# to vocabulary x batch x probes.  One at a time, memory does not grow with the number of probes.
-PROBE_OPTIONS = EvalOptions(ctx=512, max_windows=16, speed_runs=0, memory_budget=0, full=True)
-PROFILE_VERSION = 3  # 3: the worst measured KLD is kept with the sensitivities
+# The probes are evaluated in one sweep (evaluate/sequential.py): window by window, every probe file decodes
+# the same windows, so the reference's logits of each window are rebuilt once for all of them, and each
+# file is loaded only while it decodes (memory_budget=0), so memory does not grow with their number.
+# The sweep stops once every probe's mean KLD has a relative standard error of at most PROBE_REL_ERROR,
+# after at least PROBE_MIN_WINDOWS windows, out of the PROBE_WINDOWS a full pass scores; the order of the
+# probes is not needed (settle_order=False), only each one's mean.  The tolerance is the one that keeps the
+# fitted plan the full pass's, measured on the bundled model (all 16 windows' KLDs of every probe, then
+# plans fitted from the first n windows of 40 seeded visiting orders):
+#   budget  n=4: equal plans / KLD excess    n=8                       n=12
+#   6 MB    36/40, excess <= 0.01%           40/40                     40/40
+#   8 MB    21/40, excess <= 0.92%           37/40, excess <= 0.08%    40/40
+#   5 MB    4/40, excess <= 0.83%            9/40, excess <= 0.54%     8/40, excess <= 0.54%
+# (excess: the plan's predicted KLD under the 16-window fit over the 16-window plan's, less 1; at 5 MB
+# the plan turns on near ties that even 12 of the 16 windows decide differently, at no real cost).
+# The largest relative standard error over the probes was 0.04-0.07 at 8 windows (0.04 at seed 0) and
+# still only 0.08 at 4.  Hence the floor of two batches (8 windows) and 0.08: most orders stop at 8,
+# noisier ones go on, up to all 16.
+PROBE_WINDOWS = 16
+PROBE_MIN_WINDOWS = 8
+PROBE_REL_ERROR = 0.08
+PROBE_OPTIONS = EvalOptions(
+    ctx=512,
+    max_windows=PROBE_WINDOWS,
+    speed_runs=0,
+    memory_budget=0,
+    rel_error=PROBE_REL_ERROR,
+    min_windows=PROBE_MIN_WINDOWS,
+    settle_order=False,
+)
+# Every window (the floor is the whole population): a full pass's figures exactly, in the same one sweep.
+FULL_PROBE_OPTIONS = replace(PROBE_OPTIONS, min_windows=PROBE_WINDOWS)
+PROFILE_VERSION = 4  # profiles keep the worst measured KLD, and come from the sequential sweep
 MIN_SENSITIVITY_SHARE = 0.01  # a probe that moved KLD by noise only gets 1% of the median
 MAX_LAYER_BANDS = 8  # layer probes per model: each costs a Q8_0-sized file and its evaluation
 FIT_ROUNDS = 50
@@ -149,11 +177,12 @@ def probe_klds(
     reference: Path,
     *,
     threads: int | None = None,
+    full: bool = False,
     reporter: Reporter = SILENT,
 ) -> dict[str, float]:
     """Probe label -> mean KLD over the calibration text of a file with the label's tensors at the probe
-    type and the rest at the base type.  Every probe file is written in one pass over the source, to a
-    temporary directory removed with them."""
+    type and the rest at the base type, to PROBE_OPTIONS' tolerance (`full`: over every window).  Every
+    probe file is written in one pass over the source, to a temporary directory removed with them."""
     with temporary_files.temporary_directory("phiquant-calibration-") as temporary:
         options = [
             QuantOptions(
@@ -173,7 +202,7 @@ def probe_klds(
             list(paths.values()),
             reference=reference,
             text=calibration_text_path(),
-            options=PROBE_OPTIONS,
+            options=FULL_PROBE_OPTIONS if full else PROBE_OPTIONS,
             reporter=reporter,
         )
     klds = {Path(f.path).resolve(): f.divergence.kld_mean for f in evaluation.files if f.divergence}
@@ -187,11 +216,13 @@ def measure_sensitivities(
     reference: Path,
     *,
     threads: int | None = None,
+    full: bool = False,
     reporter: Reporter = SILENT,
 ) -> tuple[Sensitivities, float, dict[str, float]]:
     """(sensitivities, base KLD, each other probe's KLD by label) from the calibration probes."""
+    probes = calibration_probes(tensors)
     measured = probe_klds(
-        source, imatrix, tensors, calibration_probes(tensors), reference, threads=threads, reporter=reporter
+        source, imatrix, tensors, probes, reference, threads=threads, full=full, reporter=reporter
     )
     fitted = fit_probes(tensors, measured)
     base = measured.pop("base")
