@@ -46,20 +46,9 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 # The suite runs on pytest-xdist workers (addopts in pyproject.toml), one per core the process may use,
 # at most four: many tests start llama.cpp with two threads of its own, and each worker holds torch.
-# Every module stays on one worker (`--dist loadgroup`), so its module-scoped fixtures are built once;
-# the modules that read llama.cpp's preset sweep (tests/quant/conftest.py) share one, so the sweep runs once.
+# `--dist loadscope` keeps each module on one worker, so its module-scoped fixtures are built once.
 MAX_WORKERS = 4
-MODULES_SHARING_A_WORKER = {
-    "tests/quant/test_oracle_presets.py": "llama-cpp-preset-sweep",
-    "tests/quant/test_quantize.py": "llama-cpp-preset-sweep",
-}
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.path.relative_to(config.rootpath).as_posix()
-        item.add_marker(pytest.mark.xdist_group(MODULES_SHARING_A_WORKER.get(module, module)))

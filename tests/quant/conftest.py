@@ -76,6 +76,18 @@ class Oracle:
         return self._sweeps[model.label][(preset.name, with_imatrix)]
 
     @functools.cache  # noqa: B019
+    def one_preset_result(
+        self, model: SyntheticModel, preset_name: str, with_imatrix: bool
+    ) -> ReferenceResult:
+        """One preset's output for tests that need only it: the sweep's when this process ran the sweep,
+        else one job (test modules may run in other pytest-xdist workers than the sweep's)."""
+        if model.label in self._sweeps:
+            return self._sweeps[model.label][(preset_name, with_imatrix)]
+        ftype = int(PRESETS_BY_NAME[preset_name].ftype)
+        (result,) = self.run([self.job(model, ftype, with_imatrix)])
+        return result
+
+    @functools.cache  # noqa: B019
     def our_bytes(self, model: SyntheticModel, name: str, ggml_type: GGMLType, with_imatrix: bool) -> bytes:
         """Our quantization of one tensor (the same tensor and type recur across presets)."""
         data = self.model_data(model)[name]

@@ -15,7 +15,7 @@ from phiquant.quant.quantize import (
     plan_row_chunks,
     quantize_rows,
 )
-from phiquant.quant.types import PRESETS_BY_NAME, GGMLType
+from phiquant.quant.types import GGMLType
 from tests.quant.conftest import Oracle, reference_layout, reference_tensor_bytes
 from tests.quant.synthetic import MAIN, PHIMOE
 
@@ -37,7 +37,7 @@ def test_row_chunks_cover_every_row_once_and_never_cross_an_expert(
 @pytest.mark.slow
 @pytest.mark.parametrize("n_threads", [1, 2, 5])
 def test_thread_count_does_not_change_bytes(oracle: Oracle, n_threads: int) -> None:
-    layout = reference_layout(oracle.preset_result(MAIN, PRESETS_BY_NAME["IQ4_XS"], with_imatrix=True))
+    layout = reference_layout(oracle.one_preset_result(MAIN, "IQ4_XS", with_imatrix=True))
     name = "blk.3.attn_qkv.weight"
     rows, weights = oracle.model_data(MAIN)[name], oracle.imatrix(MAIN)[name]
     ours = quantize_rows(rows, GGMLType.IQ4_XS, weights, n_threads)
@@ -46,7 +46,7 @@ def test_thread_count_does_not_change_bytes(oracle: Oracle, n_threads: int) -> N
 
 @pytest.mark.slow
 def test_each_expert_is_quantized_with_its_own_imatrix_slice(oracle: Oracle) -> None:
-    layout = reference_layout(oracle.preset_result(PHIMOE, PRESETS_BY_NAME["IQ4_XS"], with_imatrix=True))
+    layout = reference_layout(oracle.one_preset_result(PHIMOE, "IQ4_XS", with_imatrix=True))
     name = "blk.0.ffn_down_exps.weight"
     data, weights = oracle.model_data(PHIMOE)[name], oracle.imatrix(PHIMOE)[name]
     expected = reference_tensor_bytes(layout, name)
