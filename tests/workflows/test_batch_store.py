@@ -5,6 +5,7 @@ extra or moto is not installed; the matrix run also needs Ray (the cluster extra
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ TYPES = ["Q8_0", "Q4_0"]
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -100,14 +102,19 @@ def test_batch_to_s3_writes_the_local_runs_bytes_and_a_rerun_skips_them(
     for key in ("job", "files", "finished_for", "outputs"):
         assert manifest[key] == local_manifest[key], key
     report, local_report = (json.loads(m[outcome["report"]]) for m in (stored, written))
-    assert [f["kld"] for f in report["files"]] == [f["kld"] for f in local_report["files"]]
+    assert report["recommendation"] == local_report["recommendation"]
+    assert [(Path(f["path"]).name, f["divergence"]) for f in report["evaluation"]["files"]] == [
+        (Path(f["path"]).name, f["divergence"]) for f in local_report["evaluation"]["files"]
+    ]
 
     modified = {
         o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="run/")["Contents"]
     }
     rerun = run_phiquant("batch", _jobs(tmp_path, f"s3://{bucket}/run", source), "--json")
     assert [m["status"] for m in json.loads(rerun.stdout)["models"]] == ["skipped"], rerun.stderr[-2000:]
-    after = {o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="run/")["Contents"]}
+    after = {
+        o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="run/")["Contents"]
+    }
     assert after == modified  # nothing rewritten
 
 
