@@ -39,11 +39,11 @@ def local_path(output: str) -> Path:
     return Path(output[len("file://") :]) if output.startswith("file://") else Path(output)
 
 
-def _fsspec() -> Any:
+def _fsspec(url: str) -> Any:
     try:
         import fsspec
     except ImportError:
-        raise PhiquantError(f"an object store output needs fsspec: {STORAGE_EXTRA}") from None
+        raise PhiquantError(f"an object store output needs fsspec: {STORAGE_EXTRA}", path=url) from None
     return fsspec
 
 
@@ -72,7 +72,7 @@ class Store:
     # -- the object store --------------------------------------------------------------------------
 
     def _fs(self) -> tuple[Any, str]:
-        fsspec = _fsspec()
+        fsspec = _fsspec(self.url)
         try:
             fs, root = fsspec.core.url_to_fs(self.url)
         except ImportError as error:  # fsspec names the package its protocol needs (gcsfs, adlfs...)
