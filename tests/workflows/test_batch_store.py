@@ -94,6 +94,8 @@ def test_batch_to_s3_writes_the_local_runs_bytes_and_a_rerun_skips_them(
     written = {p.name: p.read_bytes() for p in (tmp_path / "local" / "mini").iterdir() if p.is_file()}
     written = {name: data for name, data in written.items() if not name.startswith(".")}
     assert set(stored) == set(written)  # no temporary key left behind, nothing missing
+    stage = tmp_path / "cache" / "phiquant" / "batch-stage"
+    assert not [p for p in stage.rglob("*") if p.is_file()]  # the staged copies went once uploaded
     ggufs = [name for name in written if name.endswith(".gguf")]
     assert len(ggufs) == 1 + len(TYPES)  # the F16 reference and the ladder
     for name in [*ggufs, outcome["card"]]:

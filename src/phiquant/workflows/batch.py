@@ -187,6 +187,7 @@ def finish_task(
     manifest["outputs"] = outputs
     manifest["finished_for"] = sorted(s["sha256"] for f in files for s in f["shards"])
     write_manifest(store, manifest)
+    store.clear_stage()
     return {**outputs, "seconds": time.perf_counter() - started}
 
 
@@ -259,7 +260,9 @@ def _run_on_ray(
             if os.environ.get(variable):
                 env[variable] = os.environ[variable]
         ray.init(
-            address=address,
+            # "local": a Ray of its own even where another local cluster runs (None would join the one
+            # started last on this machine, whose workers have another environment)
+            address=address or "local",
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,

@@ -10,7 +10,8 @@ therefore verifies against the store, by reading every recorded object through s
 
 A file's evaluation needs the file and its reference on the node that runs it: the stage keeps them
 (the ladder's node has them already; another node downloads them and checks their sha256 against the
-manifest).  The reference logits stay in that node's own reference cache, not in the store: the
+manifest); the node that writes the report and card removes its stage after uploading them.  The
+reference logits stay in that node's own reference cache, not in the store: the
 evaluation reads the reference file anyway (its output weight turns the cached states into logits), so
 a node that has to download the reference computes its states again rather than fetching states of the
 same order of size; on one node, as with the embedded Ray, every evaluation reuses them.
@@ -19,6 +20,7 @@ same order of size; on one node, as with the embedded Ray, every evaluation reus
 from __future__ import annotations
 
 import hashlib
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,11 @@ class Store:
 
         digest = hashlib.sha256(self.url.encode()).hexdigest()[:16]
         return sub_cache("batch-stage") / f"{digest}-{self.url.rstrip('/').rsplit('/', 1)[-1]}"
+
+    def clear_stage(self) -> None:
+        """Remove this node's staged copies once everything is in the store (nothing, when local)."""
+        if self.remote:
+            shutil.rmtree(self.stage(), ignore_errors=True)
 
     # -- the object store --------------------------------------------------------------------------
 
