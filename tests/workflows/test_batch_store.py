@@ -105,6 +105,7 @@ def test_batch_to_s3_writes_the_local_runs_bytes_and_a_rerun_skips_them(
         assert manifest[key] == local_manifest[key], key
     report, local_report = (json.loads(m[outcome["report"]]) for m in (stored, written))
     assert report["recommendation"] == local_report["recommendation"]
+    assert report["recommended"] == Path(local_report["recommended"]).name  # beside the report, not staged
     assert [(Path(f["path"]).name, f["divergence"]) for f in report["evaluation"]["files"]] == [
         (Path(f["path"]).name, f["divergence"]) for f in local_report["evaluation"]["files"]
     ]

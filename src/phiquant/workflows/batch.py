@@ -176,6 +176,12 @@ def finish_task(
             seconds=sum(e.seconds for e in evaluations),
             reference_from_cache=all(e.reference_from_cache for e in others),
         )
+        if store.remote:  # the staged paths are this node's: the report names files beside it instead
+            merged = replace(
+                merged,
+                files=[replace(f, path=Path(f.path.name)) for f in merged.files],
+                reference=Path(merged.reference.name) if merged.reference else None,
+            )
         report = write_report(build_report(merged, model=job.name), folder, plot=_can_plot())
         outputs["report"] = Path(str(report.json_path)).name
     card = write_card(build_card(folder, base_model=job.base_model))
