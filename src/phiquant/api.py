@@ -152,7 +152,8 @@ def batch(
     Ray: an embedded local Ray by default, the cluster at `address` otherwise (`auto` finds the local
     one).  A model's ladder is one task, each file's evaluation another (the reference logits computed
     once per model and shared through phiquant's cache); a rerun skips what is done and verified; a
-    failed model is reported with its reason without stopping the others.  Needs `phiquant[cluster]`."""
+    failed model is reported with its reason without stopping the others.  The jobs file's output may be
+    an object store URL (workflows.batch_store, `phiquant[storage]`).  Needs `phiquant[cluster]`."""
     from phiquant.workflows.batch import run_batch  # Ray is an optional extra, imported only here
     from phiquant.workflows.batch_jobs import read_jobs
 

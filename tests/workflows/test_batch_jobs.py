@@ -12,9 +12,9 @@ from phiquant.workflows.batch_jobs import (
     job_record,
     read_jobs,
     recorded_files_verify,
-    sha256_of,
     write_manifest,
 )
+from phiquant.workflows.batch_store import Store, sha256_of
 
 
 def test_models_inherit_defaults_and_paths_are_relative_to_the_jobs_file(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_models_inherit_defaults_and_paths_are_relative_to_the_jobs_file(tmp_pat
         'split_max_size = "48G"\n'
     )
     jobs = read_jobs(jobs_file)
-    assert jobs.output == tmp_path / "out" and jobs.evaluate
+    assert jobs.output == str(tmp_path / "out") and jobs.evaluate
     assert (jobs.eval_options.ctx, jobs.eval_options.max_windows, jobs.eval_options.speed_runs) == (64, 2, 0)
     local, hub = jobs.models
     assert (local.name, local.source, local.types, local.imatrix) == (
@@ -74,10 +74,11 @@ def test_recorded_files_verify_only_when_size_and_checksum_match(tmp_path: Path)
         "path": file.name,
         "shards": [{"name": file.name, "size": 64, "sha256": sha256_of(file)}],
     }
-    write_manifest(tmp_path, {"job": job_record(job), "files": [entry]})
-    assert recorded_files_verify(tmp_path, job) == [entry]
-    assert recorded_files_verify(tmp_path, ModelJob("m", "src", ("Q4_0",))) is None  # another job
+    store = Store(str(tmp_path))
+    write_manifest(store, {"job": job_record(job), "files": [entry]})
+    assert recorded_files_verify(store, job) == [entry]
+    assert recorded_files_verify(store, ModelJob("m", "src", ("Q4_0",))) is None  # another job
     file.write_bytes(b"GGUF" + bytes(59) + b"\1")  # same size, other bytes
-    assert recorded_files_verify(tmp_path, job) is None
+    assert recorded_files_verify(store, job) is None
     file.unlink()
-    assert recorded_files_verify(tmp_path, job) is None
+    assert recorded_files_verify(store, job) is None

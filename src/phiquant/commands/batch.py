@@ -12,7 +12,11 @@ from phiquant.errors import EXIT_OK, EXIT_SOME_FAILED
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("jobs", metavar="JOBS.toml", help="the models, their ladders and the output folder")
+    parser.add_argument(
+        "jobs",
+        metavar="JOBS.toml",
+        help="the models, their ladders and the output (a folder or an fsspec URL)",
+    )
     parser.add_argument(
         "--address",
         metavar="ADDRESS",

@@ -6,13 +6,15 @@ for the run on this machine, `address` joins an existing cluster.  The tasks:
 - a model's ladder (its reference file and every type, one read of the source, the imatrix computed once
   in it when asked for) is one task;
 - the reference file's own evaluation is one task: it computes the reference logits and stores them in
-  phiquant's reference cache (PHIQUANT_CACHE, on storage every worker sees), which each file's
-  evaluation task, run after it, reads instead of recomputing;
+  phiquant's reference cache (PHIQUANT_CACHE), which each file's evaluation task, run after it, reads
+  instead of recomputing (where the cache is node-local, an evaluation on another node computes them
+  again: workflows.batch_store says why they are not uploaded);
 - each other file's evaluation is its own task; the report and card of a model, one more.
 
 A worker that dies is retried by Ray (`retries`); a task that raises is not, and its model is reported
 failed with the reason while the others go on.  Outputs are written atomically and recorded with their
-checksums (workflows.batch_jobs), so a rerun skips what is done.
+checksums (workflows.batch_jobs), so a rerun skips what is done.  Outputs go to a folder every worker
+sees or to an object store URL (workflows.batch_store: staged on the worker, uploaded, then recorded).
 """
 
 from __future__ import annotations
@@ -30,15 +32,16 @@ from typing import Any
 from phiquant.errors import PhiquantError
 from phiquant.progress import SILENT, Reporter
 from phiquant.workflows.batch_jobs import (
+    MANIFEST,
     BatchJobs,
     ModelJob,
     finished,
     job_record,
     read_manifest,
     recorded_files_verify,
-    sha256_of,
     write_manifest,
 )
+from phiquant.workflows.batch_store import Store, sha256_of
 
 
 @dataclass
@@ -56,7 +59,7 @@ class ModelOutcome:
 
 @dataclass
 class BatchSummary:
-    output: Path
+    output: str
     address: str
     models: list[ModelOutcome]
     seconds: float
@@ -72,14 +75,15 @@ class BatchSummary:
 def ladder_task(job: ModelJob, directory: str, evaluate: bool, threads: int) -> dict[str, Any]:
     """Write (or find already written and verified) the model's files."""
     started = time.perf_counter()
-    folder = Path(directory)
+    store = Store(directory)
+    folder = store.stage()
     folder.mkdir(parents=True, exist_ok=True)
-    files = recorded_files_verify(folder, job)
+    files = recorded_files_verify(store, job)
     if files is not None:
         return {
             "files": files,
             "skipped": True,
-            "finished": finished(folder, files, evaluate),
+            "finished": finished(store, files, evaluate),
             "seconds": 0.0,
         }
     from phiquant.gguf_io.split import SplitLimits, parse_split_size
@@ -115,23 +119,33 @@ def ladder_task(job: ModelJob, directory: str, evaluate: bool, threads: int) -> 
         }
         for p in planned
     ]
-    write_manifest(folder, {"job": job_record(job), "files": files})
+    for p in planned:
+        for shard in p.paths:
+            store.upload(shard)
+    # Recorded only once every file is in place: an unrecorded object is redone by the next run.
+    write_manifest(store, {"job": job_record(job), "files": files})
     return {"files": files, "skipped": False, "finished": False, "seconds": time.perf_counter() - started}
 
 
 def evaluate_task(
-    file: str, reference: str, text: str | None, options: Any, threads: int, _after: object = None
+    directory: str,
+    file: dict[str, Any],
+    reference: dict[str, Any],
+    text: str | None,
+    options: Any,
+    threads: int,
+    _after: object = None,
 ) -> Any:
-    """One file's evaluation against the reference; `_after` makes Ray run it once the reference task
-    has filled the shared reference cache."""
+    """One file's evaluation against the reference (both staged on this node first when the output is
+    an object store); `_after` makes Ray run it once the reference task has filled the reference cache."""
     from dataclasses import replace
 
     from phiquant.bundled import heldout_text_path
     from phiquant.evaluate.evaluation import evaluate_files
 
     return evaluate_files(
-        [file],
-        reference=reference,
+        [_staged(Store(directory), file)],
+        reference=_staged(Store(directory), reference),
         text=text or heldout_text_path(),
         options=replace(options, threads=threads),
     )
@@ -146,7 +160,11 @@ def finish_task(
     from phiquant.integrations.card import build_card, write_card
 
     started = time.perf_counter()
-    folder = Path(directory)
+    store = Store(directory)
+    folder = store.stage()
+    for entry in files:  # the card reads every file
+        _staged(store, entry)
+    before = _modified(folder)
     outputs: dict[str, str] = {}
     if evaluations:
         from phiquant.evaluate.report import build_report, write_report
@@ -158,15 +176,40 @@ def finish_task(
             seconds=sum(e.seconds for e in evaluations),
             reference_from_cache=all(e.reference_from_cache for e in others),
         )
+        if store.remote:  # the staged paths are this node's: the report names files beside it instead
+            merged = replace(
+                merged,
+                files=[replace(f, path=Path(f.path.name)) for f in merged.files],
+                reference=Path(merged.reference.name) if merged.reference else None,
+            )
         report = write_report(build_report(merged, model=job.name), folder, plot=_can_plot())
         outputs["report"] = Path(str(report.json_path)).name
     card = write_card(build_card(folder, base_model=job.base_model))
     outputs["card"] = Path(str(card.path)).name
-    manifest = read_manifest(folder)
+    for name, stamp in _modified(folder).items():
+        if before.get(name) != stamp:
+            store.upload(folder / name)
+    manifest = read_manifest(store)
     manifest["outputs"] = outputs
     manifest["finished_for"] = sorted(s["sha256"] for f in files for s in f["shards"])
-    write_manifest(folder, manifest)
+    write_manifest(store, manifest)
+    store.clear_stage()
     return {**outputs, "seconds": time.perf_counter() - started}
+
+
+def _staged(store: Store, entry: dict[str, Any]) -> str:
+    """The local path of a recorded file (its first shard), every shard staged on this node."""
+    paths = [store.fetch(s["name"], s["size"], s["sha256"]) for s in entry["shards"]]
+    return str(paths[0].with_name(entry["path"]))
+
+
+def _modified(folder: Path) -> dict[str, int]:
+    """Each finished file's modification time: what a task wrote is what changed."""
+    return {
+        p.name: p.stat().st_mtime_ns
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST
+    }
 
 
 def _can_plot() -> bool:
@@ -196,9 +239,9 @@ def run_batch(
     retries: int = 3,
     reporter: Reporter = SILENT,
 ) -> BatchSummary:
-    ray = import_ray()
     started = time.perf_counter()
-    jobs.output.mkdir(parents=True, exist_ok=True)
+    Store(jobs.output).check()  # a bad URL or missing credentials: one line, before Ray starts
+    ray = import_ray()
     # Ray's driver prints worker deaths and task errors on stdout; phiquant's stdout is its result
     # (--json), so they go to stderr.
     with contextlib.redirect_stdout(sys.stderr):
@@ -223,7 +266,9 @@ def _run_on_ray(
             if os.environ.get(variable):
                 env[variable] = os.environ[variable]
         ray.init(
-            address=address,
+            # "local": a Ray of its own even where another local cluster runs (None would join the one
+            # started last on this machine, whose workers have another environment)
+            address=address or "local",
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
@@ -278,7 +323,7 @@ class _Driver:
         )
 
     def _folder(self, job: ModelJob) -> str:
-        return str(self.jobs.output / job.name)
+        return Store(self.jobs.output).child(job.name).url
 
     def _submit(self, job: ModelJob, stage: str, ref: Any, then: Callable[[Any], None]) -> None:
         self.pending[ref] = (job.name, stage, then)
@@ -294,9 +339,8 @@ class _Driver:
     def _ladder_done(self, job: ModelJob, result: dict[str, Any]) -> None:
         outcome = self.outcomes[job.name]
         outcome.files, outcome.task_seconds["ladder"] = result["files"], result["seconds"]
-        folder = Path(self._folder(job))
         if result["finished"]:
-            manifest = read_manifest(folder).get("outputs", {})
+            manifest = read_manifest(Store(self._folder(job))).get("outputs", {})
             outcome.status, outcome.report, outcome.card = (
                 "skipped",
                 manifest.get("report"),
@@ -310,14 +354,15 @@ class _Driver:
         if not self.jobs.evaluate:
             self._finish(job, [])
             return
-        paths = [str(folder / f["path"]) for f in result["files"]]
+        files, folder = result["files"], self._folder(job)
         text = str(self.jobs.text) if self.jobs.text else None
         self.evaluations[job.name] = {}
-        first = self.evaluate.remote(paths[0], paths[0], text, self.jobs.eval_options, self.cpus)
-        self._submit(job, "evaluate", first, partial(self._evaluated, job, 0, len(paths)))
-        for index, path in enumerate(paths[1:], start=1):
-            ref = self.evaluate.remote(path, paths[0], text, self.jobs.eval_options, self.cpus, first)
-            self._submit(job, "evaluate", ref, partial(self._evaluated, job, index, len(paths)))
+        options = self.jobs.eval_options
+        first = self.evaluate.remote(folder, files[0], files[0], text, options, self.cpus)
+        self._submit(job, "evaluate", first, partial(self._evaluated, job, 0, len(files)))
+        for index, file in enumerate(files[1:], start=1):
+            ref = self.evaluate.remote(folder, file, files[0], text, options, self.cpus, first)
+            self._submit(job, "evaluate", ref, partial(self._evaluated, job, index, len(files)))
 
     def _evaluated(self, job: ModelJob, index: int, total: int, evaluation: Any) -> None:
         done = self.evaluations[job.name]

@@ -1,7 +1,8 @@
 """What `phiquant batch` runs: the jobs file, and the work of each task (a model's ladder, one file's
 evaluation, a model's report and card), as plain functions that Ray runs on its workers.
 
-    output = "published"              # relative to the jobs file; every worker must see it
+    output = "published"              # relative to the jobs file, on storage every worker sees, or an
+                                      # object store URL (s3://bucket/prefix: workflows.batch_store)
     [eval]                            # optional: no [eval] table, no evaluation
     text = "held-out.txt"             # default: phiquant's bundled held-out text
     ctx = 512
@@ -22,16 +23,15 @@ whose files verify, and a model whose report and card are current.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.evaluate.options import EvalOptions
+from phiquant.workflows.batch_store import Store, is_url, local_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,7 +65,7 @@ class ModelJob:
 
 @dataclass(frozen=True)
 class BatchJobs:
-    output: Path
+    output: str  # a local folder, or an object store URL
     models: tuple[ModelJob, ...]
     evaluate: bool
     text: Path | None = None
@@ -105,7 +105,9 @@ def read_jobs(path: str | Path) -> BatchJobs:
             speed_runs=_int(evaluation.get("speed_runs", 0), "eval.speed_runs", path, minimum=0),
         )
         text = base / str(evaluation["text"]) if "text" in evaluation else None
-    output = base / str(data.get("output", "batch-output"))
+    output = str(data.get("output", "batch-output"))
+    if not is_url(output):
+        output = str(base / local_path(output))
     return BatchJobs(output, jobs, isinstance(evaluation, dict), text, options)
 
 
@@ -149,24 +151,17 @@ def _int(value: object, name: str, path: Path, minimum: int = 1) -> int:
 # The manifest ------------------------------------------------------------------------------------
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
+def read_manifest(store: Store) -> dict[str, Any]:
+    text = store.read_text(MANIFEST)
     try:
-        data = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(text) if text is not None else {}
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def write_manifest(directory: Path, data: dict[str, Any]) -> None:
-    temporary_files.write_text(directory / MANIFEST, json.dumps(data, indent=2) + "\n")
+def write_manifest(store: Store, data: dict[str, Any]) -> None:
+    store.write_text(MANIFEST, json.dumps(data, indent=2) + "\n")
 
 
 def job_record(job: ModelJob) -> dict[str, Any]:
@@ -175,30 +170,26 @@ def job_record(job: ModelJob) -> dict[str, Any]:
     return record
 
 
-def recorded_files_verify(directory: Path, job: ModelJob) -> list[dict[str, Any]] | None:
-    """The manifest's files when it is for this job and every file exists with its size and checksum."""
-    manifest = read_manifest(directory)
+def recorded_files_verify(store: Store, job: ModelJob) -> list[dict[str, Any]] | None:
+    """The manifest's files when it is for this job and every file exists with its size and checksum
+    (read from the store itself when it is an object store)."""
+    manifest = read_manifest(store)
     files = manifest.get("files")
     if manifest.get("job") != job_record(job) or not isinstance(files, list) or not files:
         return None
     for entry in files:
         for shard in entry["shards"]:
-            path = directory / shard["name"]
-            if (
-                not path.is_file()
-                or path.stat().st_size != shard["size"]
-                or sha256_of(path) != shard["sha256"]
-            ):
+            if store.size_and_sha256(shard["name"]) != (shard["size"], shard["sha256"]):
                 return None
     return files
 
 
-def finished(directory: Path, files: list[dict[str, Any]], evaluate: bool) -> bool:
+def finished(store: Store, files: list[dict[str, Any]], evaluate: bool) -> bool:
     """The report (if evaluated) and card were written for exactly these files."""
-    manifest = read_manifest(directory)
+    manifest = read_manifest(store)
     checksums = sorted(s["sha256"] for f in files for s in f["shards"])
     outputs = manifest.get("outputs") or {}
     wanted = ["card"] + (["report"] if evaluate else [])
     return manifest.get("finished_for") == checksums and all(
-        isinstance(outputs.get(key), str) and (directory / outputs[key]).is_file() for key in wanted
+        isinstance(outputs.get(key), str) and store.exists(outputs[key]) for key in wanted
     )
