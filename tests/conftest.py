@@ -3,6 +3,7 @@ and a cache of the run's own, so no test reads or writes the user's (~/.cache/ph
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,26 @@ MAX_WORKERS = 4
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each xdist worker gets its own share of the cores (as `taskset` would), inherited by the
+    processes it starts: llama.cpp's threads meet at a spinning barrier after every operation, so two
+    workers each running it on every core make those threads wait for one another's time slices."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker is None or count is None:
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    index, workers = int(worker.removeprefix("gw")), int(count)
+    share = cores[index::workers] if len(cores) >= workers else [cores[index % len(cores)]]
+    os.sched_setaffinity(0, share)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with the most slow tests first (their order within kept), so that the workers' last
+    modules are short ones and neither waits long for the other at the end."""
+    slow_count: dict[Path, int] = {}
+    for item in items:
+        slow_count[item.path] = slow_count.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    position = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: (-slow_count[item.path], position[item.path]))

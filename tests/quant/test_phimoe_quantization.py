@@ -37,7 +37,11 @@ def checkpoint(tmp_path_factory, phi3_vocab) -> Path:
     from tests.fixtures.phimoe_checkpoints import build_phimoe_checkpoint
 
     directory = tmp_path_factory.mktemp("q") / NAME
-    return build_phimoe_checkpoint(directory, PHI35_MOE, num_hidden_layers=N_LAYERS, vocab=phi3_vocab)
+    # Expert rows one 256-value block long (the least every k- and i-quant accepts): 16 experts x 8 layers
+    # of IQ2_XS on both sides are most of this module's time.
+    return build_phimoe_checkpoint(
+        directory, PHI35_MOE, num_hidden_layers=N_LAYERS, intermediate_size=256, vocab=phi3_vocab
+    )
 
 
 @pytest.fixture(scope="module")
