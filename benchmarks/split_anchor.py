@@ -8,8 +8,10 @@ For one unsplit GGUF made by phiquant from a fixture checkpoint (or --model, a c
    `phiquant convert` with the same limit: every shard byte-identical (names too);
 2. `llama-gguf-split --merge` of phiquant's shards: the tensor data and every key equal the unsplit
    file's, and the header differs only by the split.* keys the merge tool leaves in (it copies the
-   first shard's keys, with split.count set to 0; gguf-split.cpp gguf_merge);
-3. timings of phiquant's split convert against convert + llama-gguf-split, in the same run.
+   first shard's keys, with split.count set to 0; gguf-split.cpp gguf_merge); `phiquant merge` of the
+   same shards: the unsplit file, byte for byte;
+3. timings of phiquant's split convert against convert + llama-gguf-split, and of `phiquant merge`
+   against `llama-gguf-split --merge`, in the same run.
 
 Prints a JSON summary; exits 1 on any mismatch.  The tool is built once by benchmarks/llama_tools.py.
 """
@@ -74,9 +76,14 @@ def compare_split(
 
 def compare_merge(gguf_split: Path, first_shard: Path, unsplit: Path, work: Path) -> dict[str, object]:
     merged = work / "merged.gguf"
+    started = time.perf_counter()
     subprocess.run(
         [str(gguf_split), "--merge", str(first_shard), str(merged)], check=True, stdout=subprocess.DEVNULL
     )
+    tool_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    ours = api.merge(first_shard, work / "merged-by-phiquant.gguf").path
+    our_seconds = time.perf_counter() - started
     a, b = read_gguf(merged), read_gguf(unsplit)
     extra_keys = [m.key for m in a.metadata if m.key not in {n.key for n in b.metadata}]
     same_keys = [m for m in a.metadata if not m.key.startswith("split.")] == b.metadata
@@ -87,6 +94,9 @@ def compare_merge(gguf_split: Path, first_shard: Path, unsplit: Path, work: Path
         "other_keys_equal": same_keys,
         "tensor_data_equal": data_equal,
         "bytes_equal": merged.read_bytes() == unsplit.read_bytes(),
+        "phiquant_merge_bytes_equal": ours.read_bytes() == unsplit.read_bytes(),
+        "llama_gguf_split_merge_seconds": round(tool_seconds, 3),
+        "phiquant_merge_seconds": round(our_seconds, 3),
     }
 
 
@@ -124,7 +134,10 @@ def main() -> int:
         }
         print(json.dumps(summary, indent=2))
         ok = (
-            all(s["bytes_equal"] for s in splits) and merge["tensor_data_equal"] and merge["other_keys_equal"]
+            all(s["bytes_equal"] for s in splits)
+            and merge["tensor_data_equal"]
+            and merge["other_keys_equal"]
+            and merge["phiquant_merge_bytes_equal"]
         )
         return 0 if ok else 1
 

@@ -24,7 +24,7 @@ from tests.fixtures.checkpoint_fixtures import (  # noqa: F401  (imported fixtur
     phi35_mini_checkpoint,
     shared_phi3_checkpoint,
 )
-from tests.fixtures.gguf_fixtures import converted_gguf  # noqa: E402,F401
+from tests.fixtures.gguf_fixtures import converted_gguf, split_f16, unsplit_f16  # noqa: E402,F401
 from tests.fixtures.hub_cache import hub_cache, no_network  # noqa: E402,F401
 from tests.fixtures.phi4mm_fixtures import converted_phi4mm_gguf, shared_phi4mm_checkpoint  # noqa: E402,F401
 from tests.fixtures.phi4v_fixtures import converted_phi4v, phi4v_checkpoint  # noqa: E402,F401

@@ -8,6 +8,7 @@ progress through an optional `reporter=`, a `phiquant.Reporter` subclass)::
     result = phiquant.quantize("microsoft/Phi-3.5-mini-instruct", ["Q4_K_M", "Q8_0"], "out")
     report = phiquant.report("out")                 # evaluate every file, write the report and plot
     phiquant.model_card("out")                      # out/README.md for the Hugging Face Hub
+    phiquant.merge("big-00001-of-00003.gguf")       # shards -> big.gguf, the unsplit file
     phiquant.ollama_modelfile("out/Phi-3.5-mini-instruct-Q4_K_M.gguf", "out/Modelfile")
     with phiquant.load("out/Phi-3.5-mini-instruct-Q4_K_M.gguf") as model:
         print(model.chat([{"role": "user", "content": "Hello"}]).text)
@@ -31,11 +32,13 @@ _EXPORTS = {
     "evaluate": "phiquant.evaluate",  # the package is callable: phiquant.api.evaluate (evaluate/__init__.py)
     "report": "phiquant.api",
     "load": "phiquant.api",
+    "merge": "phiquant.api",
     "model_card": "phiquant.api",
     "ollama_modelfile": "phiquant.api",
     "ConvertResult": "phiquant.api",
     "QuantizeResult": "phiquant.api",
     "QuantizedFile": "phiquant.api",
+    "MergeResult": "phiquant.api",
     "PhiquantError": "phiquant.errors",
     "Reporter": "phiquant.progress",
     "RecordingReporter": "phiquant.progress",
@@ -47,6 +50,7 @@ _EXPORTS = {
 __all__ = [
     "ConvertResult",
     "EvalOptions",
+    "MergeResult",
     "PhiquantError",
     "QuantizeResult",
     "QuantizedFile",
@@ -60,6 +64,7 @@ __all__ = [
     "evaluate",
     "inspect",
     "load",
+    "merge",
     "model_card",
     "ollama_modelfile",
     "quantize",
@@ -69,6 +74,7 @@ __all__ = [
 if TYPE_CHECKING:
     from phiquant.api import (
         ConvertResult,
+        MergeResult,
         QuantizedFile,
         QuantizeResult,
         batch,
@@ -76,6 +82,7 @@ if TYPE_CHECKING:
         evaluate,
         inspect,
         load,
+        merge,
         model_card,
         ollama_modelfile,
         quantize,

@@ -15,21 +15,13 @@ from phiquant.gguf_io import read_gguf
 from phiquant.gguf_io.split import ordered_shard_sets, parse_split_size
 from tests.cli.run import assert_one_line_error, run_phiquant
 from tests.fixtures.checkpoint_fixtures import SharedCheckpoints
-from tests.fixtures.gguf_fixtures import ConvertedGGUF
+from tests.fixtures.gguf_fixtures import ConvertedGGUF, copy_shards
 from tests.fixtures.phi3_specs import PHI3_MINI_4K, PHI35_MINI
 from tests.gguf_io.split_reference import split_with_gguf_py
 from tests.oracles import llama_cpp_logits
 
 # The fixture's F16 file holds 40 MB of tensor data in 29 tensors; its largest tensor is 16.4 MB.
 SIZE_LIMIT = 20_000_000
-
-
-@pytest.fixture(scope="module")
-def split_f16(tmp_path_factory: pytest.TempPathFactory, converted_gguf: ConvertedGGUF) -> list[Path]:
-    folder = tmp_path_factory.mktemp("split")
-    source = converted_gguf(PHI35_MINI, "f16")
-    result = api.quantize(source, ["F16"], folder, split_max_size="20M")
-    return [result.files[0].path, *result.files[0].shards[1:]]
 
 
 @pytest.mark.parametrize(
@@ -130,19 +122,14 @@ def test_split_size_units() -> None:
     ]
 
 
-def _copy(paths: list[Path], folder: Path) -> list[Path]:
-    folder.mkdir()
-    return [Path(shutil.copyfile(p, folder / p.name)) for p in paths]
-
-
 def test_missing_shard(split_f16: list[Path], tmp_path: Path) -> None:
-    copies = _copy(split_f16, tmp_path / "m")
+    copies = copy_shards(split_f16, tmp_path / "m")
     copies[1].unlink()
     assert_one_line_error(run_phiquant("inspect", copies[0]), "shard 2 of 3 is missing", copies[1].name)
 
 
 def test_shards_of_two_models(split_f16: list[Path], converted_gguf: ConvertedGGUF, tmp_path: Path) -> None:
-    copies = _copy(split_f16, tmp_path / "m")
+    copies = copy_shards(split_f16, tmp_path / "m")
     # Shard 2 of 3 of another Phi model (the Phi-3-mini-4k fixture: 17 tensors, not 29), renamed into the set.
     other = api.quantize(converted_gguf(PHI3_MINI_4K, "f16"), ["F16"], tmp_path / "o", split_max_tensors=6)
     shutil.copyfile(other.files[0].shards[1], copies[1])
@@ -156,14 +143,14 @@ def test_shards_of_two_models(split_f16: list[Path], converted_gguf: ConvertedGG
 def test_shard_of_a_split_with_another_count(
     split_f16: list[Path], converted_gguf: ConvertedGGUF, tmp_path: Path
 ) -> None:
-    copies = _copy(split_f16, tmp_path / "m")
+    copies = copy_shards(split_f16, tmp_path / "m")
     other = api.quantize(converted_gguf(PHI35_MINI, "f16"), ["F16"], tmp_path / "o", split_max_tensors=5)
     shutil.copyfile(other.files[0].shards[1], copies[1])  # shard 2 of a 6-shard split, renamed
     assert_one_line_error(run_phiquant("inspect", copies[0]), "split.count = 6", copies[1].name)
 
 
 def test_wrong_split_count(split_f16: list[Path], tmp_path: Path) -> None:
-    copies = _copy(split_f16, tmp_path / "m")
+    copies = copy_shards(split_f16, tmp_path / "m")
     renamed = copies[0].with_name(copies[0].name.replace("-of-00003", "-of-00002"))
     copies[0].rename(renamed)
     assert_one_line_error(run_phiquant("inspect", renamed), "not named", "-00001-of-00003.gguf")

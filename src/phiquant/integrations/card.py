@@ -305,7 +305,12 @@ def _ollama_lines(example: str, name: str, files: Sequence[CardFile]) -> list[st
     match = SHARD_NAME.match(example)
     if match and any(f.name == example and f.shards > 1 for f in files):
         # Ollama's FROM takes one file; the Modelfile names the merged one.
-        lines.insert(0, f"llama-gguf-split --merge {example} {match['prefix']}.gguf  # Ollama reads one file")
+        merged = f"{match['prefix']}.gguf"
+        lines.insert(
+            0,
+            f"phiquant merge {example} -o {merged}  # Ollama reads one file "
+            f"(or llama.cpp's llama-gguf-split --merge {example} {merged})",
+        )
     return lines
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 from phiquant.gguf_io import GGUFFile, read_gguf
-from phiquant.gguf_io.split import SHARD_NAME
+from phiquant.gguf_io.merge import unsplit_path
 from phiquant.inspection import end_of_generation_tokens
 from phiquant.runtime.chat_template import ChatTemplate
 from phiquant.runtime.memory import ModelShape, default_context_size
@@ -206,21 +206,30 @@ def build_modelfile(
     source = merged_path(gguf) if merge else path
     text = modelfile_text(_from_path(source, base), go, stops, context, gguf.get("general.license"))
     if merge:
-        text = f"# Ollama reads one GGUF file: merge the shards first with\n# {merge}\n{text}"
+        alternative = llama_cpp_merge_command(gguf)
+        text = (
+            f"# Ollama reads one GGUF file: merge the shards first with\n# {merge}\n"
+            f"# (or llama.cpp's {alternative}, which keeps split.* keys in the file)\n{text}"
+        )
     return Modelfile(path, None, text, go, stops, context, layout.prefix if drop_prefix else "", merge)
 
 
 def merged_path(gguf: GGUFFile) -> Path:
     """Where the merged file of a split model goes: the shards' name without -00001-of-0000N."""
-    match = SHARD_NAME.match(gguf.path.name)
-    return gguf.path.with_name(f"{match['prefix'] if match else gguf.path.stem}.gguf")
+    return unsplit_path(gguf.path)
 
 
 def merge_command(gguf: GGUFFile) -> str | None:
-    """For a split model, llama.cpp's command that joins the shards (Ollama's `FROM` takes one file;
-    it does not open the other shards as llama.cpp does)."""
+    """For a split model, the command that joins the shards into the file phiquant writes unsplit
+    (Ollama's `FROM` takes one file; it does not open the other shards as llama.cpp does)."""
     if not gguf.is_split:
         return None
+    return f"phiquant merge {shlex.quote(str(gguf.path))} -o {shlex.quote(str(merged_path(gguf)))}"
+
+
+def llama_cpp_merge_command(gguf: GGUFFile) -> str:
+    """llama.cpp's own tool for the same join; its file keeps split.no, split.tensors.count and
+    split.count = 0 (gguf-split.cpp, gguf_merge), which llama.cpp ignores."""
     return f"llama-gguf-split --merge {shlex.quote(str(gguf.path))} {shlex.quote(str(merged_path(gguf)))}"
 
 
