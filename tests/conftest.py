@@ -2,6 +2,8 @@
 and a cache of the run's own, so no test reads or writes the user's (~/.cache/phiquant)."""
 
 import os
+import signal
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +35,29 @@ from tests.fixtures.phimoe_fixtures import (  # noqa: E402,F401
     make_phimoe_checkpoint,
     shared_phimoe_checkpoint,
 )
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HANDLERS_AT_START = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+
+
+def _put_back_signal_handlers(what: str) -> None:
+    changed = [
+        signal.Signals(n).name for n in HANDLED_SIGNALS if signal.getsignal(n) is not HANDLERS_AT_START[n]
+    ]
+    for signum, handler in HANDLERS_AT_START.items():
+        signal.signal(signum, handler)
+    if changed:
+        warnings.warn(f"{what}: the {' and '.join(changed)} handler was left changed", stacklevel=2)
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_restored(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test starts with the SIGINT/SIGTERM handlers the run started with (tests send themselves
+    signals, and an xdist worker runs many modules in one process).  Whatever left them changed is
+    named in a warning: phiquant itself must always put them back."""
+    _put_back_signal_handlers(f"before {request.node.nodeid}")
+    yield
+    _put_back_signal_handlers(f"by {request.node.nodeid}")
 
 
 @pytest.fixture(scope="session", autouse=True)
