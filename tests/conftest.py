@@ -37,7 +37,11 @@ from tests.fixtures.phimoe_fixtures import (  # noqa: E402,F401
 )
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-HANDLERS_AT_START = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+# What a user at a terminal has.  A suite started in the background by a non-interactive shell
+# (`pytest &`) inherits SIGINT ignored, and the interrupt tests would then test nothing.
+HANDLERS_AT_START = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+for _signum, _handler in HANDLERS_AT_START.items():
+    signal.signal(_signum, _handler)
 
 
 def _put_back_signal_handlers(what: str) -> None:
@@ -52,9 +56,9 @@ def _put_back_signal_handlers(what: str) -> None:
 
 @pytest.fixture(autouse=True)
 def signal_handlers_restored(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Each test starts with the SIGINT/SIGTERM handlers the run started with (tests send themselves
-    signals, and an xdist worker runs many modules in one process).  Whatever left them changed is
-    named in a warning: phiquant itself must always put them back."""
+    """Each test starts with a terminal's SIGINT/SIGTERM handlers (tests send themselves signals, and
+    an xdist worker runs many modules in one process).  Whatever changed them during the run is named
+    in a warning: phiquant itself must always put them back."""
     _put_back_signal_handlers(f"before {request.node.nodeid}")
     yield
     _put_back_signal_handlers(f"by {request.node.nodeid}")
