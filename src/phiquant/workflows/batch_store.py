@@ -173,12 +173,8 @@ class Store:
             key = f"{root}/{name}"
             if not fs.isfile(key):
                 return None
-            sha, size = hashlib.sha256(), 0
-            with fs.open(key, "rb", block_size=1 << 22) as f:
-                while chunk := f.read(1 << 22):
-                    sha.update(chunk)
-                    size += len(chunk)
-            return size, sha.hexdigest()
+            with fs.open(key, "rb", block_size=CHUNK_BYTES) as f:
+                return hashed_read(f)
 
         result: tuple[int, str] | None = self._call(f"read {name}", digest)
         return result
@@ -194,13 +190,9 @@ class Store:
         staged.parent.mkdir(parents=True, exist_ok=True)
 
         def download(out: Any) -> None:
-            digest, copied = hashlib.sha256(), 0
-            with fs.open(f"{root}/{name}", "rb", block_size=1 << 22) as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-                    copied += len(chunk)
-                    out.write(chunk)
-            if copied != size or digest.hexdigest() != sha256:
+            with fs.open(f"{root}/{name}", "rb", block_size=CHUNK_BYTES) as f:
+                copied = hashed_read(f, copy_to=out)
+            if copied != (size, sha256):
                 raise PhiquantError(
                     f"{name} in the store is not the file its manifest records", path=self.url
                 )
@@ -209,9 +201,21 @@ class Store:
         return staged
 
 
+CHUNK_BYTES = 1 << 22
+
+
+def hashed_read(source: Any, copy_to: Any = None) -> tuple[int, str]:
+    """Size and sha256 of everything `source` holds, read a chunk at a time (each chunk also written to
+    `copy_to` when given)."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := source.read(CHUNK_BYTES):
+        digest.update(chunk)
+        size += len(chunk)
+        if copy_to is not None:
+            copy_to.write(chunk)
+    return size, digest.hexdigest()
+
+
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashed_read(f)[1]
