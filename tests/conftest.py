@@ -35,6 +35,7 @@ from tests.fixtures.phimoe_fixtures import (  # noqa: E402,F401
     make_phimoe_checkpoint,
     shared_phimoe_checkpoint,
 )
+from tests.temporary_folders import NumberedFolders, TemporaryFolders
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # What a user at a terminal has.  A suite started in the background by a non-interactive shell
@@ -64,6 +65,16 @@ def signal_handlers_restored(request: pytest.FixtureRequest) -> Iterator[None]:
     _put_back_signal_handlers(f"by {request.node.nodeid}")
 
 
+@pytest.fixture(scope="session")
+def session_folders(tmp_path_factory: pytest.TempPathFactory) -> NumberedFolders:
+    return NumberedFolders(tmp_path_factory.mktemp("session"))
+
+
+@pytest.fixture(scope="module")
+def module_folders(tmp_path_factory: pytest.TempPathFactory) -> NumberedFolders:
+    return NumberedFolders(tmp_path_factory.mktemp("module"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """PHIQUANT_CACHE for the whole run: one folder, shared by the tests (what one test cached, such
@@ -85,6 +96,11 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(TemporaryFolders(), "phiquant-temporary-folders")
+    _pin_worker_to_its_cores()
+
+
+def _pin_worker_to_its_cores() -> None:
     """Each xdist worker gets its own share of the cores (as `taskset` would), inherited by the
     processes it starts: llama.cpp's threads meet at a spinning barrier after every operation, so two
     workers each running it on every core make those threads wait for one another's time slices."""

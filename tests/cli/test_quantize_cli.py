@@ -138,12 +138,13 @@ def test_fallback_is_an_error_naming_the_tensor_unless_allowed(make_phi3_checkpo
 @pytest.mark.parametrize(
     ("sent", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"]
 )
-def test_interrupted_ladder_leaves_no_file(tmp_path_factory, sent, exit_code) -> None:
+def test_interrupted_ladder_leaves_no_file(tmp_path, sent, exit_code) -> None:
     from tests.cli.test_interrupts import LARGE
     from tests.fixtures.phi_checkpoints import build_phi3_checkpoint
 
-    checkpoint = build_phi3_checkpoint(tmp_path_factory.mktemp("big") / "m", PHI3_MEDIUM_4K, **LARGE)
-    out = tmp_path_factory.mktemp("out")
+    checkpoint = build_phi3_checkpoint(tmp_path / "big" / "m", PHI3_MEDIUM_4K, **LARGE)
+    out = tmp_path / "out"
+    out.mkdir()
     process = start_phiquant("quantize", checkpoint, "-t", "Q8_0", "-t", "Q4_K_M", "-t", "Q6_K", "-o", out)
     wait_for_partial_file(out)
     process.send_signal(sent)

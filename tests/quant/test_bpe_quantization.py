@@ -39,12 +39,12 @@ OWN_WEIGHTS_BOUND = 5e-3
 
 
 @pytest.fixture(scope="module")
-def quantized(shared_bpe_checkpoint, tmp_path_factory):
+def quantized(shared_bpe_checkpoint, module_folders):
     made = {}
 
     def get(spec, allow_fallback):
         if spec not in made:
-            directory = tmp_path_factory.mktemp("quantized")
+            directory = module_folders.mktemp("quantized")
             result = api.quantize(
                 shared_bpe_checkpoint(spec), list(LADDER), directory, allow_fallback=allow_fallback
             )

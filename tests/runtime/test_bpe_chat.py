@@ -118,13 +118,13 @@ def steered_checkpoint(
 
 
 @pytest.fixture(scope="module")
-def steered(tmp_path_factory, bpe_vocab_cache):
+def steered(module_folders, bpe_vocab_cache):
     made = {}
 
     def get(spec):
         if spec not in made:
             checkpoint, conversation, reply = steered_checkpoint(
-                spec, tmp_path_factory.mktemp("steered"), bpe_vocab_cache
+                spec, module_folders.mktemp("steered"), bpe_vocab_cache
             )
             gguf = api.convert(checkpoint, checkpoint.parent / "model-f32.gguf", "f32").path
             made[spec] = (checkpoint, gguf, conversation, reply)

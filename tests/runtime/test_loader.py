@@ -14,8 +14,8 @@ from tests.fixtures.phi3_specs import PHI3_MINI_4K
 
 
 @pytest.fixture
-def quantized(shared_phi3_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q4")
+def quantized(shared_phi3_checkpoint, tmp_path):
+    out = tmp_path / "q4"
     return api.quantize(shared_phi3_checkpoint(PHI3_MINI_4K), "Q4_0", out).files[0].path
 
 
