@@ -1,5 +1,9 @@
 """Every preset, with and without an imatrix, on five synthetic models: our plan and our bytes against the
-file llama.cpp's own llama_model_quantize writes for the same input.
+file llama.cpp's own llama_model_quantize writes for the same input.  Two of the models (grouped-query
+attention with n_gqa >= 4, a tied output) exist for llama.cpp's type rules, not for new kernels, and the
+PhiMoE one's stacked experts are compared byte for byte, whole file, on every preset in
+test_phimoe_quantization.py: those three are checked against llama.cpp's dry run (every tensor's type).
+The bytes of every type are checked here on the dense model and the one with rows that fit no block.
 
 Where llama.cpp refuses (very low-bit presets without an imatrix, Q1_0 on rows that fit no 128-block),
 phiquant must refuse too, for the same reason.
@@ -11,11 +15,13 @@ import pytest
 
 from phiquant.errors import PhiquantError
 from phiquant.quant.plan import QuantOptions, QuantPlan, plan_quantization
-from phiquant.quant.types import LlamaFtype, Preset
+from phiquant.quant.types import TYPE_INFO, LlamaFtype, Preset
 from tests.quant.conftest import LLAMA_PRESETS, Oracle, assert_plan_matches_reference, reference_layout
+from tests.quant.llama_reference import ReferenceResult, dry_run_types
 from tests.quant.synthetic import GQA4, MAIN, ODD_ROWS, PHIMOE, TIED, SyntheticModel, tensor_descs
 
-MODELS = (MAIN, GQA4, TIED, ODD_ROWS, PHIMOE)
+BYTE_MODELS = (MAIN, ODD_ROWS)
+RULE_MODELS = (GQA4, TIED, PHIMOE)
 
 # llama.cpp's log line for a refusal -> the words our PhiquantError must contain for the same refusal.
 REFUSALS = {
@@ -41,7 +47,7 @@ def _assert_same_refusal(log: str, error: PhiquantError) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["no-imatrix", "imatrix"])
 @pytest.mark.parametrize("preset", LLAMA_PRESETS, ids=lambda preset: preset.name)
-@pytest.mark.parametrize("model", MODELS, ids=lambda model: model.label)
+@pytest.mark.parametrize("model", BYTE_MODELS, ids=lambda model: model.label)
 def test_plan_and_bytes_equal_llama_cpp_output(
     oracle: Oracle, model: SyntheticModel, preset: Preset, with_imatrix: bool
 ) -> None:
@@ -57,6 +63,43 @@ def test_plan_and_bytes_equal_llama_cpp_output(
     layout = reference_layout(result)
     assert layout.get("general.file_type") == preset.ftype
     assert_plan_matches_reference(oracle, model, plan, layout, with_imatrix)
+
+
+@pytest.fixture(scope="module")
+def rule_dry_runs(oracle: Oracle) -> dict[tuple[str, str, bool], ReferenceResult]:
+    keys = [(m, p, imatrix) for m in RULE_MODELS for p in LLAMA_PRESETS for imatrix in (False, True)]
+    jobs = [oracle.job(m, int(p.ftype), imatrix, dry_run=True) for m, p, imatrix in keys]
+    return {(m.label, p.name, imatrix): r for (m, p, imatrix), r in zip(keys, oracle.run(jobs), strict=True)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["no-imatrix", "imatrix"])
+@pytest.mark.parametrize("preset", LLAMA_PRESETS, ids=lambda preset: preset.name)
+# Not named "model": the oracle fixture runs full sweeps for the models that tests take as "model".
+@pytest.mark.parametrize("rule_model", RULE_MODELS, ids=lambda model: model.label)
+def test_plan_types_equal_llama_cpp_dry_run(
+    rule_dry_runs: dict[tuple[str, str, bool], ReferenceResult],
+    rule_model: SyntheticModel,
+    preset: Preset,
+    with_imatrix: bool,
+) -> None:
+    model = rule_model
+    result = rule_dry_runs[(model.label, preset.name, with_imatrix)]
+    assert result.signal is None, f"llama.cpp aborted:\n{result.log[-3000:]}"
+    if not result.succeeded:
+        with pytest.raises(PhiquantError) as refused:
+            _plan(model, preset, with_imatrix)
+        _assert_same_refusal(result.log, refused.value)
+        return
+    try:
+        plan = _plan(model, preset, with_imatrix)
+    except PhiquantError as error:
+        # A dry run only warns where a real run refuses for want of an imatrix.
+        assert "needs an importance matrix" in str(error)
+        assert "will require an imatrix" in result.log
+        return
+    expected = dry_run_types(result.log)
+    assert [(t.name, TYPE_INFO[t.target_type].ggml_name) for t in plan.tensors] == expected
 
 
 @pytest.mark.slow
