@@ -70,7 +70,18 @@ def test_module_fixture_folders_go_with_their_module_and_session_caches_last(tmp
     }.items():
         (suite / name).write_text(textwrap.dedent(text))
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly"]
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "-p",
+            "no:randomly",
+        ]
         + ["--basetemp", str(tmp_path / "base"), "--rootdir", str(suite), str(suite)],
         capture_output=True,
         text=True,
