@@ -3,11 +3,35 @@ and a cache of the run's own, so no test reads or writes the user's (~/.cache/ph
 
 import os
 import signal
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+def _pin_worker_to_its_cores() -> None:
+    """Each xdist worker gets its own share of the cores (as `taskset` would), inherited by the
+    processes it starts: llama.cpp's threads meet at a spinning barrier after every operation, so two
+    workers each running it on every core make those threads wait for one another's time slices.
+
+    Done when this file loads, before the imports below load torch: OpenMP and OpenBLAS size their
+    thread pools to the cores the process may use when they load, and a pool of two spinning threads
+    on one core is several times slower than one thread."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker is None or count is None:
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    index, workers = int(worker.removeprefix("gw")), int(count)
+    share = cores[index::workers] if len(cores) >= workers else [cores[index % len(cores)]]
+    os.sched_setaffinity(0, share)
+    if "torch" in sys.modules:  # loaded earlier by a plugin: its pool would keep its first size
+        sys.modules["torch"].set_num_threads(len(share))
+
+
+_pin_worker_to_its_cores()
+
 
 from tests.fixtures.bpe_fixtures import (  # noqa: E402,F401
     bpe_vocab_cache,
@@ -15,7 +39,7 @@ from tests.fixtures.bpe_fixtures import (  # noqa: E402,F401
     make_bpe_checkpoint,
     shared_bpe_checkpoint,
 )
-from tests.fixtures.checkpoint_fixtures import (  # noqa: F401  (imported fixtures register by name)
+from tests.fixtures.checkpoint_fixtures import (  # noqa: E402,F401  (imported fixtures register by name)
     make_phi3_checkpoint,
     phi3_checkpoint,
     phi3_medium_4k_checkpoint,
@@ -35,7 +59,7 @@ from tests.fixtures.phimoe_fixtures import (  # noqa: E402,F401
     make_phimoe_checkpoint,
     shared_phimoe_checkpoint,
 )
-from tests.temporary_folders import NumberedFolders, TemporaryFolders
+from tests.temporary_folders import NumberedFolders, TemporaryFolders  # noqa: E402
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # What a user at a terminal has.  A suite started in the background by a non-interactive shell
@@ -97,20 +121,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(TemporaryFolders(), "phiquant-temporary-folders")
-    _pin_worker_to_its_cores()
-
-
-def _pin_worker_to_its_cores() -> None:
-    """Each xdist worker gets its own share of the cores (as `taskset` would), inherited by the
-    processes it starts: llama.cpp's threads meet at a spinning barrier after every operation, so two
-    workers each running it on every core make those threads wait for one another's time slices."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if worker is None or count is None:
-        return
-    cores = sorted(os.sched_getaffinity(0))
-    index, workers = int(worker.removeprefix("gw")), int(count)
-    share = cores[index::workers] if len(cores) >= workers else [cores[index % len(cores)]]
-    os.sched_setaffinity(0, share)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,17 +4,18 @@ each computed once per session."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from phiquant.errors import PhiquantError
 from phiquant.gguf_io import GGUFFile, read_gguf
 from phiquant.quant.plan import QuantPlan
 from phiquant.quant.quantize import quantize_rows
-from phiquant.quant.types import PRESETS, GGMLType, Preset
-from tests.quant.llama_reference import ReferenceJob, ReferenceResult, run_reference_jobs
+from phiquant.quant.types import PRESETS, TYPE_INFO, GGMLType, Preset
+from tests.quant.llama_reference import ReferenceJob, ReferenceResult, dry_run_types, run_reference_jobs
 from tests.quant.synthetic import SyntheticModel, random_imatrix, write_model
 
 LLAMA_PRESETS: tuple[Preset, ...] = tuple(preset for preset in PRESETS if preset.in_llama_cpp)
@@ -107,6 +108,19 @@ def oracle(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
         if hasattr(item, "callspec") and isinstance(item.callspec.params.get("model"), SyntheticModel)
     }
     return Oracle(tmp_path_factory.mktemp("quant-oracle"), sorted(wanted, key=lambda model: model.label))
+
+
+def assert_types_equal_dry_run(result: ReferenceResult, make_plan: Callable[[], QuantPlan]) -> None:
+    """Every tensor's type in our plan against a llama.cpp dry run of the same preset.  A dry run logs
+    the types, and only warns where a real run refuses for want of an imatrix: we must refuse there."""
+    try:
+        plan = make_plan()
+    except PhiquantError as error:
+        assert "needs an importance matrix" in str(error)
+        assert "will require an imatrix" in result.log
+        return
+    types = [(tensor.name, TYPE_INFO[tensor.target_type].ggml_name) for tensor in plan.tensors]
+    assert types == dry_run_types(result.log)
 
 
 def reference_layout(result: ReferenceResult) -> GGUFFile:

@@ -15,9 +15,15 @@ import pytest
 
 from phiquant.errors import PhiquantError
 from phiquant.quant.plan import QuantOptions, QuantPlan, plan_quantization
-from phiquant.quant.types import TYPE_INFO, LlamaFtype, Preset
-from tests.quant.conftest import LLAMA_PRESETS, Oracle, assert_plan_matches_reference, reference_layout
-from tests.quant.llama_reference import ReferenceResult, dry_run_types
+from phiquant.quant.types import LlamaFtype, Preset
+from tests.quant.conftest import (
+    LLAMA_PRESETS,
+    Oracle,
+    assert_plan_matches_reference,
+    assert_types_equal_dry_run,
+    reference_layout,
+)
+from tests.quant.llama_reference import ReferenceResult
 from tests.quant.synthetic import GQA4, MAIN, ODD_ROWS, PHIMOE, TIED, SyntheticModel, tensor_descs
 
 BYTE_MODELS = (MAIN, ODD_ROWS)
@@ -38,10 +44,12 @@ def _plan(
     return plan_quantization(tensor_descs(model), model.facts, preset, options)
 
 
-def _assert_same_refusal(log: str, error: PhiquantError) -> None:
+def _assert_refused_alike(model: SyntheticModel, preset: Preset, with_imatrix: bool, log: str) -> None:
+    with pytest.raises(PhiquantError) as refused:
+        _plan(model, preset, with_imatrix)
     reasons = [ours for theirs, ours in REFUSALS.items() if theirs in log]
     assert reasons, f"llama.cpp failed for a reason this test does not know:\n{log[-3000:]}"
-    assert any(reason in str(error) for reason in reasons), (str(error), log[-2000:])
+    assert any(reason in str(refused.value) for reason in reasons), (str(refused.value), log[-2000:])
 
 
 @pytest.mark.slow
@@ -54,9 +62,7 @@ def test_plan_and_bytes_equal_llama_cpp_output(
     result = oracle.preset_result(model, preset, with_imatrix)
     assert result.signal is None, f"llama.cpp aborted:\n{result.log[-3000:]}"
     if not result.succeeded:
-        with pytest.raises(PhiquantError) as refused:
-            _plan(model, preset, with_imatrix)
-        _assert_same_refusal(result.log, refused.value)
+        _assert_refused_alike(model, preset, with_imatrix, result.log)
         return
 
     plan = _plan(model, preset, with_imatrix)
@@ -87,19 +93,9 @@ def test_plan_types_equal_llama_cpp_dry_run(
     result = rule_dry_runs[(model.label, preset.name, with_imatrix)]
     assert result.signal is None, f"llama.cpp aborted:\n{result.log[-3000:]}"
     if not result.succeeded:
-        with pytest.raises(PhiquantError) as refused:
-            _plan(model, preset, with_imatrix)
-        _assert_same_refusal(result.log, refused.value)
+        _assert_refused_alike(model, preset, with_imatrix, result.log)
         return
-    try:
-        plan = _plan(model, preset, with_imatrix)
-    except PhiquantError as error:
-        # A dry run only warns where a real run refuses for want of an imatrix.
-        assert "needs an importance matrix" in str(error)
-        assert "will require an imatrix" in result.log
-        return
-    expected = dry_run_types(result.log)
-    assert [(t.name, TYPE_INFO[t.target_type].ggml_name) for t in plan.tensors] == expected
+    assert_types_equal_dry_run(result, lambda: _plan(model, preset, with_imatrix))
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 from phiquant.errors import PhiquantError
 from phiquant.quant.plan import ModelFacts, QuantOptions, TensorDesc, plan_quantization
 from phiquant.quant.types import PRESETS_BY_NAME, TYPE_INFO, GGMLType, Preset, parse_ggml_type
-from tests.quant.conftest import LLAMA_PRESETS, Oracle
+from tests.quant.conftest import LLAMA_PRESETS, Oracle, assert_types_equal_dry_run
 from tests.quant.llama_reference import ReferenceJob, ReferenceResult, dry_run_types
 
 
@@ -159,15 +159,7 @@ def test_types_equal_llama_cpp_dry_run(
         with pytest.raises(PhiquantError, match="defines no fallback"):
             plan_quantization(tensors, model.facts, preset, options)
         return
-    try:
-        plan = plan_quantization(tensors, model.facts, preset, options)
-    except PhiquantError as error:
-        # A dry run only warns where a real run would refuse for want of an imatrix.
-        assert "needs an importance matrix" in str(error)
-        assert "will require an imatrix" in result.log
-        return
-    expected = dry_run_types(result.log)
-    assert [(t.name, TYPE_INFO[t.target_type].ggml_name) for t in plan.tensors] == expected
+    assert_types_equal_dry_run(result, lambda: plan_quantization(tensors, model.facts, preset, options))
 
 
 # per_layer_token_embd follows --token-embedding-type unless a --tensor-type pattern names it.
