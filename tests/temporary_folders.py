@@ -44,6 +44,7 @@ class TemporaryFolders:
         self.factory: pytest.TempPathFactory | None = None
         self.claimed: set[Path] = set()
         self.of_fixture: dict[int, list[Path]] = {}
+        self.free_at_start = 0
 
     def folders(self) -> set[Path]:
         if self.factory is None:
@@ -74,6 +75,13 @@ class TemporaryFolders:
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[object]) -> None:
         self.remove(self.of_fixture.pop(id(fixturedef), []))
 
-    def pytest_report_header(self) -> str:
+    def pytest_sessionstart(self) -> None:
+        self.free_at_start = shutil.disk_usage(tempfile.gettempdir()).free
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """Printed even with -q: a run that fails for want of disk says so in its log."""
         free = shutil.disk_usage(tempfile.gettempdir()).free
-        return f"free disk for temporary files at start: {free / 2**30:.1f} GiB"
+        terminalreporter.write_line(
+            f"free disk for temporary files: {self.free_at_start / 2**30:.1f} GiB at the start, "
+            f"{free / 2**30:.1f} GiB at the end"
+        )
