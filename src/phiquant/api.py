@@ -22,8 +22,7 @@ from phiquant.workflows.as_gguf import as_gguf
 from phiquant.workflows.convert import CONVERT_OUTTYPES, ConvertResult, convert
 from phiquant.workflows.imatrix import ImatrixResult, imatrix
 from phiquant.workflows.job import open_source
-from phiquant.workflows.merge import MergeResult
-from phiquant.workflows.merge import merge as merge_shards
+from phiquant.workflows.merge import MergeResult, merge
 from phiquant.workflows.quantize import QuantizedFile, QuantizeResult, quantize, report_quantized
 from phiquant.workflows.report import gguf_files_in
 from phiquant.workflows.report import report_files as report
@@ -72,22 +71,6 @@ def load_hf_model(source: str | Path) -> ModelSource:
 def inspect(path: str | Path) -> GGUFReport:
     """Describe a GGUF file: architecture, key metadata, tensors by type, bits per weight, EOG tokens."""
     return inspect_gguf(Path(path))
-
-
-def merge(
-    first_shard: str | Path,
-    output: str | Path | None = None,
-    *,
-    overwrite: bool = False,
-    reporter: Reporter = SILENT,
-) -> MergeResult:
-    """Join a split model's shards (given its first, `NAME-00001-of-0000N.gguf`) into one GGUF file,
-    byte for byte the file `convert` or `quantize` writes without splitting: the first shard's keys
-    without split.*, every tensor in order, its bytes copied as they are (streamed through a small
-    buffer).  The set is checked as every reader checks it.  `output` defaults to `NAME.gguf` beside
-    the shards (inside `output` when it is a folder); an existing file is replaced only with
-    `overwrite`.  For Ollama, which reads one file; llama.cpp loads the shards as they are."""
-    return merge_shards(first_shard, output, overwrite=overwrite, reporter=reporter)
 
 
 def load(

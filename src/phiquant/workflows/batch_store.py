@@ -30,6 +30,7 @@ from phiquant import temporary_files
 from phiquant.errors import PhiquantError
 
 STORAGE_EXTRA = "pip install 'phiquant[storage]'"
+CHUNK_BYTES = 1 << 22  # reads of files and store objects: a few MB at a time, whatever their size
 
 
 def is_url(output: str) -> bool:
@@ -199,9 +200,6 @@ class Store:
 
         self._call(f"download {name}", lambda: temporary_files.write_with(staged, download))
         return staged
-
-
-CHUNK_BYTES = 1 << 22
 
 
 def hashed_read(source: Any, copy_to: Any = None) -> tuple[int, str]:

@@ -34,8 +34,12 @@ def merge(
     overwrite: bool = False,
     reporter: Reporter = SILENT,
 ) -> MergeResult:
-    """Join the shards of the split model whose first shard is `first_shard` into one file (phiquant.api.merge
-    documents the options)."""
+    """Join a split model's shards (given its first, `NAME-00001-of-0000N.gguf`) into one GGUF file,
+    byte for byte the file `convert` or `quantize` writes without splitting: the first shard's keys
+    without split.*, every tensor in order, its bytes copied as they are (streamed through a small
+    buffer).  The set is checked as every reader checks it.  `output` defaults to `NAME.gguf` beside
+    the shards (inside `output` when it is a folder); an existing file is replaced only with
+    `overwrite`.  For Ollama, which reads one file; llama.cpp loads the shards as they are."""
     started = time.perf_counter()
     first_shard = Path(first_shard)
     gguf = read_gguf(first_shard)
