@@ -94,6 +94,38 @@ def test_every_slab_is_hinted_before_it_is_read(tmp_path: Path, eight_row_slabs:
     ]  # fmt: skip
 
 
+def test_a_type_that_several_outputs_share_is_encoded_once_per_slab(
+    tmp_path: Path, eight_row_slabs: None
+) -> None:
+    arrays = {"token_embd.weight": _rows(16, 0), "blk.0.ffn_up.weight": _rows(8, 100)}
+    calls: list[tuple[str, int, int]] = []
+
+    def as_type(rows: np.ndarray, ggml_type: int, importance: object, name: str) -> np.ndarray:
+        calls.append((name, int(rows[0, 0]), ggml_type))
+        return (rows + (0 if ggml_type == GGMLType.F32 else 0.5)).astype(np.float32).reshape(-1)
+
+    # The embedding at one type in all three files, the layer at two; two four-byte types, so that
+    # GGUFReader hands back every byte written for either.
+    mixes = [
+        {"token_embd.weight": GGMLType.F32, "blk.0.ffn_up.weight": GGMLType.F32},
+        {"token_embd.weight": GGMLType.F32, "blk.0.ffn_up.weight": GGMLType.I32},
+        {"token_embd.weight": GGMLType.F32, "blk.0.ffn_up.weight": GGMLType.I32},
+    ]
+    plans = [OutputPlan(tmp_path / f"out-{k}.gguf", 0, mix) for k, mix in enumerate(mixes)]
+
+    write_gguf_files(_source(arrays), plans, as_type, _row_size, threads=2)
+
+    assert sorted(calls) == [
+        ("blk.0.ffn_up.weight", 100, GGMLType.F32), ("blk.0.ffn_up.weight", 100, GGMLType.I32),
+        ("token_embd.weight", 0, GGMLType.F32), ("token_embd.weight", 8, GGMLType.F32),
+    ]  # fmt: skip
+    for plan, mix in zip(plans, mixes, strict=True):
+        written = {t.name: t.data.tobytes() for t in GGUFReader(plan.path).tensors}
+        for name, values in arrays.items():
+            shift = 0 if mix[name] == GGMLType.F32 else 0.5
+            assert written[name] == (values + shift).astype(np.float32).tobytes(), (plan.path.name, name)
+
+
 def test_a_nan_in_a_late_slab_refuses_the_write_and_leaves_no_file(
     tmp_path: Path, eight_row_slabs: None
 ) -> None:

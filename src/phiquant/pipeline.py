@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -297,12 +297,17 @@ class _SlabEncoder:
                 "checkpoint (pass --allow-nonfinite to write it anyway)",
                 path=self.source.origin,
             )
-        encoded, durations = [], []
-        for ggml_type in slab.types:
+        # Outputs of a ladder often store a tensor at the same type (a shared output.weight, the K-quant
+        # mixes' common layers): encode each type once and share its bytes and its time.
+        by_type: dict[int, tuple[np.ndarray, float]] = {}
+        for ggml_type in dict.fromkeys(slab.types):
             started = time.perf_counter()
             if ggml_type == tensor.base_type and tensor.read_raw is not None:
-                encoded.append(tensor.read_raw(slab.start, slab.stop))
+                data = tensor.read_raw(slab.start, slab.stop)
             else:
-                encoded.append(self.encode_rows(rows, ggml_type, slab.importance, tensor.name))
-            durations.append(time.perf_counter() - started)
+                data = self.encode_rows(rows, ggml_type, slab.importance, tensor.name)
+            by_type[ggml_type] = data, time.perf_counter() - started
+        sharing = Counter(slab.types)
+        encoded = [by_type[t][0] for t in slab.types]
+        durations = [by_type[t][1] / sharing[t] for t in slab.types]
         return encoded, durations
