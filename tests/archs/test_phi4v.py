@@ -3,7 +3,8 @@ on the trunk, and the mmproj file is what llama.cpp's converter writes.
 
 Two oracles for the projector file.  Where llama.cpp's source is at hand (the benchmarks' cache, or
 PHIQUANT_LLAMA_CPP_SOURCE), the vendored `convert_hf_to_gguf.py --mmproj` runs on the same fixture and the
-files must agree key for key and byte for byte.  Everywhere, an independent expectation built from gguf-py's
+files must agree key for key and byte for byte (`python benchmarks/mmproj_parity.py` fetches the source and
+runs that comparison on a machine without it).  Everywhere, an independent expectation built from gguf-py's
 own name and key tables and torch's casts: every kept tensor, its type and its bytes; the patch embedding
 checked by what it computes (a convolution with the GGUF weight equals SigLIP2's Linear over its patches).
 """
@@ -65,7 +66,7 @@ def tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
 def test_mmproj_equals_llama_cpp_converter_output(mmproj_type, phi4v_checkpoint, tmp_path) -> None:
     source = llama_cpp_source()
     if source is None:
-        pytest.skip("llama.cpp source not found (python benchmarks/llama_tools.py fetches it)")
+        pytest.skip("llama.cpp source not found; python benchmarks/mmproj_parity.py fetches it and runs this")
     projector = open_source(phi4v_checkpoint).model.projector
     assert projector is not None
     mmproj = write_mmproj(projector, tmp_path / "ours.gguf", mmproj_type)

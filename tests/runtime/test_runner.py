@@ -14,11 +14,13 @@ from phiquant.ggml import devices
 from phiquant.progress import RecordingReporter
 from phiquant.runtime.chat import ChatSession
 from phiquant.runtime.generate import Completion, SamplingOptions
+from phiquant.runtime.images import ImageInput
 from phiquant.runtime.model_files import gguf_model_file
 from phiquant.runtime.runner import RunnerOptions, open_runner, parse_gpu_layers
-from phiquant.workflows.as_gguf import cached_conversion, converted_cache_root
+from phiquant.workflows.as_gguf import SOURCE_RECORD, cached_conversion, converted_cache_root
 from tests.fixtures.broken_checkpoints import copy_checkpoint
 from tests.fixtures.phi3_specs import PHI35_MINI
+from tests.fixtures.phi4v_checkpoints import IMAGE_MARKER
 
 EVIL_TEMPLATES = {
     "subclasses": "{{ ().__class__.__base__.__subclasses__() }}",
@@ -57,6 +59,23 @@ def test_an_edited_checkpoint_is_converted_again_and_the_stale_copy_removed(
     new = cached_conversion(checkpoint)
     assert not new.cache_hit and new.gguf != old
     assert not old.exists() and [p.name for p in converted_cache_root().iterdir()] == [new.gguf.parent.name]
+
+
+@pytest.mark.slow
+def test_a_vision_checkpoint_directory_loads_with_its_projector(phi4v_checkpoint, converted_phi4v) -> None:
+    """api.load (and so chat/generate/serve) of a Phi4ForCausalLMV folder: the cached conversion holds the
+    mmproj beside the model, and a conversion stopped before the mmproj was written is not reused."""
+    image = ImageInput(64, 64, bytes(64 * 64 * 3), "grey")
+    prompt = f"<|im_start|>user<|im_sep|>{IMAGE_MARKER}\nWhat is it?<|im_end|><|im_start|>assistant<|im_sep|>"
+    with api.load(phi4v_checkpoint, RunnerOptions(n_ctx=512, threads=2)) as runner:
+        assert runner.mmproj is not None and runner.mmproj.parent == runner.file.gguf.parent
+        assert runner.mmproj.read_bytes() == converted_phi4v("f16", "f16").mmproj.read_bytes()
+        assert "".join(runner.stream_with_images(prompt, [image], SamplingOptions(max_tokens=1)))
+        entry = runner.file.gguf.parent
+    runner.mmproj.unlink()  # as if the conversion had stopped after the language model
+    (entry / SOURCE_RECORD).unlink()
+    again = cached_conversion(phi4v_checkpoint)
+    assert not again.cache_hit and again.gguf.parent == entry and runner.mmproj.is_file()
 
 
 def test_a_file_that_is_neither_gguf_nor_a_directory_is_refused(tmp_path) -> None:

@@ -1,6 +1,7 @@
 """`phiquant serve` of the Phi-4-reasoning-vision fixture, spoken to by the official `openai` client:
-image_url parts (data: URLs) are read through libmtmd, streamed and not; bad images and remote URLs are a
-400 naming the part, and the server goes on serving."""
+image_url parts (data: URLs) are read through libmtmd, streamed and not; the <think> section of an answer
+about an image goes to `reasoning_content` as for text prompts; bad images and remote URLs are a 400 naming
+the part, and the server goes on serving."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import pytest
 
 from tests.fixtures.image_files import noise_image, png_declaring
 from tests.server.server_process import running_server
+from tests.server.test_reasoning import PUSH, expected_split
 
 pytestmark = pytest.mark.slow
+
+# PUSH biases the <think>/</think> ids, which this fixture shares with Phi-4-reasoning's (100280, 100281).
+REASONING_SEEDS = (0, 7)  # on this fixture: a reply without <think>; one that reasons, then answers
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +25,17 @@ def vision_server(converted_phi4v, tmp_path_factory):
     converted = converted_phi4v("f16", "f16")  # its mmproj lies beside it and is found
     cache = tmp_path_factory.mktemp("vision-serve")
     with running_server(converted.model, "--ctx", "1024", cache=cache, threads=2) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def inline_reasoning_server(converted_phi4v, tmp_path_factory):
+    """The same model under `--reasoning-format none`: its replies are the raw text, markers inline."""
+    converted = converted_phi4v("f16", "f16")
+    cache = tmp_path_factory.mktemp("vision-serve-inline")
+    with running_server(
+        converted.model, "--ctx", "1024", "--reasoning-format", "none", cache=cache, threads=2
+    ) as running:
         yield running
 
 
@@ -64,6 +80,33 @@ def test_image_chat_completes_streamed_and_not(vision_server, tmp_path) -> None:
     )
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert streamed == reply.choices[0].message.content
+
+
+def pushed_chat(server, messages: list[dict], seed: int, **extra):
+    return server.client().chat.completions.create(
+        model=server.model, messages=messages, seed=seed, **PUSH, **extra
+    )
+
+
+def test_reasoning_about_an_image_is_split_from_the_answer_whole_and_streamed(
+    vision_server, inline_reasoning_server, tmp_path
+) -> None:
+    """The oracle is the raw text of the same seeded generation (the image prompt under
+    `--reasoning-format none`), split by test_reasoning's rule."""
+    messages = image_message(data_url(noise_image(tmp_path / "a.png", 96, 80)))
+    split_both = 0
+    for seed in REASONING_SEEDS:
+        raw = pushed_chat(inline_reasoning_server, messages, seed).choices[0].message
+        assert getattr(raw, "reasoning_content", None) is None
+        reasoning, answer = expected_split(raw.content)
+        message = pushed_chat(vision_server, messages, seed).choices[0].message
+        assert (getattr(message, "reasoning_content", None), message.content) == (reasoning, answer), seed
+        split_both += bool(reasoning) and bool(answer)
+        chunks = pushed_chat(vision_server, messages, seed, stream=True)
+        deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+        assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == (reasoning or "")
+        assert "".join(d.content or "" for d in deltas) == answer
+    assert split_both >= 1  # some seed reasoned about the image and then answered: the split was exercised
 
 
 @pytest.mark.parametrize(

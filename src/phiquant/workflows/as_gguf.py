@@ -58,7 +58,9 @@ def cached_conversion(directory: Path, reporter: Reporter = SILENT) -> ModelFile
     source = directory.resolve()
     entry = converted_cache_root() / f"{_safe_name(source.name)}-{checkpoint_key(source)}"
     target = entry / "model.gguf"
-    if target.is_file():
+    # The source record is written last: without it the conversion stopped part-way (a vision model's
+    # projector, written after the language model, may be missing) and is made again.
+    if target.is_file() and (entry / SOURCE_RECORD).is_file():
         reporter.note(f"using the GGUF converted earlier from {source}: {target}")
         return ModelFile(gguf=target, source=directory, converted=True, cache_hit=True)
     reporter.note(f"converting {source} to GGUF once; the result is cached in {entry}")
