@@ -94,6 +94,9 @@ QUESTIONS = (
     "Count to five.",
     "Tell me a joke.",
 )
+# Where each fixture's search starts: the first question its random weights answer clearly on this
+# interpreter's vocabulary (the others are still tried in turn, should the fixture change).
+FIRST_QUESTION = {PHI4_MINI_REASONING: 2}
 
 
 def steered_checkpoint(
@@ -101,7 +104,8 @@ def steered_checkpoint(
 ) -> tuple[Path, list[dict[str, str]] | str, SteeredReply]:
     checkpoint = build_bpe_checkpoint(directory / "checkpoint", spec, cache_dir=cache_dir)
     tokenizer = load_hf_tokenizer(checkpoint)
-    for question in QUESTIONS:
+    start = FIRST_QUESTION.get(spec, 0)
+    for question in QUESTIONS[start:] + QUESTIONS[:start]:
         if tokenizer.chat_template is None:  # phi-2 is a base model: a plain text prompt
             conversation: list[dict[str, str]] | str = question
             prompt = tokenizer.encode(question)
