@@ -159,6 +159,7 @@ def test_a_store_that_cannot_be_written_fails_in_one_line_naming_the_url(
     if case == "unreachable store":
         url = f"s3://{_bucket(s3)}/run"
         monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: connection refused
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries only add seconds of backoff
     (tmp_path / "phi").mkdir()
     result = run_phiquant("batch", _jobs(tmp_path, url, tmp_path / "phi"))
     assert result.returncode == EXIT_BAD_INPUT, result.stderr
