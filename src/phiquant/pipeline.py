@@ -298,11 +298,16 @@ class _SlabEncoder:
                 path=self.source.origin,
             )
         encoded, durations = [], []
+        # Outputs wanting the same type of a slab share one encoding: the rows and importance are the
+        # same, so are the bytes (a budget's probe files differ from each other in a few tensors only).
+        by_type: dict[int, np.ndarray] = {}
         for ggml_type in slab.types:
             started = time.perf_counter()
-            if ggml_type == tensor.base_type and tensor.read_raw is not None:
-                encoded.append(tensor.read_raw(slab.start, slab.stop))
-            else:
-                encoded.append(self.encode_rows(rows, ggml_type, slab.importance, tensor.name))
+            if ggml_type not in by_type:
+                if ggml_type == tensor.base_type and tensor.read_raw is not None:
+                    by_type[ggml_type] = tensor.read_raw(slab.start, slab.stop)
+                else:
+                    by_type[ggml_type] = self.encode_rows(rows, ggml_type, slab.importance, tensor.name)
+            encoded.append(by_type[ggml_type])
             durations.append(time.perf_counter() - started)
         return encoded, durations
