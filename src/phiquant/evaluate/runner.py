@@ -149,7 +149,7 @@ def evaluate_pass(
                 if estimator is not None:
                     spare = 0  # each batch is scored before the next: a second context would sit idle
                 one_at_a_time = estimator is not None and budget == 0
-                in_turn = _InTurn(stack, files) if one_at_a_time else None
+                in_turn = _InTurn(files) if one_at_a_time else None
                 slots = (
                     []
                     if one_at_a_time
@@ -195,37 +195,19 @@ def evaluate_pass(
     return result
 
 
-# The probe models kept loaded between the batches of a sequential sweep, in file bytes: loading each
-# again for every batch cost as much as a tenth of a small model's sweep, and past this cap memory
-# still does not grow with the number of files.
-KEPT_MODEL_BYTES = 512 << 20
-
-
 class _InTurn:
     """What a sweep that decodes its files in turn keeps between batches: each file's loading verdict
-    (runtime.loader, from the header already read), the models that fit KEPT_MODEL_BYTES, and two
-    buffers for copies of a batch's logits, reused rather than allocated (and page-faulted) per file."""
+    (runtime.loader, from the header already read) and two buffers for copies of a batch's logits,
+    reused rather than allocated (and page-faulted) per file.  The models themselves are loaded again
+    for each batch, so memory does not grow with the number of files."""
 
-    def __init__(self, stack: ExitStack, files: Sequence[ModelFile]):
+    def __init__(self, files: Sequence[ModelFile]):
         self.files = files
         self.verdicts = [_verdict(file) for file in files]
-        self._stack = stack
-        self._kept: dict[int, LoadedModel] = {}
-        self._kept_bytes = 0
         self._buffers: list[np.ndarray] = []
 
-    def model(self, stack: ExitStack, index: int) -> LoadedModel:
-        """File `index` loaded: kept for the pass while the cap allows, else freed with `stack`."""
-        if index in self._kept:
-            return self._kept[index]
-        file = self.files[index]
-        keep = self._kept_bytes + file.file_size <= KEPT_MODEL_BYTES
-        owner = self._stack if keep else stack
-        model = owner.enter_context(load_model(file.path, verdict=self.verdicts[index]))
-        if keep:
-            self._kept[index] = model
-            self._kept_bytes += file.file_size
-        return model
+    def load(self, index: int) -> LoadedModel:
+        return load_model(self.files[index].path, verdict=self.verdicts[index])
 
     def copy(self, turn: int, logits: np.ndarray) -> np.ndarray:
         """`logits` copied into buffer `turn` % 2 (the other may still be being scored)."""
@@ -250,16 +232,16 @@ def _decode_in_turn(
     result: PassResult,
     scorer: ThreadPoolExecutor,
 ) -> list[Future[WindowMeans]]:
-    """One batch decoded by every file in turn, each with a context only while it decodes (memory_budget 0
-    in a sweep): memory holds the kept models (_InTurn), one context and at most two copies of a batch's
-    logits (one being scored, one just decoded), whatever the number of files, while the reference's
-    rows of the batch are rebuilt once for them all.  Scoring a file's copied logits overlaps the next
-    file's decoding.  The caller waits for the batch's scores before the next batch (feed_batch), so
-    the buffers are free when a batch starts."""
+    """One batch decoded by every file in turn, each loaded only while it decodes (memory_budget 0 in a
+    sweep): memory holds one model, one context and two copies of a batch's logits (one being scored,
+    one just decoded), whatever the number of files, while the reference's rows of the batch are
+    rebuilt once for them all.  Scoring a file's copied logits overlaps the next file's decoding.  The
+    caller waits for the batch's scores before the next batch (feed_batch), so the buffers are free
+    when a batch starts."""
     batch: list[Future[WindowMeans]] = []
     for index, scores in enumerate(result.scores):
         with ExitStack() as stack:
-            model = in_turn.model(stack, index)
+            model = stack.enter_context(in_turn.load(index))
             context = _open_context(stack, model, plan, n_threads)
             decode_began = time.perf_counter()
             out = context.decode_windows(tokens, plan.first_scored)
