@@ -1,7 +1,8 @@
 """phiquant's Python API.  The CLI is a thin layer over these functions; notebooks call them directly.
 
 A facade: the functions are the workflows' (phiquant.workflows) and the runtime's, gathered in one
-place.  Every function returns plain dataclasses and reports progress through a `Reporter` (silent
+place.  `quantize` also takes a request object (`QuantizeRequest`: SourceOptions, Presets or a size
+budget, RunOptions) through `run_quantize`, or `plan_quantize` to see the plan without writing.  Every function returns plain dataclasses and reports progress through a `Reporter` (silent
 unless you pass one); none prints.
 """
 
@@ -23,7 +24,24 @@ from phiquant.workflows.convert import CONVERT_OUTTYPES, ConvertResult, convert
 from phiquant.workflows.imatrix import ImatrixResult, imatrix
 from phiquant.workflows.job import open_source
 from phiquant.workflows.merge import MergeResult, merge
-from phiquant.workflows.quantize import QuantizedFile, QuantizeResult, quantize, report_quantized
+from phiquant.workflows.quantize import (
+    QuantizedFile,
+    QuantizePlan,
+    QuantizeResult,
+    plan_quantize,
+    quantize,
+    report_quantized,
+    run_quantize,
+)
+from phiquant.workflows.quantize_request import (
+    MaxSize,
+    Overrides,
+    Presets,
+    QuantizeRequest,
+    RunOptions,
+    SourceOptions,
+    TargetBpw,
+)
 from phiquant.workflows.report import gguf_files_in
 from phiquant.workflows.report import report_files as report
 
@@ -38,9 +56,17 @@ __all__ = [
     "CONVERT_OUTTYPES",
     "ConvertResult",
     "ImatrixResult",
+    "MaxSize",
     "MergeResult",
+    "Overrides",
+    "Presets",
+    "QuantizePlan",
+    "QuantizeRequest",
     "QuantizeResult",
     "QuantizedFile",
+    "RunOptions",
+    "SourceOptions",
+    "TargetBpw",
     "batch",
     "chat_completion",
     "convert",
@@ -54,9 +80,11 @@ __all__ = [
     "merge",
     "model_card",
     "ollama_modelfile",
+    "plan_quantize",
     "quantize",
     "report",
     "report_quantized",
+    "run_quantize",
 ]
 
 

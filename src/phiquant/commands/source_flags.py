@@ -1,42 +1,19 @@
-"""The flags `convert` and `quantize` share about how a checkpoint directory is read."""
+"""The flags `convert` and `quantize` share about how a checkpoint directory is read and how files are
+split: the request fields' own flags (workflows.quantize_request)."""
 
 from __future__ import annotations
 
 import argparse
 
+from phiquant.commands.flags import add_flags
+from phiquant.workflows.quantize_request import RunOptions, SourceOptions
+
 
 def add_checkpoint_reading_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--text-only",
-        action="store_true",
-        help="multimodal checkpoints (Phi-4-multimodal): convert the language model alone, without the "
-        "vision/audio encoders and their LoRA adapters (the model's own text-only path)",
-    )
-    parser.add_argument(
-        "--mmproj-type",
-        default="f16",
-        choices=("f16", "bf16", "q8_0", "f32"),
-        help="vision checkpoints (Phi-4-reasoning-vision): the type of the projector file written beside the "
-        "model, <name>-mmproj-<TYPE>.gguf (default f16; never the text types, as llama.cpp)",
-    )
-    parser.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="read a checkpoint that has only PyTorch pickles (pytorch_model.bin) with torch's weights-only "
-        "loader, which never runs code from the file (needs torch: pip install 'phiquant[pickle]')",
-    )
+    add_flags(parser, [SourceOptions], only=("text_only", "mmproj_type", "allow_pickle"))
 
 
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     """llama.cpp's shard options (convert_hf_to_gguf.py, llama-gguf-split), for hosts with a file size
     limit such as the Hugging Face Hub's 50 GB."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--split-max-size",
-        metavar="SIZE",
-        help="write each file as shards <name>-00001-of-0000N.gguf of at most SIZE of tensor data "
-        "(e.g. 48G, 500M; decimal units as llama.cpp's tools); llama.cpp loads the first shard",
-    )
-    group.add_argument(
-        "--split-max-tensors", type=int, metavar="N", help="write each file as shards of at most N tensors"
-    )
+    add_flags(parser, [RunOptions], only=("split_max_size", "split_max_tensors"))

@@ -149,8 +149,7 @@ def evaluate_pass(
                 if estimator is not None:
                     spare = 0  # each batch is scored before the next: a second context would sit idle
                 one_at_a_time = estimator is not None and budget == 0
-                # Each file's loading verdict (runtime.loader), from the header already read: once a pass.
-                verdicts = [_verdict(files[i]) for i in group] if one_at_a_time else []
+                in_turn = _InTurn(files) if one_at_a_time else None
                 slots = (
                     []
                     if one_at_a_time
@@ -168,9 +167,9 @@ def evaluate_pass(
                         rows = rebuilder.submit(_rebuild, output_layer, hidden, targets, own)
                     tokens = plan.windows_at(indices)
                     batch: list[Future[WindowMeans]] = []
-                    if one_at_a_time:
+                    if in_turn is not None:
                         batch = _decode_in_turn(
-                            files, verdicts, plan, n_threads, tokens, targets, rows, result, scorer
+                            in_turn, plan, n_threads, tokens, targets, rows, result, scorer
                         )
                     for slot in slots:
                         context = slot.free_context(batch_number)
@@ -196,9 +195,35 @@ def evaluate_pass(
     return result
 
 
+class _InTurn:
+    """What a sweep that decodes its files in turn keeps between batches: each file's loading verdict
+    (runtime.loader, from the header already read) and two buffers for copies of a batch's logits,
+    reused rather than allocated (and page-faulted) per file.  The models themselves are loaded again
+    for each batch, so memory does not grow with the number of files."""
+
+    def __init__(self, files: Sequence[ModelFile]):
+        self.files = files
+        self.verdicts = [_verdict(file) for file in files]
+        self._buffers: list[np.ndarray] = []
+
+    def load(self, index: int) -> LoadedModel:
+        return load_model(self.files[index].path, verdict=self.verdicts[index])
+
+    def copy(self, turn: int, logits: np.ndarray) -> np.ndarray:
+        """`logits` copied into buffer `turn` % 2 (the other may still be being scored)."""
+        slot = turn % 2
+        if len(self._buffers) <= slot:
+            self._buffers.append(np.empty_like(logits))
+        buffer = self._buffers[slot]
+        if buffer.shape[1:] != logits.shape[1:] or len(buffer) < len(logits):
+            buffer = self._buffers[slot] = np.empty_like(logits)
+        view = buffer[: len(logits)]
+        np.copyto(view, logits)
+        return view
+
+
 def _decode_in_turn(
-    files: Sequence[ModelFile],
-    verdicts: Sequence[ProbeVerdict],
+    in_turn: _InTurn,
     plan: WindowPlan,
     n_threads: int | None,
     tokens: np.ndarray,
@@ -208,19 +233,22 @@ def _decode_in_turn(
     scorer: ThreadPoolExecutor,
 ) -> list[Future[WindowMeans]]:
     """One batch decoded by every file in turn, each loaded only while it decodes (memory_budget 0 in a
-    sweep): memory holds one model, one context and at most two copies of a batch's logits (one being
-    scored, one just decoded), whatever the number of files, while the reference's rows of the batch are
-    rebuilt once for them all.  Scoring a file's copied logits overlaps the next file's loading and
-    decoding."""
+    sweep): memory holds one model, one context and two copies of a batch's logits (one being scored,
+    one just decoded), whatever the number of files, while the reference's rows of the batch are
+    rebuilt once for them all.  Scoring a file's copied logits overlaps the next file's decoding.  The
+    caller waits for the batch's scores before the next batch (feed_batch), so the buffers are free
+    when a batch starts."""
     batch: list[Future[WindowMeans]] = []
-    for file, verdict, scores in zip(files, verdicts, result.scores):
+    for index, scores in enumerate(result.scores):
         with ExitStack() as stack:
-            model = stack.enter_context(load_model(file.path, verdict=verdict))
+            model = stack.enter_context(in_turn.load(index))
             context = _open_context(stack, model, plan, n_threads)
             decode_began = time.perf_counter()
             out = context.decode_windows(tokens, plan.first_scored)
             result.decode_seconds += time.perf_counter() - decode_began
-            logits = np.array(out.logits[:, : plan.scored_per_window])
+            # The other buffer may still be being scored; this one's last copy was scored before the
+            # previous file's was queued.
+            logits = in_turn.copy(index, out.logits[:, : plan.scored_per_window])
         if batch:
             batch[-1].result()  # the previous copy scored before this one queues
         batch.append(scorer.submit(_score, logits, targets, rows, scores))

@@ -23,10 +23,10 @@ from phiquant.model_source import Metadatum, ProjectorSource, ProjectorTensor
 MMPROJ_ARCH = "clip"
 # --mmproj-type -> (tensor type for weights, general.file_type as llama.cpp's LlamaFileType numbers it)
 MMPROJ_TYPES: dict[str, tuple[GGMLQuantizationType, int]] = {
-    "f32": (GGMLQuantizationType.F32, 0),
     "f16": (GGMLQuantizationType.F16, 1),
     "bf16": (GGMLQuantizationType.BF16, 32),
     "q8_0": (GGMLQuantizationType.Q8_0, 7),
+    "f32": (GGMLQuantizationType.F32, 0),
 }
 DEFAULT_MMPROJ_TYPE = "f16"
 ALWAYS_F32 = ("v.position_embd.weight",)

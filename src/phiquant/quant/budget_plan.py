@@ -230,32 +230,6 @@ def type_shares(tensors: Sequence[TensorOptions], types: Mapping[str, GGMLType])
     return {t.name: n / total for t, n in ordered}
 
 
-def budget_request(
-    max_size: int | None,
-    target_bpw: float | None,
-    names: list[str],
-    tensor_types: Sequence[tuple[str, str]],
-    output_type: str | None,
-    embedding_type: str | None,
-    pure: bool,
-) -> BudgetRequest | None:
-    """The budget asked for, after refusing what cannot combine with one."""
-    if max_size is None and target_bpw is None:
-        return None
-    if max_size is not None and target_bpw is not None:
-        raise PhiquantError("give --max-size or --target-bpw, not both")
-    if names:
-        raise PhiquantError("a size budget chooses every tensor's type: give no -t/--type with it")
-    if tensor_types or output_type or embedding_type or pure:
-        raise PhiquantError(
-            "a size budget chooses every tensor's type: --tensor-type, --output-type, --embedding-type "
-            "and --pure do not combine with it"
-        )
-    if target_bpw is not None and not 0 < target_bpw <= 32:
-        raise PhiquantError(f"--target-bpw must be between 0 and 32 bits, not {target_bpw}")
-    return BudgetRequest(max_bytes=max_size, target_bpw=target_bpw)
-
-
 def label_plan_rows(tensors: Sequence[TensorPlan], budgeted: bool) -> list[TensorPlan]:
     if not budgeted:
         return list(tensors)

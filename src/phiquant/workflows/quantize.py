@@ -1,8 +1,9 @@
 """`quantize`: a source to one or more llama.cpp types in one pass, or to one file under a size budget.
 
-The flow: open the source, attach an importance matrix (given, or `auto`: computed once and cached),
-plan every file (presets, or the budget planner's per-tensor types), then write them all in one pass
-over the source.  `report_quantized` is `quantize --eval`.
+The flow: a request (workflows.quantize_request, checked when it is made) is planned first: open the
+source, attach an importance matrix (given, or `auto`: computed once and cached), plan every file
+(presets, or the budget planner's per-tensor types).  Then the files are written in one pass over
+the source.  `report_quantized` is `quantize --eval`.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from phiquant.errors import PhiquantError, make_output_directory
 from phiquant.evaluate.evaluation import evaluate
 from phiquant.evaluate.options import DEFAULT_MAX_KLD, DEFAULT_OPTIONS, EvalOptions
 from phiquant.evaluate.report import Report, build_report, write_report
-from phiquant.gguf_io.mmproj_writer import DEFAULT_MMPROJ_TYPE, parse_mmproj_type
+from phiquant.gguf_io.mmproj_writer import parse_mmproj_type
 from phiquant.hub import resolve_source
 from phiquant.imatrix.run import unrouted_expert_warnings
 from phiquant.model_source import Metadatum
@@ -26,7 +28,7 @@ from phiquant.quant.plan import QuantOptions, TensorPlan
 from phiquant.quant.types import parse_preset
 from phiquant.workflows.as_gguf import as_gguf
 from phiquant.workflows.budget.job import budget_for
-from phiquant.workflows.convert import split_limits, write_projector
+from phiquant.workflows.convert import write_projector
 from phiquant.workflows.imatrix import auto_imatrix
 from phiquant.workflows.job import (
     PlannedFile,
@@ -37,6 +39,7 @@ from phiquant.workflows.job import (
     plan_files,
     write_files,
 )
+from phiquant.workflows.quantize_request import Presets, QuantizeRequest
 from phiquant.workflows.report import gguf_model_name
 
 
@@ -64,125 +67,136 @@ class QuantizeResult:
     mmproj: Path | None = None  # the vision projector file written beside them (multimodal checkpoints)
 
 
+@dataclass
+class QuantizePlan:
+    """A request planned: every file's tensors, types and predicted size, before anything is written."""
+
+    request: QuantizeRequest
+    source: Path
+    opened: Source
+    files: list[PlannedFile]
+    budget: budget_plan.BudgetPlan | None
+    warnings: list[str]
+
+
 def quantize(
     source: str | Path,
-    types: str | Sequence[str],
+    types: str | Sequence[str] = (),
     output_dir: str | Path = ".",
     *,
-    imatrix: str | Path | None = None,
-    tensor_types: Sequence[tuple[str, str]] = (),
-    output_type: str | None = None,
-    embedding_type: str | None = None,
-    pure: bool = False,
-    allow_fallback: bool = False,
-    allow_requantize: bool = False,
-    allow_nonfinite: bool = False,
-    allow_pickle: bool = False,
-    text_only: bool = False,
-    mmproj_type: str = DEFAULT_MMPROJ_TYPE,
-    threads: int | None = None,
-    dry_run: bool = False,
-    max_size: int | None = None,
-    target_bpw: float | None = None,
-    split_max_size: int | str | None = None,
-    split_max_tensors: int | None = None,
     reporter: Reporter = SILENT,
+    **options: Any,
 ) -> QuantizeResult:
     """Quantize a Hugging Face checkpoint or an F32/F16/BF16 GGUF to one or more llama.cpp types in
     one pass over the source, with no intermediate file.  Each file's tensors, types and bytes equal
     what llama.cpp's `llama_model_quantize` makes from the F32 GGUF of the same model.
 
-    `tensor_types` are (regex, type) pairs; the first pattern found in a tensor's name wins, before
-    the preset's own rules.  `dry_run` plans and predicts sizes without reading tensor data.
-    `allow_pickle` accepts a pickle-only checkpoint, read as `convert` reads it.
-    `text_only` quantizes the language model of a multimodal checkpoint (Phi-4-multimodal) alone.
-    A vision checkpoint's projector is written once beside the files, in `mmproj_type`, never in the
-    text types (llama.cpp's rule: the vision tower is not quantized with the language model).
-    `imatrix="auto"` computes (once, then from the cache) an importance matrix over the bundled
-    calibration text when a chosen type needs or benefits from one.  `max_size` (bytes) or `target_bpw`
-    replace the presets by one file whose per-tensor types minimise the predicted KL divergence under that
-    budget (quant.budget); `types` may then be empty.  `split_max_size` / `split_max_tensors` write
-    every file of the ladder as llama.cpp's shards when it does not fit one (see `convert`).
+    `options` are the fields of the request's parts, by name (`QuantizeRequest.from_options`; each is
+    a `phiquant quantize` flag): `imatrix`, `allow_requantize`, `text_only`, `mmproj_type`,
+    `allow_pickle` (SourceOptions); `max_size` (bytes) or `target_bpw` instead of `types` for one file
+    under a size budget (MaxSize, TargetBpw); `tensor_types` ((regex, type) pairs), `output_type`,
+    `embedding_type`, `pure` (Overrides, presets only); `threads`, `allow_fallback`, `allow_nonfinite`,
+    `split_max_size`, `split_max_tensors`, `dry_run` (RunOptions).  `run_quantize` takes the request.
     """
+    request = QuantizeRequest.from_options(source=source, types=types, output_dir=output_dir, **options)
+    return run_quantize(request, reporter)
+
+
+def run_quantize(request: QuantizeRequest, reporter: Reporter = SILENT) -> QuantizeResult:
+    """Plan the request (`plan_quantize`), then, unless it is a dry run, write its files in one pass
+    over the source, and a vision checkpoint's projector beside them."""
     started = time.perf_counter()
-    split = split_limits(split_max_size, split_max_tensors)
-    names = [types] if isinstance(types, str) else list(types)
-    budget_request = budget_plan.budget_request(
-        max_size, target_bpw, names, tensor_types, output_type, embedding_type, pure
+    planned = plan_quantize(request, reporter)
+    run = request.run
+    mmproj = None
+    if not run.dry_run:
+        directory = Path(run.output_dir)
+        make_output_directory(directory)
+        write_files(
+            planned.opened,
+            planned.files,
+            threads=run.threads,
+            allow_nonfinite=run.allow_nonfinite,
+            reporter=reporter,
+        )
+        mmproj = write_projector(planned.opened, directory, parse_mmproj_type(request.source.mmproj_type))
+    return QuantizeResult(
+        source=str(planned.source),
+        files=[_file_result(p, run.dry_run) for p in planned.files],
+        seconds=time.perf_counter() - started,
+        dry_run=run.dry_run,
+        notes=sorted({note for p in planned.files for note in p.plan.notes}),
+        warnings=planned.warnings,
+        plans={
+            p.preset.name: budget_plan.label_plan_rows(p.plan.tensors, planned.budget is not None)
+            for p in planned.files
+        },
+        budget=budget_plan.summarise(planned.budget),
+        mmproj=mmproj,
     )
-    if not names and budget_request is None:
-        raise PhiquantError("give at least one quantization type")
-    presets = [parse_preset(name) for name in names]
-    mmproj_type = parse_mmproj_type(mmproj_type)
-    source = resolve_source(source)
+
+
+def plan_quantize(request: QuantizeRequest, reporter: Reporter = SILENT) -> QuantizePlan:
+    """Open the source, attach the importance matrix (`auto`: computed once and cached), and plan every
+    file: the presets with their overrides, or the budget planner's per-tensor types.  Nothing is
+    written to the output directory."""
+    wanted, run = request.source, request.run
+    source = resolve_source(wanted.source)
     opened = open_source(
         source,
-        allow_requantize=allow_requantize,
-        allow_pickle=allow_pickle,
-        text_only=text_only,
+        allow_requantize=wanted.allow_requantize,
+        allow_pickle=wanted.allow_pickle,
+        text_only=wanted.text_only,
     )
+    preset_names = list(request.make.types) if isinstance(request.make, Presets) else []
+    imatrix = wanted.imatrix
     if imatrix is not None and str(imatrix) == "auto":
-        imatrix = auto_imatrix(source, [p.name for p in presets], budget_request is not None, reporter)
+        imatrix = auto_imatrix(source, preset_names, request.budget is not None, reporter)
     if imatrix is not None:
         attach_imatrix(opened, imatrix)
-        reporter_warnings = unrouted_expert_warnings(opened.imatrix) if opened.imatrix else []
-        for warning in reporter_warnings:
+        for warning in unrouted_expert_warnings(opened.imatrix) if opened.imatrix else []:
             reporter.warn(warning)
-    directory = Path(output_dir)
+    directory = Path(run.output_dir)
+    overrides = request.overrides
+    tensor_types = overrides.tensor_types
     budget = None
     more_metadata: list[Metadatum] = []
-    if budget_request is not None:
+    if request.budget is not None:
         budget, label = budget_for(
             opened,
             Path(source),
             Path(imatrix) if imatrix else None,
-            budget_request,
-            threads=threads,
+            request.budget,
+            threads=run.threads,
             reporter=reporter,
         )
-        presets = [parse_preset(label)]
+        preset_names = [label]
         tensor_types = budget.overrides()
         more_metadata = budget.metadata()
+    presets = [parse_preset(name) for name in preset_names]
     paths = [directory / default_file_name(opened.name, preset) for preset in presets]
     if budget is not None:
         paths = [directory / f"{opened.name}-budget-{budget.predicted_size}.gguf"]
     options = QuantOptions(
         tensor_types=tuple((pattern, type_name) for pattern, type_name in tensor_types),
-        output_type=output_type,
-        embedding_type=embedding_type,
-        pure=pure,
+        output_type=overrides.output_type,
+        embedding_type=overrides.embedding_type,
+        pure=overrides.pure,
         has_imatrix=opened.imatrix is not None,
-        allow_fallback=allow_fallback,
-        allow_requantize=allow_requantize,
+        allow_fallback=run.allow_fallback,
+        allow_requantize=wanted.allow_requantize,
     )
-    planned = plan_files(opened, [p.name for p in presets], paths, options, imatrix, more_metadata, split)
+    files = plan_files(opened, [p.name for p in presets], paths, options, imatrix, more_metadata, run.split())
     warnings = list(opened.model.warnings)
     if budget is not None and budget.fit_warning:
         warnings.append(budget.fit_warning)
-    if allow_requantize and any(_is_quantized_source(opened)):
+    if wanted.allow_requantize and any(_is_quantized_source(opened)):
         warnings.append(
             "requantizing an already quantized file compounds the quality loss of both quantizations"
         )
     for warning in warnings:
         reporter.warn(warning)
-    mmproj = None
-    if not dry_run:
-        make_output_directory(directory)
-        write_files(opened, planned, threads=threads, allow_nonfinite=allow_nonfinite, reporter=reporter)
-        mmproj = write_projector(opened, directory, mmproj_type)
-    return QuantizeResult(
-        source=str(source),
-        files=[_file_result(p, dry_run) for p in planned],
-        seconds=time.perf_counter() - started,
-        dry_run=dry_run,
-        notes=sorted({note for p in planned for note in p.plan.notes}),
-        warnings=warnings,
-        plans={
-            p.preset.name: budget_plan.label_plan_rows(p.plan.tensors, budget is not None) for p in planned
-        },
-        budget=budget_plan.summarise(budget),
-        mmproj=mmproj,
-    )
+    return QuantizePlan(request, source, opened, files, budget, warnings)
 
 
 def _is_quantized_source(source: Source) -> list[bool]:
