@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from phiquant.errors import PhiquantError
@@ -71,12 +72,24 @@ def _padded(n: int) -> int:
 
 
 class BatchEngine:
-    def __init__(self, model: LoadedModel, config: EngineConfig, end_ids: frozenset[int]):
+    """`after_round`, if given, is called on the engine's thread after each round (admissions and
+    one step of every busy lane), once every sink call of that round has been made: a sink that
+    collects its calls can pass the round's results on together."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        config: EngineConfig,
+        end_ids: frozenset[int],
+        *,
+        after_round: Callable[[], None] | None = None,
+    ):
         if config.n_sequences < 1:
             raise PhiquantError(f"the engine needs at least one sequence, not {config.n_sequences}")
         self.model = model
         self.config = config
         self.end_ids = end_ids
+        self._after_round = after_round or (lambda: None)
         self.short = self._new_lane(config.n_sequences, config.sequence_tokens)
         self.long: Lane | None = None
         self._inbox: queue.SimpleQueue[EngineJob | None] = queue.SimpleQueue()
@@ -134,6 +147,7 @@ class BatchEngine:
                 for lane in (self.short, self.long):
                     if lane is not None and lane.busy:
                         self._step(lane)
+            self._after_round()
         for job in self._waiting:
             job.sink.error(PhiquantError("the server is stopping"))
             job.sink.released()
@@ -141,6 +155,7 @@ class BatchEngine:
         for lane in (self.short, self.long):
             if lane is not None:
                 lane.cancel_all()
+        self._after_round()
 
     def _step(self, lane: Lane) -> None:
         try:
