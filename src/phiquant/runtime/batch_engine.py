@@ -72,9 +72,9 @@ def _padded(n: int) -> int:
 
 
 class BatchEngine:
-    """`after_round`, if given, is called on the engine's thread after each round (admissions and
-    one step of every busy lane), once every sink call of that round has been made: a sink that
-    collects its calls can pass the round's results on together."""
+    """`hand_over`, if given, is called on the engine's thread just before each llama_decode and
+    before the thread waits for work: a sink that collects its calls can pass them on together at
+    the moment this thread leaves the interpreter to llama.cpp for the length of a decode."""
 
     def __init__(
         self,
@@ -82,14 +82,14 @@ class BatchEngine:
         config: EngineConfig,
         end_ids: frozenset[int],
         *,
-        after_round: Callable[[], None] | None = None,
+        hand_over: Callable[[], None] | None = None,
     ):
         if config.n_sequences < 1:
             raise PhiquantError(f"the engine needs at least one sequence, not {config.n_sequences}")
         self.model = model
         self.config = config
         self.end_ids = end_ids
-        self._after_round = after_round or (lambda: None)
+        self._hand_over = hand_over or (lambda: None)
         self.short = self._new_lane(config.n_sequences, config.sequence_tokens)
         self.long: Lane | None = None
         self._inbox: queue.SimpleQueue[EngineJob | None] = queue.SimpleQueue()
@@ -106,7 +106,7 @@ class BatchEngine:
             n_threads=self.config.n_threads,
             n_seq_max=n_sequences,
         )
-        return Lane(context, n_sequences, tokens, self.end_ids)
+        return Lane(context, n_sequences, tokens, self.end_ids, before_decode=self._hand_over)
 
     def submit(self, job: EngineJob) -> None:
         """Queue a job; it joins the running batch at the next step that has free sequences for it."""
@@ -141,13 +141,15 @@ class BatchEngine:
     def _run(self) -> None:
         while not self._stopping:
             # Wait for work only when nothing runs and nothing waits to be admitted.
-            self._take_jobs(block=not self._busy() and not self._waiting)
+            idle = not self._busy() and not self._waiting
+            if idle:
+                self._hand_over()
+            self._take_jobs(block=idle)
             with self._state_lock:
                 self._admit()
                 for lane in (self.short, self.long):
                     if lane is not None and lane.busy:
                         self._step(lane)
-            self._after_round()
         for job in self._waiting:
             job.sink.error(PhiquantError("the server is stopping"))
             job.sink.released()
@@ -155,7 +157,7 @@ class BatchEngine:
         for lane in (self.short, self.long):
             if lane is not None:
                 lane.cancel_all()
-        self._after_round()
+        self._hand_over()
 
     def _step(self, lane: Lane) -> None:
         try:

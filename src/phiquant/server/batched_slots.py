@@ -1,7 +1,14 @@
 """The default slots: leases on the batch engine (runtime.batch_engine), which decodes every running
 request in one llama_decode per step.  A request with images runs in a context of its own instead,
 one at a time: libmtmd evaluates an image prompt into a whole context, not into one sequence of a
-batch."""
+batch.
+
+What the engine's thread produces in a step (every running request's new text, finished requests,
+freed slots) reaches the event loop in one hand-off just before the thread's next llama_decode, not
+one per request: each hand-off wakes the loop, and a loop woken while the engine's thread samples and
+prepares the next batch takes the interpreter lock from it between its calls into llama.cpp, which
+delays the next decode.  Handed over as the decode begins, the loop's work runs while the engine's
+thread needs no lock."""
 
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from phiquant.server.slots import ChoiceText, GenerationJob, Slot, SlotPool
 
 class RoundMail:
     """Calls for the event loop, collected on the engine's thread and handed over together by
-    `send` (the engine's after_round); in the order they were posted."""
+    `send` (the engine's hand_over); in the order they were posted."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -140,7 +147,7 @@ class BatchedSlotPool(SlotPool):
         short, long = lane_sizes(runner.n_ctx, runner.shape.long_rope_original_context)
         config = EngineConfig(n_slots, short, long, n_batch=runner.n_batch, n_threads=runner.threads)
         self.mail = RoundMail()
-        self.engine = BatchEngine(runner.model, config, runner.end_ids, after_round=self.mail.send)
+        self.engine = BatchEngine(runner.model, config, runner.end_ids, hand_over=self.mail.send)
         self.runner = runner
         self.n_ctx = runner.n_ctx
         # Requests with images run one at a time in a context of their own (made on first use):
