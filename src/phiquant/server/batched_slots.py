@@ -27,12 +27,22 @@ from phiquant.server.slots import ChoiceText, GenerationJob, Slot, SlotPool
 
 
 class RoundMail:
-    """Calls for the event loop, collected on the engine's thread and handed over together by
-    `send` (the engine's hand_over); in the order they were posted."""
+    """Calls for the event loop, collected on the engine's thread and handed over together, in the
+    order they were posted, by a thread of its own that `send` wakes.
+
+    The hand-off wakes the loop, and a woken loop waits for the interpreter lock.  Made by the
+    engine's thread in the instants before its llama_decode, it let the loop take the lock there and
+    hold it through its work while the decode waited.  `send` only wakes the postman without
+    letting go of the lock, so the postman (and after it the loop) runs once the engine's thread has
+    left the lock to llama.cpp for the decode."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: list[tuple[GenerationJob, Callable[..., None], tuple[Any, ...]]] = []
+        self._ring = threading.Event()
+        self._closing = False
+        self._postman = threading.Thread(target=self._deliver, name="phiquant-round-mail", daemon=True)
+        self._postman.start()
 
     def post(self, job: GenerationJob, call: Callable[..., None], *args: Any) -> None:
         with self._lock:
@@ -43,18 +53,37 @@ class RoundMail:
         self.post(job, job.events.put_nowait, (kind, value))
 
     def send(self) -> None:
-        with self._lock:  # held while handing over, so that hand-offs from two threads keep their order
+        """Hand over what was posted so far (soon, from the postman's thread)."""
+        self._ring.set()
+
+    def close(self) -> None:
+        """Hand over what is left, then stop the postman."""
+        self._closing = True
+        self._ring.set()
+        self._postman.join()
+
+    def _deliver(self) -> None:
+        while True:
+            self._ring.wait()
+            self._ring.clear()
+            self._hand_over()
+            if self._closing:
+                self._hand_over()
+                return
+
+    def _hand_over(self) -> None:
+        with self._lock:
             calls, self._calls = self._calls, []
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
-            for job, call, args in calls:
-                by_loop.setdefault(job.loop, []).append((call, args))
-            for loop, batch in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_run_calls, batch)
-                except RuntimeError:  # the event loop is closed: nobody is listening any more
-                    for job, _, _ in calls:
-                        if job.loop is loop:
-                            job.cancel.set()
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
+        for job, call, args in calls:
+            by_loop.setdefault(job.loop, []).append((call, args))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_run_calls, batch)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                for job, _, _ in calls:
+                    if job.loop is loop:
+                        job.cancel.set()
 
 
 def _run_calls(calls: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
@@ -178,5 +207,6 @@ class BatchedSlotPool(SlotPool):
 
     def close(self) -> None:
         self.engine.close()
+        self.mail.close()
         if self._image_slot is not None:
             self._image_slot.stop()
