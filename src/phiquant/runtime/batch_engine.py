@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from phiquant.errors import PhiquantError
@@ -71,12 +72,24 @@ def _padded(n: int) -> int:
 
 
 class BatchEngine:
-    def __init__(self, model: LoadedModel, config: EngineConfig, end_ids: frozenset[int]):
+    """`hand_over`, if given, is called on the engine's thread just before each llama_decode and
+    before the thread waits for work: a sink that collects its calls can pass them on together at
+    the moment this thread leaves the interpreter to llama.cpp for the length of a decode."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        config: EngineConfig,
+        end_ids: frozenset[int],
+        *,
+        hand_over: Callable[[], None] | None = None,
+    ):
         if config.n_sequences < 1:
             raise PhiquantError(f"the engine needs at least one sequence, not {config.n_sequences}")
         self.model = model
         self.config = config
         self.end_ids = end_ids
+        self._hand_over = hand_over or (lambda: None)
         self.short = self._new_lane(config.n_sequences, config.sequence_tokens)
         self.long: Lane | None = None
         self._inbox: queue.SimpleQueue[EngineJob | None] = queue.SimpleQueue()
@@ -93,7 +106,7 @@ class BatchEngine:
             n_threads=self.config.n_threads,
             n_seq_max=n_sequences,
         )
-        return Lane(context, n_sequences, tokens, self.end_ids)
+        return Lane(context, n_sequences, tokens, self.end_ids, before_decode=self._hand_over)
 
     def submit(self, job: EngineJob) -> None:
         """Queue a job; it joins the running batch at the next step that has free sequences for it."""
@@ -128,7 +141,10 @@ class BatchEngine:
     def _run(self) -> None:
         while not self._stopping:
             # Wait for work only when nothing runs and nothing waits to be admitted.
-            self._take_jobs(block=not self._busy() and not self._waiting)
+            idle = not self._busy() and not self._waiting
+            if idle:
+                self._hand_over()
+            self._take_jobs(block=idle)
             with self._state_lock:
                 self._admit()
                 for lane in (self.short, self.long):
@@ -141,6 +157,7 @@ class BatchEngine:
         for lane in (self.short, self.long):
             if lane is not None:
                 lane.cancel_all()
+        self._hand_over()
 
     def _step(self, lane: Lane) -> None:
         try:

@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -123,8 +123,17 @@ class _Choice:
 
 
 class Lane:
-    def __init__(self, context: Context, n_sequences: int, capacity: int, end_ids: frozenset[int]):
+    def __init__(
+        self,
+        context: Context,
+        n_sequences: int,
+        capacity: int,
+        end_ids: frozenset[int],
+        *,
+        before_decode: Callable[[], None] = lambda: None,
+    ):
         self.context = context
+        self.before_decode = before_decode
         self.capacity = capacity  # tokens each sequence may hold
         self.end_ids = end_ids
         self.sequences = [_Sequence(i) for i in range(n_sequences)]
@@ -211,8 +220,10 @@ class Lane:
                     entries[-1] = entries[-1][:3] + (True,)
         if not entries:
             return
+        arrays = batch_arrays(entries)
+        self.before_decode()
         try:
-            self.context.decode_sequences(*batch_arrays(entries))
+            self.context.decode_sequences(*arrays)
         except PhiquantError as error:
             self.fail_all(error)
             return
