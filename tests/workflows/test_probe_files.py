@@ -9,6 +9,7 @@ import pytest
 
 from phiquant import api
 from phiquant.bundled import bundled_model_dir, calibration_text_path
+from phiquant.evaluate import runner
 from phiquant.evaluate.evaluation import evaluate
 from phiquant.evaluate.options import EvalOptions
 from phiquant.quant.plan import QuantOptions
@@ -64,12 +65,20 @@ def test_probes_evaluated_one_at_a_time_score_as_all_together(
 
 
 @pytest.mark.slow
-def test_probes_loaded_in_turn_in_a_sequential_sweep_score_as_all_together(
-    one_pass_ladder: list[Path], tmp_path: Path
+def test_a_sequential_sweep_over_the_memory_budget_loads_its_files_in_turn_and_scores_the_same(
+    one_pass_ladder: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = api.convert(bundled_model_dir(), tmp_path / "reference.gguf", "auto").path
+    batches_in_turn: list[int] = []
+    decode_in_turn = runner._decode_in_turn
 
-    def klds(memory_budget: int | None) -> list[float]:
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        batches_in_turn.append(1)
+        return decode_in_turn(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_decode_in_turn", counted)
+
+    def klds(memory_budget: int | None) -> tuple[list[float], int]:
         options = EvalOptions(
             ctx=128,
             max_windows=12,
@@ -78,11 +87,20 @@ def test_probes_loaded_in_turn_in_a_sequential_sweep_score_as_all_together(
             min_windows=8,
             settle_order=False,
         )
+        before = len(batches_in_turn)
         evaluation = evaluate(
             one_pass_ladder, reference=reference, text=calibration_text_path(), options=options
         )
         assert evaluation.sequential is not None and evaluation.n_windows >= 8
-        return [f.divergence.kld_mean for f in evaluation.files if f.divergence]
+        return [f.divergence.kld_mean for f in evaluation.files if f.divergence], len(
+            batches_in_turn
+        ) - before
 
-    together, in_turn = klds(None), klds(0)
-    assert len(together) == len(OVERRIDES) and together == in_turn
+    together, zero, below_the_files = (
+        klds(None),
+        klds(0),
+        klds(min(p.stat().st_size for p in one_pass_ladder)),
+    )
+    assert len(together[0]) == len(OVERRIDES) and together[1] == 0  # they fit this machine's memory
+    assert zero[1] > 0 and below_the_files[1] > 0  # every batch decoded with the files loaded in turn
+    assert together[0] == zero[0] == below_the_files[0]

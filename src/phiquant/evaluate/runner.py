@@ -69,6 +69,12 @@ def memory_estimate(file: ModelFile, plan: WindowPlan) -> int:
     return file.file_size + kv + logits
 
 
+def sweeps_in_turn(files: Sequence[ModelFile], plan: WindowPlan, budget: int) -> bool:
+    """Whether a sequential sweep loads each file only while it decodes a batch: when the files do not
+    fit the memory budget together (a ladder of a 3.8B model does not fit 24 GB at once)."""
+    return sum(memory_estimate(file, plan) for file in files) > budget
+
+
 def group_files(files: Sequence[ModelFile], plan: WindowPlan, budget: int) -> list[list[int]]:
     """Indices of files to evaluate together, in order, each group within `budget` (at least one file)."""
     groups: list[list[int]] = []
@@ -130,8 +136,9 @@ def evaluate_pass(
     decode, one rebuilds the reference's logits of the batch (ggml), one scores (numpy).
 
     With an `estimator`, every file runs in one sweep (one group) and the pass stops after the first
-    batch at which the estimator is settled; a memory budget of 0 then loads each file only while it
-    decodes a batch (`_decode_in_turn`), so memory does not grow with the number of files."""
+    batch at which the estimator is settled; when the files do not fit the memory budget together (a
+    budget of 0 never fits), each is loaded only while it decodes a batch (`_decode_in_turn`), so memory
+    does not grow with the number of files."""
     budget = memory_budget if memory_budget is not None else int(MEMORY_SHARE * available_memory())
     windows = np.arange(plan.n_windows) if order is None else np.asarray(order)
     result = PassResult([TokenScores() for _ in files], TokenScores() if source else None, 0.0, 0.0)
@@ -148,7 +155,7 @@ def evaluate_pass(
                 spare = budget - sum(memory_estimate(files[i], plan) for i in group)
                 if estimator is not None:
                     spare = 0  # each batch is scored before the next: a second context would sit idle
-                one_at_a_time = estimator is not None and budget == 0
+                one_at_a_time = estimator is not None and sweeps_in_turn(files, plan, budget)
                 in_turn = _InTurn(files) if one_at_a_time else None
                 slots = (
                     []
