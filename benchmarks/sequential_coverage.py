@@ -13,6 +13,10 @@ decoding.  Models:
   random    the random-weight Phi-3.5-layout test checkpoint (hidden 256, 4 layers, Phi-3's 32064-token
             vocabulary) with its output head sharpened x3 as tests/evaluate/conftest.py does: a second,
             very different model, not a trained one
+  DIR       a Hugging Face checkpoint directory of phiquant's held-out text's language, e.g. the
+            second trained model of the README's benchmarks (4 layers, seed 1, float32; ~20 minutes
+            on 2 cores):
+                python tools/train_bundled_model.py --out DIR --seed 1 --layers 4 --steps 500 --float32
 
 Prints a table per model, then one JSON line (the last line of stdout).
 """
@@ -38,9 +42,18 @@ from phiquant.bundled import heldout_text_path  # noqa: E402
 
 LADDER = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
 SHARPEN = 3.0
+NAMED = ("bundled", "random")
+
+
+def label(model: str) -> str:
+    return model if model in NAMED else Path(model).name
 
 
 def model_checkpoint(name: str, work: Path) -> Path:
+    if name not in NAMED:
+        if not (Path(name) / "config.json").is_file():
+            raise SystemExit(f"--model {name}: neither one of {', '.join(NAMED)} nor a checkpoint directory")
+        return Path(name)
     if name == "bundled":
         from phiquant.bundled import bundled_model_dir
 
@@ -60,7 +73,7 @@ def model_checkpoint(name: str, work: Path) -> Path:
 
 
 def ladder_files(name: str, work: Path) -> dict[str, Path]:
-    directory = work / f"{name}-ladder"
+    directory = work / f"{label(name)}-ladder"
     if not directory.exists():
         written = api.quantize(model_checkpoint(name, work), ["F16", *LADDER], directory)
         return {f.type: f.path for f in written.files}
@@ -69,7 +82,7 @@ def ladder_files(name: str, work: Path) -> dict[str, Path]:
 
 def measure(name: str, work: Path, runs: int, rel_error: float, first_seed: int) -> dict[str, object]:
     files = ladder_files(name, work)
-    saved = work / f"{name}-full-pass.pickle"
+    saved = work / f"{label(name)}-full-pass.pickle"
     began = time.perf_counter()
     if saved.is_file():  # the window means of an earlier run on the same files
         full = pickle.loads(saved.read_bytes())
@@ -79,7 +92,7 @@ def measure(name: str, work: Path, runs: int, rel_error: float, first_seed: int)
     full_seconds = time.perf_counter() - began
     result = coverage(full, runs, rel_error, first_seed)
     return {
-        "model": name,
+        "model": label(name),
         "windows_in_text": full.plan.n_windows,
         "full_pass_seconds": round(full_seconds, 1),
         "runs": runs,
@@ -115,7 +128,9 @@ def main() -> None:
     parser.add_argument("--rel-error", type=float, default=0.05)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed+runs-1")
     parser.add_argument("--work", type=Path, help="keep the ladders here (default: a temporary directory)")
-    parser.add_argument("--model", action="append", choices=("bundled", "random"))
+    parser.add_argument(
+        "--model", action="append", help=f"{' or '.join(NAMED)} or a checkpoint directory (repeatable)"
+    )
     args = parser.parse_args()
     models = args.model or ["bundled", "random"]
     with tempfile.TemporaryDirectory() as temporary:

@@ -1,11 +1,14 @@
 """Benchmark: a ladder's report by sequential evaluation against llama.cpp's llama-perplexity over the
 whole text, in one run on one machine.
 
-    python benchmarks/sequential_vs_llama_perplexity.py [--work DIR] [--rel-error R]
+    python benchmarks/sequential_vs_llama_perplexity.py [--model M] [--work DIR] [--rel-error R]
 
-The ladder is the bundled model (phiquant.bundled) as F16 + Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q3_K_M, Q2_K,
-and the text phiquant's default held-out text.  The two sides, each started as a user would, each
-timed by wall clock with its peak RSS read from the kernel (wait4's rusage of that process):
+The ladder is a model as F16 + Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q3_K_M, Q2_K, made by phiquant before
+anything is timed, and the text phiquant's default held-out text.  --model is `bundled` (the default,
+phiquant.bundled), a model name of benchmarks/budget_scale.py (`large`: the issue's ~270M-parameter
+random-weight Phi-3.5-layout checkpoint, `mid`: ~45M; made on first use and cached), or a Hugging Face
+checkpoint directory.  The two sides, each started as a user would, each timed by wall clock with its
+peak RSS read from the kernel (wait4's rusage of that process):
 
   phiquant    `phiquant report DIR --speed-runs 0 --no-plot --json`: sequential evaluation (default
               --rel-error 0.05) of all seven files in one sweep, with an empty reference cache (the
@@ -35,9 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from benchmarks.budget_scale import MODELS, model_dir  # noqa: E402
 from benchmarks.llama_tools import tool  # noqa: E402
 from phiquant import api  # noqa: E402
-from phiquant.bundled import bundled_model_dir, heldout_text_path  # noqa: E402
+from phiquant.bundled import heldout_text_path  # noqa: E402
 
 LADDER = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
 CTX = "512"  # phiquant's default window; llama-perplexity's default is the model's trained context
@@ -59,10 +63,20 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
     return seconds, usage.ru_maxrss * 1024, text
 
 
-def ladder(work: Path) -> dict[str, Path]:
-    directory = work / "ladder"
+def checkpoint(model: str) -> tuple[Path, str]:
+    """(checkpoint directory, label) of --model: a budget_scale.py model name or a directory."""
+    if model in MODELS:
+        return model_dir(model)[0], model
+    directory = Path(model)
+    if not (directory / "config.json").is_file():
+        raise SystemExit(f"--model {model}: neither one of {', '.join(MODELS)} nor a checkpoint directory")
+    return directory.resolve(), directory.name
+
+
+def ladder(work: Path, model: Path, label: str) -> dict[str, Path]:
+    directory = work / f"ladder-{label}"
     if not directory.exists():
-        written = api.quantize(bundled_model_dir(), ["F16", *LADDER], directory)
+        written = api.quantize(model, ["F16", *LADDER], directory)
         return {f.type: f.path for f in written.files}
     return {p.stem.rsplit("-", 1)[1]: p for p in sorted(directory.glob("*.gguf"))}
 
@@ -123,18 +137,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="keep the ladder here (default: a temporary directory)")
     parser.add_argument("--rel-error", type=float, default=0.05)
+    parser.add_argument(
+        "--model",
+        default="bundled",
+        help=f"{', '.join(MODELS)} (benchmarks/budget_scale.py's models) or a checkpoint directory",
+    )
     args = parser.parse_args()
+    model, label = checkpoint(args.model)
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
-        files = ladder(work)
+        files = ladder(work, model, label)
         tool("llama-perplexity")  # built (once) before anything is timed
         ours = run_phiquant(files, work, args.rel_error)
+        print(f"phiquant: {ours['seconds']:.1f} s, peak RSS {int(ours['peak_rss']) / 1e6:.0f} MB", flush=True)  # type: ignore[call-overload]
         theirs = run_llama_perplexity(files, work)
     ratio = float(ours["seconds"]) / float(theirs["seconds"])  # type: ignore[arg-type]
     sequential = ours["sequential"]
     print(
-        f"bundled ladder F16 + {', '.join(LADDER)} on the held-out text: phiquant sequential "
+        f"{label} ladder F16 + {', '.join(LADDER)} on the held-out text: phiquant sequential "
         f"{ours['seconds']:.1f} s (peak RSS {int(ours['peak_rss']) / 1e6:.0f} MB, "  # type: ignore[call-overload]
         f"{sequential['windows_used']} of {sequential['windows_available']} windows), "  # type: ignore[index]
         f"llama-perplexity {theirs['seconds']:.1f} s (peak RSS {int(theirs['peak_rss']) / 1e6:.0f} MB): "  # type: ignore[call-overload]
@@ -158,7 +179,7 @@ def main() -> None:
         json.dumps(
             {
                 "sequential_vs_llama_perplexity": {
-                    "model": "bundled",
+                    "model": label,
                     "phiquant_seconds": ours["seconds"],
                     "llama_perplexity_seconds": theirs["seconds"],
                     "time_ratio": ratio,
