@@ -69,12 +69,6 @@ def memory_estimate(file: ModelFile, plan: WindowPlan) -> int:
     return file.file_size + kv + logits
 
 
-def sweeps_in_turn(files: Sequence[ModelFile], plan: WindowPlan, budget: int) -> bool:
-    """Whether a sequential sweep loads each file only while it decodes a batch: when the files do not
-    fit the memory budget together (a ladder of a 3.8B model does not fit 24 GB at once)."""
-    return sum(memory_estimate(file, plan) for file in files) > budget
-
-
 def group_files(files: Sequence[ModelFile], plan: WindowPlan, budget: int) -> list[list[int]]:
     """Indices of files to evaluate together, in order, each group within `budget` (at least one file)."""
     groups: list[list[int]] = []
@@ -153,9 +147,10 @@ def evaluate_pass(
         for group_number, group in enumerate(groups):
             with ExitStack() as stack:
                 spare = budget - sum(memory_estimate(files[i], plan) for i in group)
+                # A sweep (one group, every file) that does not fit the budget loads its files in turn.
+                one_at_a_time = estimator is not None and spare < 0
                 if estimator is not None:
                     spare = 0  # each batch is scored before the next: a second context would sit idle
-                one_at_a_time = estimator is not None and sweeps_in_turn(files, plan, budget)
                 in_turn = _InTurn(files) if one_at_a_time else None
                 slots = (
                     []
