@@ -2,8 +2,9 @@
 
 A facade: the functions are the workflows' (phiquant.workflows) and the runtime's, gathered in one
 place.  `quantize` also takes a request object (`QuantizeRequest`: SourceOptions, Presets or a size
-budget, RunOptions) through `run_quantize`, or `plan_quantize` to see the plan without writing.  Every function returns plain dataclasses and reports progress through a `Reporter` (silent
-unless you pass one); none prints.
+budget, RunOptions) through `run_quantize`, or `plan_quantize` to see the plan without writing.  Every
+function returns plain dataclasses and reports progress through a `Reporter` (silent unless you pass
+one); none prints.
 """
 
 from __future__ import annotations
